@@ -1,0 +1,260 @@
+"""Builders for the bias-free architectures in the config schema.
+
+Each builder returns a functional ``keras.Model`` that takes (N, H, W, C) float
+images and returns the denoised image in the same units. Nothing adds a
+constant, so every model is positively homogeneous of degree 1.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from .config import DnCNNConfig, MultiscaleConfig, ResNetConfig, UNetConfig
+from .layers import (
+    DepthToSpace,
+    KernelRegularizer,
+    LocalSqueezeExcite,
+    ScaleNorm,
+    SpaceToDepth,
+    SpatialGate,
+)
+
+__all__ = ["build_model", "parameter_count", "receptive_field", "size_multiple"]
+
+
+def size_multiple(config) -> int:
+    """Height and width must be multiples of this (strides, pixel unshuffle, pyramids)."""
+    if isinstance(config, UNetConfig):
+        return config.unshuffle * 2 ** (config.scales - 1)
+    if isinstance(config, MultiscaleConfig):
+        return 2 ** (config.levels - 1)
+    if isinstance(config, DnCNNConfig):
+        return config.unshuffle
+    return 1
+
+
+def build_model(config, name: str | None = None) -> keras.Model:
+    """Build the Keras model described by an architecture config.
+
+    Parameters
+    ----------
+    config : DnCNNConfig | ResNetConfig | UNetConfig | MultiscaleConfig
+        A validated architecture config.
+    name : str, optional
+        Model name; defaults to the architecture kind.
+
+    Returns
+    -------
+    keras.Model
+        Input and output shape (None, None, None, channels).
+    """
+    builders = {
+        "dncnn": _dncnn,
+        "resnet": _resnet,
+        "unet": _unet,
+        "multiscale": _multiscale,
+    }
+    inputs = keras.Input(shape=(None, None, config.channels), name="noisy")
+    estimate = builders[config.kind](inputs, config)
+    if config.residual:
+        outputs = keras.layers.Subtract(name="denoised")([inputs, estimate])
+    else:
+        outputs = keras.layers.Identity(name="denoised")(estimate)
+    return keras.Model(inputs, outputs, name=name or config.kind)
+
+
+class _Ops:
+    """Small factory that applies one architecture's shared settings to every layer."""
+
+    def __init__(self, config, prefix: str = ""):
+        self.c = config
+        self.prefix = prefix
+        self.n = 0
+        self.reg = (
+            KernelRegularizer(config.l1, config.l2, config.orthogonal)
+            if (config.l1 or config.l2 or config.orthogonal)
+            else None
+        )
+
+    def _name(self, what: str) -> str:
+        self.n += 1
+        return f"{self.prefix}{what}_{self.n}"
+
+    def conv(self, x, filters: int, kernel: int | None = None, strides: int = 1, zero=False):
+        k = self.c.kernel_size if kernel is None else kernel
+        return keras.layers.Conv2D(
+            filters,
+            k,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            # a zero last layer makes a residual net start as the identity (D(y) = y)
+            kernel_initializer="zeros" if zero else "he_normal",
+            kernel_regularizer=self.reg,
+            name=self._name("conv"),
+        )(x)
+
+    def up(self, x, filters: int):
+        return keras.layers.Conv2DTranspose(
+            filters,
+            2,
+            strides=2,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            kernel_regularizer=self.reg,
+            name=self._name("up"),
+        )(x)
+
+    def act(self, x):
+        if self.c.activation == "leaky_relu":
+            return keras.layers.LeakyReLU(negative_slope=0.1, name=self._name("lrelu"))(x)
+        return keras.layers.ReLU(name=self._name("relu"))(x)
+
+    def norm(self, x):
+        return ScaleNorm(name=self._name("scalenorm"))(x) if self.c.norm else x
+
+    def conv_norm_act(self, x, filters: int, kernel: int | None = None):
+        return self.act(self.norm(self.conv(x, filters, kernel)))
+
+
+def _dncnn(x, c: DnCNNConfig, prefix: str = ""):
+    o = _Ops(c, prefix)
+    b = c.unshuffle
+    h = SpaceToDepth(b, name=o._name("unshuffle"))(x) if b > 1 else x
+    h = o.act(o.conv(h, c.width))
+    for _ in range(c.depth - 2):
+        h = o.conv_norm_act(h, c.width)
+    h = o.conv(h, c.channels * b * b, zero=c.residual)
+    return DepthToSpace(b, name=o._name("shuffle"))(h) if b > 1 else h
+
+
+def _resnet(x, c: ResNetConfig):
+    o = _Ops(c)
+    h = o.act(o.conv(x, c.width))
+    for _ in range(c.blocks):
+        r = o.conv_norm_act(h, c.expand, kernel=1)
+        r = o.conv_norm_act(r, c.expand)
+        if c.gate:
+            r = SpatialGate(name=o._name("gate"))(r)
+        if c.squeeze_excite:
+            r = LocalSqueezeExcite(name=o._name("se"))(r)
+        r = o.conv(r, c.width, kernel=1)
+        h = keras.layers.Add(name=o._name("add"))([h, r])
+    h = o.act(h)
+    return o.conv(h, c.channels, zero=c.residual)
+
+
+def _unet(x, c: UNetConfig):
+    o = _Ops(c)
+    u = c.unshuffle
+    h = SpaceToDepth(u, name=o._name("unshuffle"))(x) if u > 1 else x
+    widths = [min(c.width * 2**s, c.max_width) for s in range(c.scales)]
+    skips = []
+    for s, w in enumerate(widths):
+        if s > 0:
+            h = o.act(o.conv(h, w, kernel=2, strides=2))
+        for _ in range(c.convs):
+            h = o.conv_norm_act(h, w)
+        skips.append(h)
+    for s in range(c.scales - 2, -1, -1):
+        h = o.up(h, widths[s])
+        h = keras.layers.Add(name=o._name("skip"))([h, skips[s]])
+        for _ in range(c.convs):
+            h = o.conv_norm_act(h, widths[s])
+    h = o.conv(h, c.channels * u * u, zero=c.residual)
+    return DepthToSpace(u, name=o._name("shuffle"))(h) if u > 1 else h
+
+
+def _multiscale(x, c: MultiscaleConfig):
+    inner_cfg = DnCNNConfig(
+        channels=c.channels,
+        depth=c.depth,
+        width=c.width,
+        norm=c.norm,
+        activation=c.activation,
+        kernel_size=c.kernel_size,
+        l1=c.l1,
+        l2=c.l2,
+        orthogonal=c.orthogonal,
+        residual=True,
+    )
+    shared = build_model(inner_cfg, name="level_denoiser")
+
+    def down(t, i):
+        return keras.layers.AveragePooling2D(2, name=f"down_{i}")(t)
+
+    def up(t, i):
+        return keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"up_{i}")(t)
+
+    gauss = [x]
+    for i in range(1, c.levels):
+        gauss.append(down(gauss[-1], i))
+    den = [shared(g) for g in gauss]
+    if c.pyramid == "laplacian":
+        # coarse-to-fine: the coarsest denoised level, then each finer level's band-pass
+        out = den[-1]
+        for i in range(c.levels - 2, -1, -1):
+            band = keras.layers.Subtract(name=f"band_{i}")(
+                [den[i], up(down(den[i], f"b{i}"), f"b{i}")]
+            )
+            out = keras.layers.Add(name=f"recombine_{i}")([up(out, f"r{i}"), band])
+        estimate = out
+    else:
+        ups = []
+        for i, d in enumerate(den):
+            for j in range(i):
+                d = up(d, f"g{i}_{j}")
+            ups.append(d)
+        cat = keras.layers.Concatenate(name="levels")(ups)
+        estimate = keras.layers.Conv2D(
+            c.channels, 1, use_bias=False, kernel_initializer="zeros", name="fuse"
+        )(cat)
+        estimate = keras.layers.Add(name="fuse_plus_finest")([estimate, den[0]])
+    # the builder's caller subtracts a residual; return the noise estimate in that case
+    if c.residual:
+        return keras.layers.Subtract(name="noise_estimate")([x, estimate])
+    return estimate
+
+
+def parameter_count(model: keras.Model) -> int:
+    """Number of trainable parameters."""
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def receptive_field(model: keras.Model, multiple: int = 1, size: int | None = None) -> int:
+    """Measure the half-width of the receptive field in pixels.
+
+    Why measured, not computed: it then holds for any architecture, gates and
+    pyramids included. We change one input pixel and find the farthest output
+    pixel that moves; an output depends on an input exactly when that input
+    influences it, so this is the radius tiles must overlap by.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The denoiser.
+    multiple : int
+        Size multiple the model needs; probes are placed at every phase.
+    size : int, optional
+        Side of the probe image; grown until the influence fits inside it.
+    """
+    channels = model.input_shape[-1]
+    size = size or max(64, 4 * multiple)
+    rng = np.random.default_rng(0)
+    while True:
+        size = -(-size // multiple) * multiple
+        y = rng.uniform(0.2, 0.8, size=(1, size, size, channels)).astype("float32")
+        base = np.asarray(model.predict_on_batch(y))
+        c = size // 2
+        radius = 0
+        for phase in range(max(1, multiple)):
+            yp = y.copy()
+            yp[0, c + phase, c + phase, :] += 1.0
+            diff = np.abs(np.asarray(model.predict_on_batch(yp)) - base).max(axis=(0, 3))
+            ys, xs = np.nonzero(diff > 1e-7 * diff.max())
+            radius = max(radius, int(np.abs(ys - c - phase).max()), int(np.abs(xs - c - phase).max()))
+        if radius < size // 2 - multiple - 2 or size >= 1024:
+            return radius
+        size *= 2

@@ -1,0 +1,223 @@
+"""Bias-free building blocks: every operation on the signal path is positively homogeneous.
+
+Why: a network built only from these satisfies D(a*y) = a*D(y) for a > 0, so
+its output is exactly D(y) = J(y) y, a locally adaptive linear filter we can show.
+Convolutions come from Keras with ``use_bias=False``; the layers here add what
+Keras lacks: a normalisation that only divides, gates whose values are
+scale-invariant (degree 0), and pixel (un)shuffle. All use ``keras.ops`` only,
+so the same code runs under TensorFlow and JAX.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+__all__ = [
+    "DepthToSpace",
+    "KernelRegularizer",
+    "LocalSqueezeExcite",
+    "ScaleNorm",
+    "SpaceToDepth",
+    "SpatialGate",
+]
+
+_PKG = "bfcnn"
+_TINY = 1e-20  # under a square root: 1e-10 floor, far below any real feature scale
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class ScaleNorm(keras.layers.Layer):
+    """Bias-free batch normalisation: ``x * gamma / std``, never subtracting a mean.
+
+    Keras' ``BatchNormalization(center=False)`` still subtracts the moving mean,
+    which adds a constant; this layer only divides. In training the batch standard
+    deviation is used; at inference a running one, so inference is a fixed
+    per-channel scale and the network stays exactly homogeneous.
+
+    Parameters
+    ----------
+    momentum : float
+        Weight of the old running value in the exponential moving average.
+    epsilon : float
+        Added to the batch variance in training only.
+    """
+
+    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"ScaleNorm expected 0 <= momentum < 1. Received: momentum={momentum}")
+        if epsilon <= 0:
+            raise ValueError(f"ScaleNorm expected epsilon > 0. Received: epsilon={epsilon}")
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        self.gamma = self.add_weight(shape=(c,), initializer="ones", name="gamma")
+        self.moving_std = self.add_weight(
+            shape=(c,), initializer="ones", trainable=False, name="moving_std"
+        )
+
+    def call(self, x, training=None):
+        if training:
+            axes = tuple(range(len(x.shape) - 1))
+            std = ops.sqrt(ops.var(x, axis=axes) + self.epsilon)
+            m = self.momentum
+            self.moving_std.assign(m * self.moving_std + (1.0 - m) * ops.stop_gradient(std))
+        else:
+            std = self.moving_std
+        return x * ops.cast(self.gamma / std, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
+
+
+def _channel_rms(x, axis=-1):
+    return ops.sqrt(ops.mean(ops.square(x), axis=axis, keepdims=True) + _TINY)
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class SpatialGate(keras.layers.Layer):
+    """Multiply features by a per-pixel gate in (0, 1) computed from scale-free features.
+
+    The gate sees ``x / rms_c(x)`` (each pixel's features divided by their RMS over
+    channels), which is invariant to the input's scale, so the gate is degree 0
+    and ``x * gate`` stays degree 1. The statistic is per pixel, so the receptive
+    field stays finite and tiling stays exact.
+    """
+
+    def __init__(self, kernel_size: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = int(kernel_size)
+        self.conv = keras.layers.Conv2D(1, self.kernel_size, padding="same", name="gate_conv")
+
+    def build(self, input_shape):
+        self.conv.build(tuple(input_shape))
+
+    def call(self, x):
+        gate = ops.sigmoid(self.conv(x / _channel_rms(x)))
+        return x * gate
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class LocalSqueezeExcite(keras.layers.Layer):
+    """Squeeze-excite with local, scale-invariant descriptors.
+
+    A global average pool would make every output pixel depend on the whole
+    image (tiled != untiled), and raw averages would make the gate depend on the
+    scale. Here the descriptor is a ``window``-sized local average of the
+    features divided by their local RMS: degree 0, finite receptive field.
+    """
+
+    def __init__(self, ratio: int = 4, window: int = 9, **kwargs):
+        super().__init__(**kwargs)
+        if ratio < 1 or window < 1:
+            raise ValueError(
+                f"LocalSqueezeExcite expected ratio >= 1 and window >= 1. "
+                f"Received: ratio={ratio}, window={window}"
+            )
+        self.ratio = int(ratio)
+        self.window = int(window)
+        self.pool = keras.layers.AveragePooling2D(self.window, strides=1, padding="same")
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        hidden = max(1, c // self.ratio)
+        self.reduce = keras.layers.Conv2D(hidden, 1, activation="relu", name="se_reduce")
+        self.expand = keras.layers.Conv2D(c, 1, activation="sigmoid", name="se_expand")
+        self.reduce.build(tuple(input_shape))
+        self.expand.build(tuple(input_shape[:-1]) + (hidden,))
+
+    def call(self, x):
+        mean = self.pool(x)
+        power = self.pool(ops.mean(ops.square(x), axis=-1, keepdims=True))
+        descriptor = mean / ops.sqrt(power + _TINY)
+        return x * self.expand(self.reduce(descriptor))
+
+    def get_config(self):
+        return {**super().get_config(), "ratio": self.ratio, "window": self.window}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class SpaceToDepth(keras.layers.Layer):
+    """Pixel unshuffle: (H, W, C) -> (H/b, W/b, b*b*C). A permutation, hence linear."""
+
+    def __init__(self, block: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if block < 1:
+            raise ValueError(f"SpaceToDepth expected block >= 1. Received: block={block}")
+        self.block = int(block)
+
+    def call(self, x):
+        b = self.block
+        shape = ops.shape(x)
+        n, h, w, c = shape[0], shape[1], shape[2], x.shape[-1]
+        x = ops.reshape(x, (n, h // b, b, w // b, b, c))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(x, (n, h // b, w // b, b * b * c))
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        b = self.block
+        return (n, None if h is None else h // b, None if w is None else w // b, c * b * b)
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class DepthToSpace(keras.layers.Layer):
+    """Pixel shuffle, the inverse of :class:`SpaceToDepth`."""
+
+    def __init__(self, block: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if block < 1:
+            raise ValueError(f"DepthToSpace expected block >= 1. Received: block={block}")
+        self.block = int(block)
+
+    def call(self, x):
+        b = self.block
+        shape = ops.shape(x)
+        n, h, w, c = shape[0], shape[1], shape[2], x.shape[-1] // (b * b)
+        x = ops.reshape(x, (n, h, w, b, b, c))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(x, (n, h * b, w * b, c))
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        b = self.block
+        return (n, None if h is None else h * b, None if w is None else w * b, c // (b * b))
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class KernelRegularizer(keras.regularizers.Regularizer):
+    """L1 + L2 + soft orthogonality ``||W^T W - I||_F^2`` on a convolution kernel."""
+
+    def __init__(self, l1: float = 0.0, l2: float = 0.0, orthogonal: float = 0.0):
+        for name, v in (("l1", l1), ("l2", l2), ("orthogonal", orthogonal)):
+            if v < 0:
+                raise ValueError(f"KernelRegularizer expected {name} >= 0. Received: {name}={v}")
+        self.l1, self.l2, self.orthogonal = float(l1), float(l2), float(orthogonal)
+
+    def __call__(self, w):
+        loss = ops.convert_to_tensor(0.0, dtype=w.dtype)
+        if self.l1:
+            loss = loss + self.l1 * ops.sum(ops.abs(w))
+        if self.l2:
+            loss = loss + self.l2 * ops.sum(ops.square(w))
+        if self.orthogonal:
+            m = ops.reshape(w, (-1, w.shape[-1]))
+            gram = ops.matmul(ops.transpose(m), m)
+            eye = ops.eye(w.shape[-1], dtype=w.dtype)
+            loss = loss + self.orthogonal * ops.sum(ops.square(gram - eye))
+        return loss
+
+    def get_config(self):
+        return {"l1": self.l1, "l2": self.l2, "orthogonal": self.orthogonal}

@@ -1,0 +1,425 @@
+"""Train or fine-tune a bias-free denoiser from a recipe; resumable, interruptible.
+
+One function, :func:`train`, serves the command line (``python -m src_models.train``),
+the bundled-model recipes and the napari training widget: it reports through
+``on_progress`` and stops cleanly when ``should_stop()`` turns true. Everything
+needed to continue (weights, optimizer state, step, best score) is written
+atomically to the output folder, so ``--resume`` continues at the exact step,
+batch and learning rate, and a killed run always leaves a loadable checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import losses as _losses  # noqa: F401  (registers HingeMAE for resume)
+from .config import ConfigError, ModelCard, RecipeConfig, load_recipe
+
+__all__ = ["TrainProgress", "TrainResult", "train", "main"]
+
+CHECKPOINT = "checkpoint.keras"
+STATE = "state.json"
+LOG = "log.csv"
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One report from the training loop (what the widget plots and the CLI prints)."""
+
+    step: int
+    total: int
+    loss: float
+    learning_rate: float
+    elapsed_s: float
+    eta_s: float
+    val_psnr: dict[str, float] | None = None
+
+
+@dataclass
+class TrainResult:
+    """Where the run left its files and how far it got."""
+
+    out_dir: Path
+    model_path: Path
+    steps_done: int
+    best_val_psnr: float
+    val_psnr_initial: dict[str, float] = field(default_factory=dict)
+    val_psnr_best: dict[str, float] = field(default_factory=dict)
+    stopped: bool = False
+
+
+def hardware_description() -> str:
+    """A short, honest description of what ran the training (for the model card)."""
+    import keras
+
+    backend = keras.backend.backend()
+    device = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
+    if backend == "jax":
+        import jax
+
+        d = jax.devices()[0]
+        if d.platform != "cpu":
+            device = f"{d.device_kind} ({d.platform})"
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            device = f"{len(gpus)} GPU(s)"
+    return f"{device}; keras {keras.__version__} on {backend}"
+
+
+def make_loss(kind: str, margin_8bit: float = 0.0):
+    """The training loss (images in [0, 1] units); a Keras name or a serialisable loss object."""
+    if kind == "mse":
+        return "mean_squared_error"
+    if kind == "mae":
+        return "mean_absolute_error"
+    from .losses import HingeMAE
+
+    return HingeMAE(margin=float(margin_8bit) / 255.0)
+
+
+def _optimizer(recipe: RecipeConfig):
+    import keras
+
+    t = recipe.training
+    decay_steps = max(1, t.steps - t.warmup_steps)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if t.warmup_steps else t.learning_rate,
+        decay_steps=decay_steps,
+        alpha=t.min_learning_rate / t.learning_rate,
+        warmup_target=t.learning_rate if t.warmup_steps else None,
+        warmup_steps=t.warmup_steps,
+    )
+    return keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=t.clip_norm)
+
+
+def _current_lr(model) -> float:
+    opt = model.optimizer
+    lr = opt.learning_rate
+    return float(np.asarray(lr(opt.iterations) if callable(lr) else lr))
+
+
+def _predict_padded(model, image: np.ndarray, multiple: int) -> np.ndarray:
+    """Run the model on one (H, W, C) image, padding to its size multiple."""
+    h, w = image.shape[:2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    x = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect") if (ph or pw) else image
+    y = np.asarray(model(x[None].astype("float32"), training=False))[0]
+    return y[:h, :w]
+
+
+def evaluate(model, val_set, multiple: int) -> dict[str, float]:
+    """Mean PSNR (dB, [0,1] images) per sigma on a fixed validation set."""
+    from .data import psnr
+
+    scores: dict[str, list[float]] = {}
+    for noisy, clean, sigma in val_set:
+        est = _predict_padded(model, noisy, multiple)
+        scores.setdefault(f"{sigma:g}", []).append(psnr(clean, est))
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _load_images(paths: Sequence[str], color: bool) -> list[np.ndarray]:
+    from .data import list_images, load_image
+
+    return [load_image(p, color=color) for p in list_images(paths)]
+
+
+def _build_or_load(recipe: RecipeConfig, ckpt: Path, resume: bool):
+    """The model to train: the checkpoint (resume), a base model (fine-tune) or a fresh build."""
+    import keras
+
+    from .architectures import build_model
+    from .modelfile import load_keras_model
+
+    if resume and ckpt.is_file():
+        model, card = load_keras_model(ckpt, compile=True)
+        return model, card, True
+    if recipe.init_from:
+        from .registry import load_model
+
+        base = load_model(recipe.init_from)
+        if base.channels != recipe.architecture.channels:
+            raise ConfigError(
+                f"init_from={recipe.init_from!r} has {base.channels} channel(s) but the recipe "
+                f"trains {recipe.architecture.channels}"
+            )
+        model = keras.models.clone_model(base.model)
+        model.set_weights(base.model.get_weights())
+        return model, base.card, False
+    keras.utils.set_random_seed(recipe.training.seed)
+    return build_model(recipe.architecture, name=recipe.name), None, False
+
+
+def train(
+    recipe: RecipeConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    images: Sequence[np.ndarray] | None = None,
+    val_images: Sequence[np.ndarray] | None = None,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    max_seconds: float | None = None,
+    extra_card: dict | None = None,
+) -> TrainResult:
+    """Train (or fine-tune, or resume) a model described by ``recipe``.
+
+    Parameters
+    ----------
+    recipe : RecipeConfig
+        Architecture, corruptions, data and optimisation settings.
+    out_dir : str or Path
+        Folder for ``checkpoint.keras`` (with optimizer), ``<name>.keras`` (the best model,
+        with its card), ``log.csv``, ``state.json`` and ``recipe.yaml``.
+    resume : bool
+        Continue from ``out_dir``'s checkpoint at its exact step.
+    images, val_images : sequence of (H, W, C) float arrays in [0, 1], optional
+        In-memory training / validation images (e.g. napari layers); default: the recipe's folders.
+    on_progress : callable, optional
+        Called with a :class:`TrainProgress` every ``log_every`` steps and after validations.
+    should_stop : callable, optional
+        Polled every step; when it returns True the run checkpoints and returns.
+    max_seconds : float, optional
+        Wall-clock budget for this call (train in chunks across sessions or GPU leases).
+    extra_card : dict, optional
+        Extra ModelCard fields (e.g. ``training_data`` for layers).
+
+    Returns
+    -------
+    TrainResult
+    """
+    import yaml
+
+    from .architectures import parameter_count, receptive_field, size_multiple
+    from .data import PatchSampler, split_train_val, validation_set
+    from .modelfile import save_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt, state_path, log_path = out / CHECKPOINT, out / STATE, out / LOG
+    final_path = out / f"{recipe.name}.keras"
+    t_cfg, color = recipe.training, recipe.data.color
+
+    if images is None:
+        if not recipe.data.train:
+            raise ConfigError("data.train is empty and no images were given")
+        images = _load_images(recipe.data.train, color)
+    images = list(images)
+    if val_images is None:
+        if recipe.data.val:
+            val_images = _load_images(recipe.data.val, color)
+        else:
+            images, val_images = split_train_val(
+                images, recipe.data.val_fraction, recipe.data.max_val_images, t_cfg.seed
+            )
+    val_set = validation_set(list(val_images), t_cfg.val_sigmas, seed=t_cfg.seed, crop=256)
+
+    model, base_card, resumed = _build_or_load(recipe, ckpt, resume)
+    state = json.loads(state_path.read_text()) if resumed and state_path.is_file() else {}
+    if not resumed:
+        model.compile(optimizer=_optimizer(recipe), loss=make_loss(t_cfg.loss, t_cfg.hinge_margin))
+    multiple = size_multiple(recipe.architecture) if base_card is None else base_card.size_multiple
+    rf = receptive_field(model, multiple)
+
+    step = int(state.get("step", 0))
+    elapsed_before = float(state.get("elapsed_s", 0.0))
+    best = float(state.get("best", -math.inf))
+    val_initial = state.get("val_initial") or evaluate(model, val_set, multiple)
+    val_best = state.get("val_best") or dict(val_initial)
+    if not resumed:
+        _atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json")))
+
+    sampler = PatchSampler(
+        images,
+        recipe.data.patch_size,
+        t_cfg.batch_size,
+        recipe.corruption,
+        seed=t_cfg.seed,
+        augment=recipe.data.augment,
+    )
+
+    def card(val: dict[str, float]) -> ModelCard:
+        fields = dict(
+            name=recipe.name,
+            description=recipe.description,
+            channels=recipe.architecture.channels,
+            kind=recipe.architecture.kind,
+            parameters=parameter_count(model),
+            receptive_field=rf,
+            size_multiple=multiple,
+            sigma_range=recipe.corruption.sigma_range,
+            recipe=recipe,
+            base_model=recipe.init_from,
+            steps_done=step,
+            training_time_s=round(elapsed_before + time.time() - t0, 1),
+            hardware=hardware_description(),
+            val_psnr={k: round(v, 3) for k, v in val.items()},
+            training_data=[str(p) for p in recipe.data.train],
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+        fields.update(extra_card or {})
+        return ModelCard(**fields)
+
+    def checkpoint() -> None:
+        save_model(model, ckpt, card(val_best), include_optimizer=True)
+        _atomic_write_text(
+            state_path,
+            json.dumps(
+                {
+                    "step": step,
+                    "elapsed_s": elapsed_before + time.time() - t0,
+                    "best": best,
+                    "val_initial": val_initial,
+                    "val_best": val_best,
+                },
+                indent=1,
+            ),
+        )
+
+    t0 = time.time()
+    if not final_path.exists():
+        save_model(model, final_path, card(val_initial))
+    new_log = not log_path.exists()
+    stopped = False
+    with open(log_path, "a", newline="") as log_file:
+        log = csv.writer(log_file)
+        if new_log:
+            log.writerow(["step", "loss", "lr", "elapsed_s", *[f"psnr_{s:g}" for s in t_cfg.val_sigmas]])
+        losses: list[float] = []
+        while step < t_cfg.steps:
+            if (should_stop and should_stop()) or (
+                max_seconds is not None and time.time() - t0 > max_seconds
+            ):
+                stopped = True
+                break
+            noisy, clean = sampler.batch(step)
+            loss = model.train_on_batch(noisy, clean)
+            losses.append(float(np.asarray(loss if np.ndim(loss) == 0 else loss[0])))
+            step += 1
+            val = None
+            if step % t_cfg.val_every == 0 or step == t_cfg.steps:
+                val = evaluate(model, val_set, multiple)
+                score = float(np.mean(list(val.values())))
+                if score > best:
+                    best, val_best = score, val
+                    save_model(model, final_path, card(val_best))
+            if step % t_cfg.log_every == 0 or val is not None:
+                elapsed = time.time() - t0
+                rate = elapsed / max(1, step - int(state.get("step", 0)))
+                prog = TrainProgress(
+                    step=step,
+                    total=t_cfg.steps,
+                    loss=float(np.mean(losses)),
+                    learning_rate=_current_lr(model),
+                    elapsed_s=elapsed_before + elapsed,
+                    eta_s=rate * (t_cfg.steps - step),
+                    val_psnr=val,
+                )
+                log.writerow(
+                    [step, f"{prog.loss:.6g}", f"{prog.learning_rate:.3g}", f"{prog.elapsed_s:.1f}"]
+                    + [f"{val[f'{s:g}']:.3f}" if val else "" for s in t_cfg.val_sigmas]
+                )
+                log_file.flush()
+                losses = []
+                if on_progress:
+                    on_progress(prog)
+            if step % t_cfg.checkpoint_every == 0:
+                checkpoint()
+    checkpoint()
+    return TrainResult(
+        out_dir=out,
+        model_path=final_path,
+        steps_done=step,
+        best_val_psnr=best,
+        val_psnr_initial=val_initial,
+        val_psnr_best=val_best,
+        stopped=stopped,
+    )
+
+
+def _print_progress(p: TrainProgress) -> None:
+    val = ""
+    if p.val_psnr:
+        val = "  val PSNR " + " ".join(f"σ{k}:{v:.2f}" for k, v in p.val_psnr.items())
+    eta = _dt.timedelta(seconds=int(p.eta_s))
+    print(
+        f"step {p.step}/{p.total}  loss {p.loss:.3e}  lr {p.learning_rate:.2e}  ETA {eta}{val}",
+        flush=True,
+    )
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Arguments of the train command (shared by ``python -m src_models.train`` and the CLI)."""
+    p = parser or argparse.ArgumentParser(
+        prog="python -m src_models.train", description="Train a bias-free denoiser from a recipe."
+    )
+    p.add_argument("--config", required=True, help="recipe YAML (src_models/recipes/*.yaml)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, log, final model)")
+    p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    p.add_argument("--steps", type=int, help="override training.steps")
+    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long")
+    p.add_argument("--data", help="replace the recipe's data root '../shared/data' by this folder")
+    return p
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Execute the train command; returns the exit code."""
+    try:
+        recipe = load_recipe(args.config)
+        if args.steps:
+            recipe.training.steps = args.steps
+        if args.data:
+            root = Path(args.data).resolve()
+            recipe.data.train = [_reroot(p, root) for p in recipe.data.train]
+            recipe.data.val = [_reroot(p, root) for p in recipe.data.val]
+        result = train(
+            recipe,
+            args.out,
+            resume=args.resume,
+            on_progress=_print_progress,
+            max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        )
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    what = "stopped" if result.stopped else "finished"
+    print(f"{what} at step {result.steps_done}; best model: {result.model_path}")
+    return 0
+
+
+def _reroot(p: str, root: Path) -> str:
+    parts = Path(p).parts
+    if "data" in parts:
+        i = len(parts) - 1 - parts[::-1].index("data")
+        return str(root.joinpath(*parts[i + 1 :]))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_from_args(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
