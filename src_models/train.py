@@ -234,6 +234,9 @@ def train(
             images, val_images = split_train_val(
                 images, recipe.data.val_fraction, recipe.data.max_val_images, t_cfg.seed
             )
+    if not len(val_images):
+        # one image (a single napari layer, say): score on the training image rather than on nothing
+        val_images = images
     val_set = validation_set(list(val_images), t_cfg.val_sigmas, seed=t_cfg.seed, crop=256)
 
     model, base_card, resumed = _build_or_load(recipe, ckpt, resume)

@@ -1,0 +1,57 @@
+"""The config schema rejects bad values with messages that name the field and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from src_models.config import ConfigError, load_recipe, parse_recipe
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "src_models" / "recipes").glob("*.yaml"))
+
+
+def _base(**arch):
+    return {"name": "m", "architecture": {"kind": "dncnn", **arch}}
+
+
+def test_unknown_architecture_kind_lists_the_allowed_kinds():
+    with pytest.raises(ConfigError) as err:
+        parse_recipe({"name": "m", "architecture": {"kind": "transformer"}})
+    msg = str(err.value)
+    assert "architecture" in msg and "dncnn" in msg and "unet" in msg and "transformer" in msg
+
+
+def test_even_kernel_size_is_rejected_with_the_value():
+    with pytest.raises(ConfigError, match=r"architecture\.dncnn\.kernel_size.*odd \(got 4\)"):
+        parse_recipe(_base(kernel_size=4))
+
+
+def test_unknown_field_is_rejected_by_name():
+    with pytest.raises(ConfigError, match=r"architecture\.dncnn\.bias.*Extra inputs"):
+        parse_recipe(_base(bias=True))
+
+
+def test_out_of_range_values_name_the_bound():
+    with pytest.raises(ConfigError, match=r"training\.learning_rate.*greater than 0"):
+        parse_recipe({**_base(), "training": {"learning_rate": 0}})
+    with pytest.raises(ConfigError, match=r"corruption\.sigma_range.*0 <= low <= high \(got \(50\.0, 10\.0\)\)"):
+        parse_recipe({**_base(), "corruption": {"sigma_range": [50, 10]}})
+
+
+def test_colour_data_with_a_gray_architecture_is_refused():
+    with pytest.raises(ConfigError, match="channels is 1 but data.color=True"):
+        parse_recipe({**_base(), "data": {"color": True}})
+
+
+def test_missing_recipe_file_names_the_path(tmp_path):
+    with pytest.raises(ConfigError, match="recipe not found: .*nope.yaml"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_bundled_recipe_validates_and_points_at_training_data_only(path):
+    recipe = load_recipe(path)
+    assert recipe.data.train, "a recipe must name its training data"
+    for p in recipe.data.train + recipe.data.val:
+        assert "/eval" not in p.replace("\\", "/"), f"{path.name} trains or validates on eval/: {p}"
