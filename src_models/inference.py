@@ -1,0 +1,570 @@
+"""Denoise arrays of any shape with a bias-free model: planes, channels, tiles, dtypes.
+
+Why it looks like this:
+
+* **Tiles give exactly the untiled result.** Each 2-D plane is padded once by a
+  margin ``M`` (at least the model's receptive field, a multiple of its size
+  multiple) and cut into windows whose cores start at multiples of the size
+  multiple, so every core pixel sees the same inputs it would in one pass.
+* **Scale and offset.** Bias-free nets satisfy ``D(a*y) = a*D(y)`` for ``a > 0``
+  but are not offset-equivariant, and were trained on non-negative intensities.
+  Each plane is shifted by an offset (its minimum when negative, else 0, or the
+  value given) and divided by its largest magnitude, denoised in float32, then
+  scaled and shifted back. Scaling is exact by homogeneity and keeps float
+  ranges from 1e-30 to 1e30 inside float32.
+* **Non-finite pixels** (NaN, inf) are replaced by the median of the finite
+  values of their plane and channel before denoising, with a warning, so the
+  output never holds NaN.
+* **Progress and cancel.** :meth:`Denoiser.denoise_iter` is a generator that
+  yields a :class:`Progress` after every batch of at most one tile's worth of
+  pixels and the result last, so a GUI worker can report and stop it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # keras is imported lazily: importing this module stays cheap
+    import keras
+
+    from .config import ModelCard
+
+__all__ = ["Cancelled", "Denoiser", "Progress", "estimate_sigma"]
+
+MAX_CORE = 1024  # automatic tiling: cores at most this many pixels per side
+BATCH_PIXELS = 1 << 20  # windows per model call: about one large tile's worth of pixels
+MIN_SIDE = 4  # smallest spatial size accepted
+_CHUNK = 1 << 18  # pixels per float64 chunk while normalising a plane
+
+TileArg = int | tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How many tiles of the whole call are done."""
+
+    done: int
+    total: int
+
+
+class Cancelled(Exception):
+    """Raised by :meth:`Denoiser.denoise` when its ``cancel`` callback returns True."""
+
+
+# --------------------------------------------------------------------------- input layout
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which axes are channels, looped planes and the two spatial axes."""
+
+    shape: tuple[int, ...]
+    channel_axis: int | None
+    lead_axes: tuple[int, ...]
+    spatial_axes: tuple[int, int]
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.channel_axis is None else self.shape[self.channel_axis]
+
+    @property
+    def height(self) -> int:
+        return self.shape[self.spatial_axes[0]]
+
+    @property
+    def width(self) -> int:
+        return self.shape[self.spatial_axes[1]]
+
+    @property
+    def lead_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[a] for a in self.lead_axes)
+
+    def index(self, lead: tuple[int, ...], chans: slice, ys: slice, xs: slice) -> tuple:
+        """Index into the original array for one plane's channels and a spatial box."""
+        idx: list[Any] = [slice(None)] * len(self.shape)
+        for a, i in zip(self.lead_axes, lead, strict=True):
+            idx[a] = i
+        idx[self.spatial_axes[0]] = ys
+        idx[self.spatial_axes[1]] = xs
+        if self.channel_axis is not None:
+            idx[self.channel_axis] = chans
+        return tuple(idx)
+
+    def to_hwc(self, block: np.ndarray) -> np.ndarray:
+        """Indexed block (original axis order) -> (H, W, C)."""
+        if self.channel_axis is None:
+            return block[..., None]
+        return np.moveaxis(block, self._channel_pos(), -1)
+
+    def from_hwc(self, block: np.ndarray) -> np.ndarray:
+        """(H, W, C) -> the indexed block's axis order."""
+        if self.channel_axis is None:
+            return block[..., 0]
+        return np.moveaxis(block, -1, self._channel_pos())
+
+    def _channel_pos(self) -> int:
+        return sorted((self.channel_axis, *self.spatial_axes)).index(self.channel_axis)
+
+
+def _as_array_like(array: Any) -> Any:
+    """Keep arrays and lazy arrays (anything with shape, dtype and indexing); convert the rest."""
+    if all(hasattr(array, a) for a in ("shape", "dtype", "__getitem__")):
+        return array
+    return np.asarray(array)
+
+
+def _layout(array: Any, channel_axis: int | None) -> _Layout:
+    """Validate dtype, shape and channel axis; raise naming the bad value."""
+    dtype = np.dtype(array.dtype)
+    if dtype.kind not in "iuf":
+        raise TypeError(
+            f"cannot denoise an image of dtype {dtype}: expected integers or real floats"
+        )
+    shape = tuple(int(s) for s in array.shape)
+    ndim = len(shape)
+    if ndim < 2:
+        raise ValueError(f"an image needs at least 2 dimensions (got shape {shape})")
+    if channel_axis is not None:
+        if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
+            raise TypeError(f"channel_axis must be an int or None (got {channel_axis!r})")
+        if not -ndim <= channel_axis < ndim:
+            raise ValueError(
+                f"channel_axis={channel_axis} is out of range for an image with {ndim} dimensions"
+            )
+        channel_axis = int(channel_axis) % ndim
+    others = [a for a in range(ndim) if a != channel_axis]
+    if len(others) < 2:
+        raise ValueError(
+            f"an image of shape {shape} with channel_axis={channel_axis} has fewer than "
+            "2 spatial axes"
+        )
+    if 0 in shape:
+        raise ValueError(f"cannot denoise an empty image (shape {shape})")
+    spatial = (others[-2], others[-1])
+    if min(shape[a] for a in spatial) < MIN_SIDE:
+        raise ValueError(
+            f"image of shape {shape} is too small: its spatial axes "
+            f"({shape[spatial[0]]}, {shape[spatial[1]]}) must be at least {MIN_SIDE} pixels"
+        )
+    return _Layout(shape, channel_axis, tuple(others[:-2]), spatial)
+
+
+# --------------------------------------------------------------------------- tiling
+
+
+@dataclass(frozen=True)
+class _Tiling:
+    """Geometry shared by every plane of one call (all planes have the same size)."""
+
+    margin: int
+    core: tuple[int, int]  # core size (multiple of size_multiple)
+    padded: tuple[int, int]  # padded plane size
+    extra: tuple[int, int]  # bottom/right padding up to a multiple of size_multiple
+    starts: tuple[tuple[int, ...], tuple[int, ...]]  # core starts per axis (original coords)
+
+    @property
+    def window(self) -> tuple[int, int]:
+        return self.core[0] + 2 * self.margin, self.core[1] + 2 * self.margin
+
+    @property
+    def count(self) -> int:
+        return len(self.starts[0]) * len(self.starts[1])
+
+    def boxes(self) -> Iterator[tuple[int, int]]:
+        for y in self.starts[0]:
+            for x in self.starts[1]:
+                yield y, x
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _core_size(length: int, tile: int | None, multiple: int) -> int:
+    """Core size along one axis of aligned length ``length`` (a multiple of ``multiple``)."""
+    if tile is None:
+        n = math.ceil(length / MAX_CORE)
+        tile = math.ceil(length / n)
+    return min(_round_up(max(int(tile), 1), multiple), length)
+
+
+def _starts(length: int, core: int) -> tuple[int, ...]:
+    """Core starts k*core, the last one moved back so its window stays inside the plane."""
+    n = math.ceil(length / core)
+    return tuple(min(k * core, length - core) for k in range(n))
+
+
+def _tiling(height: int, width: int, tile: TileArg, receptive_field: int, multiple: int) -> _Tiling:
+    if tile is None or isinstance(tile, (int, np.integer)):
+        tiles = (tile, tile)
+    else:
+        tiles = tuple(tile)
+        if len(tiles) != 2:
+            raise ValueError(f"tile must be an int or a (height, width) pair (got {tile!r})")
+    for t in tiles:
+        if t is not None and (isinstance(t, bool) or int(t) < 1):
+            raise ValueError(f"tile sizes must be positive integers (got tile={tile!r})")
+    margin = _round_up(receptive_field, multiple)
+    extra = ((-height) % multiple, (-width) % multiple)
+    lengths = (height + extra[0], width + extra[1])
+    core = tuple(_core_size(n, t, multiple) for n, t in zip(lengths, tiles, strict=True))
+    return _Tiling(
+        margin=margin,
+        core=core,
+        padded=(lengths[0] + 2 * margin, lengths[1] + 2 * margin),
+        extra=extra,
+        starts=(_starts(lengths[0], core[0]), _starts(lengths[1], core[1])),
+    )
+
+
+# --------------------------------------------------------------------------- one plane
+
+
+@dataclass
+class _Plane:
+    """One plane's normalised, padded float32 pixels and how to undo the normalisation."""
+
+    lead: tuple[int, ...]
+    chans: slice
+    padded: np.ndarray  # (Hp, Wp, c) float32
+    offset: float
+    scale: float
+    repeat: int  # >1: channel fed `repeat` times, outputs averaged
+
+
+def _fill_non_finite(plane: np.ndarray, where: str) -> tuple[np.ndarray, int]:
+    """Replace NaN/inf by the median of the finite values of each channel of an (H, W, C) plane."""
+    finite = np.isfinite(plane)
+    bad = int(finite.size - np.count_nonzero(finite))
+    if not bad:
+        return plane, 0
+    filled = np.array(plane, copy=True)
+    for c in range(plane.shape[-1]):
+        ok = finite[..., c]
+        if not ok.any():
+            raise ValueError(
+                f"{where} has no finite values (all NaN or inf): nothing to fill it from"
+            )
+        filled[..., c][~ok] = np.median(plane[..., c][ok])
+    return filled, bad
+
+
+def _normalise(plane: np.ndarray, offset: float, scale: float) -> np.ndarray:
+    """(plane - offset) / scale as float32, in float64 chunks (exact, bounded memory)."""
+    out = np.empty(plane.shape, dtype=np.float32)
+    rows = max(1, _CHUNK // max(1, plane[0].size))
+    for r in range(0, plane.shape[0], rows):
+        out[r : r + rows] = (plane[r : r + rows].astype(np.float64) - offset) / scale
+    return out
+
+
+def _offset_and_scale(plane: np.ndarray, offset: float | None) -> tuple[float, float]:
+    """The plane's offset (given, else its minimum if negative, else 0) and largest magnitude."""
+    lo, hi = float(plane.min()), float(plane.max())
+    if offset is None:
+        offset = min(lo, 0.0)
+    scale = max(hi - offset, offset - lo)
+    if scale == 0:
+        scale = 1.0
+    elif not math.isfinite(scale):  # only for float64 values near its overflow limit
+        scale = float(np.finfo(np.float64).max)
+    return float(offset), scale
+
+
+def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float64 -> the output dtype: rounded and clipped for integers, float32 otherwise."""
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        hi = float(info.max)
+        if int(hi) > info.max:  # 64-bit: float64 rounds the max up; step below so it never wraps
+            hi = float(np.nextafter(hi, 0.0))
+        return np.clip(np.rint(values), float(info.min), hi).astype(dtype)
+    big = float(np.finfo(np.float32).max)
+    return np.clip(values, -big, big).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- the denoiser
+
+
+class Denoiser:
+    """A bias-free model plus its card, applied to arrays of any shape.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Maps (N, H, W, channels) float32 images to denoised images.
+    card : ModelCard
+        Its card: channels, receptive_field (half-width, px), size_multiple.
+    name : str, optional
+        Display name; defaults to ``card.name``.
+    """
+
+    def __init__(self, model: keras.Model, card: ModelCard, name: str | None = None):
+        self.model = model
+        self.card = card
+        self.name = name or card.name
+        self.channels = int(card.channels)
+        model_channels = model.input_shape[-1] if hasattr(model, "input_shape") else None
+        if model_channels is not None and int(model_channels) != self.channels:
+            raise ValueError(
+                f"model {self.name!r} takes {model_channels} channels but its card says "
+                f"{self.channels}"
+            )
+        self._predict: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def __repr__(self) -> str:
+        c = self.card
+        return (
+            f"Denoiser(name={self.name!r}, channels={self.channels}, kind={c.kind!r}, "
+            f"receptive_field={c.receptive_field}, size_multiple={c.size_multiple})"
+        )
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on an (N, H, W, channels) float32 batch (H, W: multiples of the card's)."""
+        if self._predict is None:
+            from .backend import compiled_predict
+
+            self._predict = compiled_predict(self.model)
+        return self._predict(batch)
+
+    # ------------------------------------------------------------------ public API
+
+    def denoise(
+        self,
+        array: Any,
+        *,
+        channel_axis: int | None = None,
+        tile: TileArg = None,
+        offset: float | None = None,
+        progress: Callable[[int, int], Any] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """Denoise an image or stack; see :meth:`denoise_iter` for the arguments.
+
+        Parameters
+        ----------
+        progress : callable, optional
+            Called as ``progress(done, total)`` after every batch of tiles.
+        cancel : callable, optional
+            Polled after every batch; returning True raises :class:`Cancelled`.
+
+        Returns
+        -------
+        np.ndarray
+            Same shape; same dtype for integers, float32 for floats.
+        """
+        gen = self.denoise_iter(array, channel_axis=channel_axis, tile=tile, offset=offset)
+        try:
+            for item in gen:
+                if not isinstance(item, Progress):
+                    return item
+                if progress is not None:
+                    progress(item.done, item.total)
+                if cancel is not None and cancel():
+                    raise Cancelled(f"denoising cancelled after {item.done} of {item.total} tiles")
+        finally:
+            gen.close()
+        raise RuntimeError("denoise_iter ended without a result")  # pragma: no cover
+
+    def denoise_iter(
+        self,
+        array: Any,
+        *,
+        channel_axis: int | None = None,
+        tile: TileArg = None,
+        offset: float | None = None,
+    ) -> Iterator[Progress | np.ndarray]:
+        """Denoise step by step: yield :class:`Progress` per batch, then the result array.
+
+        Parameters
+        ----------
+        array : array-like
+            Any real numeric dtype. The last two non-channel axes are Y, X; all
+            other axes (Z, T, ...) are looped over plane by plane. Lazy arrays
+            (dask, zarr) are read one plane at a time.
+        channel_axis : int, optional
+            Axis holding channels (may be negative); None for a single channel.
+            A model with as many channels as the image runs on all jointly;
+            otherwise each channel runs alone, repeated to the model's channel
+            count and the outputs averaged (a 3-channel model on gray).
+        tile : int or (int, int), optional
+            Tile core size in pixels (rounded up to the size multiple). None
+            chooses: the whole plane up to 1024 px per side, else near-equal
+            cores of 512-1024 px.
+        offset : float, optional
+            Subtracted before and added back after denoising. None: 0 for planes
+            whose minimum is >= 0, else the plane minimum (negative images are
+            shifted to start at 0 and shifted back).
+
+        Returns
+        -------
+        Iterator[Progress | np.ndarray]
+            A generator yielding ``Progress(0, total)`` first, ``Progress(done,
+            total)`` after every batch (at most one tile's worth of pixels
+            apart), and the result array last: same shape, same dtype for
+            integers (rounded, clipped), float32 for floats. Stopping it (or
+            dropping it) between yields cancels the work. Bad arguments raise
+            at the call, before any yield.
+        """
+        # validated here, eagerly: a bad call fails when made, not at the first next()
+        array = _as_array_like(array)
+        layout = _layout(array, channel_axis)
+        if offset is not None and not math.isfinite(float(offset)):
+            raise ValueError(f"offset must be a finite number or None (got {offset!r})")
+        tiling = _tiling(
+            layout.height,
+            layout.width,
+            tile,
+            int(self.card.receptive_field),
+            int(self.card.size_multiple),
+        )
+        return self._iterate(array, layout, tiling, offset)
+
+    # ------------------------------------------------------------------ internals
+
+    def _iterate(
+        self, array: Any, layout: _Layout, tiling: _Tiling, offset: float | None
+    ) -> Iterator[Progress | np.ndarray]:
+        in_dtype = np.dtype(array.dtype)
+        out_dtype = in_dtype if in_dtype.kind in "iu" else np.dtype(np.float32)
+        k = self.channels
+        if layout.channels == k:
+            groups = [(slice(None), 1)]
+        else:
+            groups = [(slice(c, c + 1), k) for c in range(layout.channels)]
+        n_planes = math.prod(layout.lead_shape) * len(groups)
+        total = n_planes * tiling.count
+        wy, wx = tiling.window
+        batch_size = max(1, BATCH_PIXELS // (wy * wx))
+
+        out = np.empty(layout.shape, dtype=out_dtype)
+        done = 0
+        warned = False
+        batch: list[tuple[_Plane, int, int]] = []
+        yield Progress(0, total)
+        for lead in np.ndindex(*layout.lead_shape):
+            for chans, repeat in groups:
+                plane, bad = self._prepare(array, layout, tiling, lead, chans, repeat, offset)
+                if bad and not warned:
+                    warnings.warn(
+                        f"the image has non-finite pixels (NaN or inf; {bad} in plane {lead}): "
+                        "they are replaced by the median of the finite values of their plane "
+                        "before denoising",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    warned = True
+                for y, x in tiling.boxes():
+                    batch.append((plane, y, x))
+                    if len(batch) == batch_size:
+                        self._run(batch, tiling, layout, out)
+                        done += len(batch)
+                        batch = []
+                        yield Progress(done, total)
+        if batch:
+            self._run(batch, tiling, layout, out)
+            done += len(batch)
+            batch = []
+            yield Progress(done, total)
+        yield out
+
+    def _prepare(
+        self,
+        array: Any,
+        layout: _Layout,
+        tiling: _Tiling,
+        lead: tuple[int, ...],
+        chans: slice,
+        repeat: int,
+        offset: float | None,
+    ) -> tuple[_Plane, int]:
+        """Read one plane, fill non-finite pixels, normalise, pad once."""
+        full = slice(None)
+        plane = layout.to_hwc(np.asarray(array[layout.index(lead, chans, full, full)]))
+        bad = 0
+        if plane.dtype.kind == "f":
+            where = f"plane {lead}" if lead else "the image"
+            plane, bad = _fill_non_finite(plane, where)
+        off, scale = _offset_and_scale(plane, None if offset is None else float(offset))
+        norm = _normalise(plane, off, scale)
+        m = tiling.margin
+        pad = ((m, m + tiling.extra[0]), (m, m + tiling.extra[1]), (0, 0))
+        if any(p for p in pad[0] + pad[1]):
+            norm = np.pad(norm, pad, mode="reflect")
+        return _Plane(lead, chans, norm, off, scale, repeat), bad
+
+    def _run(
+        self,
+        batch: list[tuple[_Plane, int, int]],
+        tiling: _Tiling,
+        layout: _Layout,
+        out: np.ndarray,
+    ) -> None:
+        """Run one batch of equal-size windows and write their cores into ``out``."""
+        wy, wx = tiling.window
+        x = np.stack([p.padded[y : y + wy, x0 : x0 + wx] for p, y, x0 in batch])
+        repeat = batch[0][0].repeat
+        if repeat > 1:
+            x = np.repeat(x, repeat, axis=-1)
+        y_hat = self.predict_batch(x)
+        if repeat > 1:
+            y_hat = y_hat.mean(axis=-1, keepdims=True)
+        m = tiling.margin
+        cy, cx = tiling.core
+        for (plane, y0, x0), pred in zip(batch, y_hat, strict=True):
+            h = min(cy, layout.height - y0)
+            w = min(cx, layout.width - x0)
+            if h <= 0 or w <= 0:  # a core lying wholly in the size-multiple padding
+                continue
+            core = pred[m : m + h, m : m + w].astype(np.float64) * plane.scale + plane.offset
+            idx = layout.index(plane.lead, plane.chans, slice(y0, y0 + h), slice(x0, x0 + w))
+            out[idx] = layout.from_hwc(_cast_like(core, out.dtype))
+
+
+# --------------------------------------------------------------------------- noise level
+
+
+def estimate_sigma(array: Any, channel_axis: int | None = None, max_planes: int = 8) -> float:
+    """Estimate the Gaussian noise sigma in the array's own units (wavelet MAD).
+
+    Why: the plugin shows it next to the model's trained sigma range. Uses
+    :func:`skimage.restoration.estimate_sigma` per 2-D plane and channel,
+    averaged; stacks are sampled at up to ``max_planes`` evenly spaced planes.
+
+    Parameters
+    ----------
+    array : array-like
+        Image or stack, any real dtype.
+    channel_axis : int, optional
+        Channel axis, averaged over.
+    max_planes : int
+        Planes of a stack to look at.
+
+    Returns
+    -------
+    float
+    """
+    from skimage.restoration import estimate_sigma as _skimage_sigma
+
+    array = _as_array_like(array)
+    layout = _layout(array, channel_axis)
+    leads = list(np.ndindex(*layout.lead_shape))
+    if len(leads) > max_planes:
+        leads = [leads[i] for i in np.linspace(0, len(leads) - 1, max_planes).round().astype(int)]
+    full = slice(None)
+    sigmas = []
+    for lead in leads:
+        plane = layout.to_hwc(np.asarray(array[layout.index(lead, full, full, full)]))
+        plane = plane.astype(np.float64)
+        plane, _ = _fill_non_finite(plane, f"plane {lead}" if lead else "the image")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for c in range(plane.shape[-1]):
+                sigmas.append(float(_skimage_sigma(plane[..., c], channel_axis=None)))
+    return float(np.mean(sigmas))

@@ -1,0 +1,295 @@
+"""Find, load and manage models: bundled ones and the user's own.
+
+Why: the plugin lists models by name without loading weights (cards only), loads
+the chosen one once (cached), and lets users rename or delete the models they
+trained, never the bundled ones. A file whose card cannot be read is listed with
+the reason, so a broken download is visible instead of silently missing.
+
+Bundled models live in ``src_models/pretrained/*.keras``; user models in
+``platformdirs.user_data_dir("napari-bfcnn")/models`` or the folder named by the
+environment variable ``NAPARI_BFCNN_MODEL_DIR``. A model's name is its file stem.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .inference import Denoiser
+
+__all__ = [
+    "BUNDLED_DIR",
+    "ENV_MODEL_DIR",
+    "ModelInfo",
+    "default_model",
+    "delete_user_model",
+    "list_models",
+    "load_model",
+    "rename_user_model",
+    "user_model_dir",
+]
+
+BUNDLED_DIR = Path(__file__).parent / "pretrained"
+ENV_MODEL_DIR = "NAPARI_BFCNN_MODEL_DIR"
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the model list shows about one model file, read from its card only."""
+
+    name: str
+    path: Path
+    channels: int = 0
+    kind: str = ""
+    parameters: int = 0
+    receptive_field: int = 0
+    sigma_range: tuple[float, float] = (0.0, 0.0)
+    description: str = ""
+    builtin: bool = False
+    error: str | None = None
+
+
+def user_model_dir() -> Path:
+    """Folder of the user's models: ``$NAPARI_BFCNN_MODEL_DIR`` or the platform data folder."""
+    env = os.environ.get(ENV_MODEL_DIR)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-bfcnn")) / "models"
+
+
+def _info(path: Path, builtin: bool) -> ModelInfo:
+    from .modelfile import ModelFileError, read_card
+
+    try:
+        card = read_card(path)
+    except ModelFileError as err:
+        return ModelInfo(name=path.stem, path=path, builtin=builtin, error=str(err))
+    return ModelInfo(
+        name=path.stem,
+        path=path,
+        channels=card.channels,
+        kind=card.kind,
+        parameters=card.parameters,
+        receptive_field=card.receptive_field,
+        sigma_range=tuple(card.sigma_range),
+        description=card.description,
+        builtin=builtin,
+    )
+
+
+def _files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        (p for p in folder.glob("*.keras") if not p.name.startswith(".")), key=lambda p: p.stem
+    )
+
+
+def _bundled_names() -> set[str]:
+    return {p.stem for p in _files(BUNDLED_DIR)}
+
+
+def list_models() -> list[ModelInfo]:
+    """List bundled then user models, each sorted by name; reads cards only (fast).
+
+    A user model named like a bundled one is listed with an error, since a name
+    must mean one model.
+    """
+    bundled = [_info(p, True) for p in _files(BUNDLED_DIR)]
+    taken = {m.name for m in bundled}
+    users = []
+    for p in _files(user_model_dir()):
+        info = _info(p, False)
+        if info.name in taken:
+            info = ModelInfo(
+                name=info.name,
+                path=p,
+                builtin=False,
+                error=f"{p} has the same name as a bundled model; rename the file to use it",
+            )
+        users.append(info)
+    return bundled + users
+
+
+def _available(models: list[ModelInfo]) -> str:
+    names = [m.name for m in models if m.error is None]
+    return ", ".join(names) if names else "none installed"
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    from .modelfile import ModelFileError
+
+    text = str(name_or_path)
+    is_path = (
+        isinstance(name_or_path, Path) or text.endswith(".keras") or os.sep in text or "/" in text
+    )
+    if is_path:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ModelFileError(f"model file not found: {path}")
+        return path.resolve()
+    models = list_models()
+    for m in models:
+        if m.name == text:
+            if m.error is not None:
+                raise ModelFileError(m.error)
+            return m.path.resolve()
+    raise ValueError(f"unknown model {text!r}; available models: {_available(models)}")
+
+
+def load_model(name_or_path: str | Path) -> Denoiser:
+    """Load a model by name or path, cached until its file changes.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A listed model name, or a path to a ``.keras`` model file.
+
+    Returns
+    -------
+    Denoiser
+
+    Raises
+    ------
+    ValueError
+        Unknown name; the message lists the available names.
+    ModelFileError
+        The file is missing or cannot be read; names the path and the reason.
+    """
+    path = _resolve(name_or_path)
+    stat = path.stat()
+    return _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, mtime_ns: int, size: int) -> Denoiser:
+    from .inference import Denoiser
+    from .modelfile import load_keras_model
+
+    model, card = load_keras_model(path)
+    return Denoiser(model, card, name=Path(path).stem)
+
+
+def clear_cache() -> None:
+    """Forget loaded models (after files were replaced or to free memory)."""
+    _load_cached.cache_clear()
+
+
+def default_model(channels: int, rgb: bool) -> str:
+    """Name of the model to offer first for an image.
+
+    ``"color"`` for RGB images, else ``"gray"``. If that one is not installed (or
+    broken), the first working model with the wanted channel count (3 for RGB,
+    else 1), else the first working model of any channel count (any model
+    denoises any image, channel by channel if needed).
+
+    Parameters
+    ----------
+    channels : int
+        Channels of the image (used for the message only).
+    rgb : bool
+        Whether the channels are RGB colours.
+    """
+    wanted, want_channels = ("color", 3) if rgb else ("gray", 1)
+    models = [m for m in list_models() if m.error is None]
+    for m in models:
+        if m.name == wanted:
+            return m.name
+    for m in models:
+        if m.channels == want_channels:
+            return m.name
+    if models:
+        return models[0].name
+    raise ValueError(
+        f"no usable denoising model for a {channels}-channel {'RGB ' if rgb else ''}image: "
+        f"no models are installed in {BUNDLED_DIR} or {user_model_dir()}" + _broken_note()
+    )
+
+
+def _broken_note() -> str:
+    broken = [m for m in list_models() if m.error is not None]
+    if not broken:
+        return ""
+    return " (unreadable: " + "; ".join(m.error for m in broken) + ")"
+
+
+def _check_name(name: str, what: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 64:
+        raise ValueError(
+            f"{what} {name!r} is not a valid model name: use 1-64 letters, digits, '_', '.' or '-'"
+        )
+
+
+def _existing_user_file(name: str) -> Path:
+    """The user's file for ``name``; bundled or unknown names are refused with a clear error."""
+    _check_name(name, "model")
+    path = user_model_dir() / f"{name}.keras"
+    if path.is_file():
+        return path
+    if name in _bundled_names():
+        raise ValueError(
+            f"{name!r} is a bundled model; bundled models cannot be renamed or deleted"
+        )
+    raise ValueError(f"no user model named {name!r} in {user_model_dir()}")
+
+
+def rename_user_model(old: str, new: str) -> Path:
+    """Rename a user model (its file and the name in its card); bundled models are refused.
+
+    Returns
+    -------
+    Path
+        The new file.
+    """
+    src = _existing_user_file(old)
+    _check_name(new, "new name")
+    if new in _bundled_names():
+        raise ValueError(f"{new!r} is the name of a bundled model; choose another name")
+    dst = src.with_name(f"{new}.keras")
+    if new == old:
+        return src
+    if dst.exists():
+        raise ValueError(f"a user model named {new!r} already exists: {dst}")
+    os.replace(src, dst)
+    _set_card_name(dst, new)
+    clear_cache()
+    return dst
+
+
+def delete_user_model(name: str) -> None:
+    """Delete a user model file; bundled models are refused."""
+    _existing_user_file(name).unlink()
+    clear_cache()
+
+
+def _set_card_name(path: Path, name: str) -> None:
+    """Rewrite the card inside a model file with a new name (atomic; skipped if unreadable)."""
+    from .modelfile import CARD_ENTRY, ModelFileError, read_card
+
+    try:
+        card = read_card(path)
+    except ModelFileError:
+        return  # a broken file is renamed as is; its error stays visible in the list
+    card.name = name
+    fd, tmp = tempfile.mkstemp(suffix=".keras", prefix=f".{name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+            for item in src.infolist():
+                if item.filename != CARD_ENTRY:
+                    dst.writestr(item, src.read(item.filename))
+            dst.writestr(CARD_ENTRY, card.model_dump_json(indent=2))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

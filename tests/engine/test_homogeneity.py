@@ -1,0 +1,48 @@
+"""Every architecture is positively homogeneous: D(a*y) = a*D(y) for a > 0.
+
+Why it matters: homogeneity makes scale normalisation in inference exact and
+gives D(y) = J(y) y, the adaptive-filter view the plugin shows. Random weights
+(with random ScaleNorm stds and non-zero last layers) are enough: the property
+is structural, so it must hold for any weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from model_factory import exact_float32, randomize_weights
+
+from src_models.architectures import build_model
+from src_models.config import DnCNNConfig, MultiscaleConfig, ResNetConfig, UNetConfig
+
+CONFIGS = {
+    "dncnn": DnCNNConfig(depth=4, width=8),
+    "dncnn_leaky_color": DnCNNConfig(depth=3, width=8, channels=3, activation="leaky_relu"),
+    "dncnn_unshuffle2": DnCNNConfig(depth=3, width=8, unshuffle=2),
+    "dncnn_unshuffle4": DnCNNConfig(depth=3, width=8, unshuffle=4),
+    "resnet_gate_se": ResNetConfig(blocks=2, width=8, expand=8, gate=True, squeeze_excite=True),
+    "resnet_plain_not_residual": ResNetConfig(blocks=1, width=8, expand=8, residual=False),
+    "unet": UNetConfig(scales=3, width=8, convs=1, norm=True),
+    "unet_unshuffle_color": UNetConfig(scales=2, width=8, convs=1, unshuffle=2, channels=3),
+    "multiscale_laplacian": MultiscaleConfig(levels=3, depth=3, width=8, pyramid="laplacian"),
+    "multiscale_gaussian": MultiscaleConfig(levels=3, depth=3, width=8, pyramid="gaussian"),
+}
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_architecture_is_positively_homogeneous(name):
+    exact_float32()
+    config = CONFIGS[name]
+    model = build_model(config)
+    randomize_weights(model, seed=3)
+    rng = np.random.default_rng(1)
+    y = rng.uniform(0.0, 1.0, size=(2, 32, 32, config.channels)).astype("float32")
+    base = np.asarray(model(y, training=False))
+    assert _relative(base, y) > 1e-3  # the model really transforms its input
+    for a in (0.25, 2.0, 10.0):
+        scaled = np.asarray(model(np.float32(a) * y, training=False))
+        assert _relative(scaled, a * base) < 1e-4, (name, a)

@@ -1,0 +1,340 @@
+"""Denoiser: exact tiling, planes and channels, dtypes, bad inputs, progress and cancel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from src_models.inference import Cancelled, Denoiser, Progress, estimate_sigma
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def noisy(shape, seed: int = 0, sigma: float = 0.1) -> np.ndarray:
+    """A smooth positive image plus Gaussian noise, float32 in about [0, 1]."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(0, 3, n) for n in shape], indexing="ij")
+    clean = 0.5 + 0.3 * np.sin(sum(grids))
+    return (clean + sigma * rng.standard_normal(shape)).clip(0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def gray(tiny_models) -> Denoiser:
+    return tiny_models["gray"]
+
+
+@pytest.fixture(scope="module")
+def color(tiny_models) -> Denoiser:
+    return tiny_models["color"]
+
+
+# ------------------------------------------------------------------ tiling
+
+
+def test_tiled_equals_untiled_gray(gray):
+    img = noisy((300, 260))
+    whole = gray.denoise(img)
+    tiled = gray.denoise(img, tile=128)
+    assert gray.card.receptive_field > 0
+    assert rel_err(tiled, whole) < 1e-5
+    assert rel_err(whole, img) > 1e-2  # the model really filters
+
+
+def test_tiled_equals_untiled_color_with_size_multiple(color):
+    img = noisy((300, 260, 3))
+    assert color.card.size_multiple > 1
+    whole = color.denoise(img, channel_axis=-1)
+    tiled = color.denoise(img, channel_axis=-1, tile=128)
+    assert rel_err(tiled, whole) < 1e-5
+
+
+def test_tiled_equals_untiled_for_odd_sizes_and_rectangular_tiles(tiny_models):
+    img = noisy((97, 131))
+    for name in ("pyramid", "resnet"):
+        den = tiny_models[name]
+        whole = den.denoise(img)
+        tiled = den.denoise(img, tile=(41, 23))  # rounded up to the size multiple
+        assert rel_err(tiled, whole) < 1e-5, name
+
+
+def test_margin_below_receptive_field_shows_seams(gray):
+    """The tiling check has teeth: with no overlap, tile seams are visible."""
+    blind = Denoiser(gray.model, gray.card.model_copy(update={"receptive_field": 0}))
+    img = noisy((300, 260))
+    assert rel_err(blind.denoise(img, tile=64), gray.denoise(img)) > 1e-3
+
+
+# ------------------------------------------------------------------ scale and offset
+
+
+def test_denoise_is_homogeneous_in_the_image_scale(gray):
+    img = noisy((64, 48))
+    base = gray.denoise(img)
+    for a in (0.25, 2.0, 10.0):
+        assert rel_err(gray.denoise(a * img), a * base) < 1e-5
+
+
+def test_extreme_float_ranges_stay_finite_and_scale(gray):
+    img = noisy((40, 40)).astype(np.float64)
+    base = gray.denoise(img)
+    for a in (1e-30, 1e30):
+        out = gray.denoise(img * a)
+        assert out.dtype == np.float32
+        assert np.isfinite(out).all()
+        assert rel_err(out / a, base) < 1e-5
+
+
+def test_given_offset_comes_back_as_the_same_constant(gray):
+    img = noisy((48, 48))
+    base = gray.denoise(img, offset=0.0)
+    shifted = gray.denoise(img + 100.0, offset=100.0)
+    assert np.abs(shifted - (base + 100.0)).max() < 1e-3
+
+
+def test_negative_images_are_shifted_to_start_at_zero_and_back(gray):
+    img = noisy((48, 48)) - 0.7  # minimum below 0
+    out = gray.denoise(img)
+    lo = float(img.min())
+    expected = gray.denoise(img - lo) + lo
+    assert np.isfinite(out).all()
+    assert np.abs(out - expected).max() < 1e-5
+
+
+# ------------------------------------------------------------------ dtypes
+
+
+def test_uint8_comes_back_as_uint8_rounded(gray):
+    img = (noisy((40, 44)) * 255).round().astype(np.uint8)
+    out = gray.denoise(img)
+    assert out.dtype == np.uint8
+    ref = gray.denoise(img.astype(np.float32))
+    assert np.abs(out.astype(np.float64) - np.clip(np.rint(ref), 0, 255)).max() <= 1
+
+
+def test_uint16_comes_back_as_uint16(gray):
+    img = (noisy((40, 44)) * 60000).astype(np.uint16)
+    out = gray.denoise(img)
+    assert out.dtype == np.uint16
+    ref = gray.denoise(img.astype(np.float64))
+    assert np.abs(out - np.clip(ref, 0, 65535)).max() <= 1.0
+
+
+def test_float64_comes_back_as_float32(gray):
+    img = noisy((40, 44)).astype(np.float64)
+    out = gray.denoise(img)
+    assert out.dtype == np.float32
+    assert rel_err(out, gray.denoise(img.astype(np.float32))) < 1e-6
+
+
+def test_input_array_is_not_modified(gray):
+    img = noisy((40, 40))
+    img[3, 4] = np.nan
+    before = img.copy()
+    with pytest.warns(RuntimeWarning):
+        gray.denoise(img)
+    np.testing.assert_array_equal(img, before)
+
+
+# ------------------------------------------------------------------ planes and channels
+
+
+def test_zyx_stack_is_denoised_plane_by_plane(gray):
+    stack = np.stack([noisy((36, 40), seed=s) for s in range(3)])
+    out = gray.denoise(stack)
+    assert out.shape == stack.shape
+    for z in range(3):
+        assert rel_err(out[z], gray.denoise(stack[z])) < 1e-6
+
+
+def test_tzyx_stack_keeps_its_shape(gray):
+    stack = noisy((2, 3, 20, 24))
+    out = gray.denoise(stack)
+    assert out.shape == stack.shape
+    assert rel_err(out[1, 2], gray.denoise(stack[1, 2])) < 1e-6
+
+
+@pytest.mark.parametrize("channel_axis", [0, -1])
+def test_gray_model_on_two_channels_equals_each_channel_alone(gray, channel_axis):
+    img = np.stack([noisy((32, 36), seed=1), 3.0 * noisy((32, 36), seed=2)], axis=channel_axis)
+    out = gray.denoise(img, channel_axis=channel_axis)
+    assert out.shape == img.shape
+    for c in range(2):
+        alone = gray.denoise(np.take(img, c, axis=channel_axis))
+        assert rel_err(np.take(out, c, axis=channel_axis), alone) < 1e-6
+
+
+def test_channel_axis_in_a_stack_middle(gray):
+    stack = noisy((2, 2, 24, 28))  # (Z, C, Y, X)
+    out = gray.denoise(stack, channel_axis=1)
+    assert rel_err(out[1, 0], gray.denoise(stack[1, 0])) < 1e-6
+
+
+def test_rgb_runs_jointly_whatever_the_channel_axis(color):
+    img = noisy((40, 48, 3))
+    last = color.denoise(img, channel_axis=-1)
+    first = color.denoise(np.moveaxis(img, -1, 0), channel_axis=0)
+    assert rel_err(np.moveaxis(first, 0, -1), last) < 1e-6
+    # joint, not per channel: channel 0 depends on channel 1
+    img2 = img.copy()
+    img2[..., 1] *= 0.5
+    assert np.abs(color.denoise(img2, channel_axis=-1)[..., 0] - last[..., 0]).max() > 1e-4
+
+
+def test_color_model_on_gray_averages_its_three_outputs(color):
+    img = noisy((32, 32))
+    out = color.denoise(img)
+    rgb = color.denoise(np.repeat(img[..., None], 3, axis=-1), channel_axis=-1)
+    assert out.shape == img.shape
+    assert rel_err(out, rgb.mean(axis=-1)) < 1e-5
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+@pytest.mark.parametrize(
+    ("array", "kwargs", "error", "message"),
+    [
+        (np.zeros((0, 10), np.float32), {}, ValueError, r"empty image \(shape \(0, 10\)\)"),
+        (np.zeros((1, 1), np.float32), {}, ValueError, r"shape \(1, 1\) is too small"),
+        (np.zeros((3, 3), np.float32), {}, ValueError, r"shape \(3, 3\) is too small"),
+        (np.zeros((8, 3), np.float32), {}, ValueError, r"\(8, 3\) must be at least 4 pixels"),
+        (np.zeros((8, 8), bool), {}, TypeError, "dtype bool"),
+        (np.zeros((8, 8), np.complex64), {}, TypeError, "dtype complex64"),
+        (np.zeros((8, 8), object), {}, TypeError, "dtype object"),
+        (np.zeros(16, np.float32), {}, ValueError, r"at least 2 dimensions \(got shape \(16,\)\)"),
+        (
+            np.zeros((3, 8, 8)),
+            {"channel_axis": 3},
+            ValueError,
+            "channel_axis=3 is out of range for an image with 3 dimensions",
+        ),
+        (
+            np.zeros((3, 8, 8)),
+            {"channel_axis": -4},
+            ValueError,
+            "channel_axis=-4 is out of range for an image with 3 dimensions",
+        ),
+        (np.zeros((8, 8)), {"channel_axis": 0}, ValueError, "fewer than 2 spatial axes"),
+        (np.zeros((8, 8)), {"tile": 0}, ValueError, "tile sizes must be positive"),
+    ],
+)
+def test_bad_inputs_raise_naming_the_problem(gray, array, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        gray.denoise(array, **kwargs)
+
+
+def test_bad_inputs_fail_when_the_generator_is_made(gray):
+    with pytest.raises(TypeError, match="dtype bool"):
+        gray.denoise_iter(np.zeros((8, 8), bool))
+
+
+def test_non_finite_offset_is_refused(gray):
+    with pytest.raises(ValueError, match=r"offset must be a finite number or None \(got nan\)"):
+        gray.denoise(np.ones((8, 8)), offset=float("nan"))
+
+
+def test_nested_lists_are_accepted(gray):
+    img = noisy((8, 8))
+    out = gray.denoise(img.tolist())
+    assert out.dtype == np.float32  # Python floats are float64
+    assert rel_err(out, gray.denoise(img)) < 1e-6
+
+
+def test_all_nan_plane_raises(gray):
+    stack = noisy((2, 16, 16))
+    stack[1] = np.nan
+    with pytest.raises(ValueError, match=r"plane \(1,\) has no finite values"):
+        gray.denoise(stack)
+
+
+def test_nan_and_inf_pixels_give_finite_output_with_a_warning(gray):
+    img = noisy((40, 40))
+    img[5, 5] = np.nan
+    img[20, 30] = np.inf
+    with pytest.warns(RuntimeWarning, match="replaced by the median"):
+        out = gray.denoise(img)
+    assert np.isfinite(out).all()
+    filled = img.copy()
+    filled[~np.isfinite(img)] = np.median(img[np.isfinite(img)])
+    assert rel_err(out, gray.denoise(filled)) < 1e-6
+
+
+# ------------------------------------------------------------------ progress and cancel
+
+
+def test_generator_yields_progress_then_the_array_last(gray):
+    items = list(gray.denoise_iter(noisy((100, 90)), tile=32))
+    *steps, result = items
+    assert all(isinstance(s, Progress) for s in steps)
+    assert isinstance(result, np.ndarray) and result.shape == (100, 90)
+    assert steps[0] == Progress(0, steps[0].total)
+    assert steps[-1].done == steps[-1].total > 1
+    assert [s.done for s in steps] == sorted(s.done for s in steps)
+
+
+def test_progress_callback_reaches_total(gray):
+    calls = []
+    gray.denoise(noisy((3, 70, 70)), tile=32, progress=lambda d, t: calls.append((d, t)))
+    total = calls[-1][1]
+    assert total == 3 * 3 * 3  # 3 planes x 3 x 3 tiles
+    assert calls[-1] == (total, total)
+    assert all(t == total for _, t in calls)
+
+
+def test_small_planes_of_a_stack_are_batched(gray):
+    steps = [s for s in gray.denoise_iter(noisy((6, 24, 24))) if isinstance(s, Progress)]
+    assert steps == [Progress(0, 6), Progress(6, 6)]  # one model call for six planes
+
+
+def test_cancel_raises_after_at_most_one_more_tile(gray, monkeypatch):
+    from src_models import inference
+
+    monkeypatch.setattr(inference, "BATCH_PIXELS", 1)  # one window per model call
+    calls = []
+    original = gray.predict_batch
+    monkeypatch.setattr(gray, "predict_batch", lambda x: (calls.append(len(x)), original(x))[1])
+    img = noisy((96, 96))
+    with pytest.raises(Cancelled, match="cancelled after 1 of 9 tiles"):
+        gray.denoise(img, tile=32, cancel=lambda: len(calls) >= 1)
+    assert calls == [1]
+    calls.clear()
+    with pytest.raises(Cancelled, match="after 0 of 9"):
+        gray.denoise(img, tile=32, cancel=lambda: True)
+    assert calls == []
+
+
+def test_a_batch_holds_at_most_one_large_tile_of_pixels(gray, monkeypatch):
+    from src_models import inference
+
+    monkeypatch.setattr(inference, "BATCH_PIXELS", 3 * 40 * 40)
+    sizes = []
+    original = gray.predict_batch
+    monkeypatch.setattr(gray, "predict_batch", lambda x: (sizes.append(x.shape), original(x))[1])
+    gray.denoise(noisy((7, 32, 32)))  # window 32 + 2 * 4 = 40 px
+    assert sizes == [(3, 40, 40, 1), (3, 40, 40, 1), (1, 40, 40, 1)]
+
+
+# ------------------------------------------------------------------ other inputs and helpers
+
+
+def test_lazy_dask_arrays_are_read_plane_by_plane(gray):
+    da = pytest.importorskip("dask.array")
+    stack = noisy((3, 32, 32))
+    out = gray.denoise(da.from_array(stack, chunks=(1, 32, 32)))
+    assert isinstance(out, np.ndarray)
+    assert rel_err(out, gray.denoise(stack)) < 1e-6
+
+
+def test_estimate_sigma_is_in_the_image_units():
+    rng = np.random.default_rng(0)
+    img = 100.0 + 10.0 * rng.standard_normal((128, 128))
+    assert estimate_sigma(img) == pytest.approx(10.0, rel=0.1)
+    assert estimate_sigma(img * 1000) == pytest.approx(10000.0, rel=0.1)
+    rgb = np.stack([img, 100 + 20 * rng.standard_normal((128, 128)), img], axis=-1)
+    assert estimate_sigma(rgb, channel_axis=-1) == pytest.approx(40 / 3, rel=0.1)
+    stack = np.stack([img] * 20)
+    assert estimate_sigma(stack) == pytest.approx(10.0, rel=0.1)

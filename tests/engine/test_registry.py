@@ -1,0 +1,160 @@
+"""Model registry: listing from cards, cached loading, clear errors, user-model management."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from src_models import registry
+from src_models.inference import Denoiser
+from src_models.modelfile import ModelFileError, read_card
+
+TINY_NAMES = ["color", "gray", "pyramid", "resnet"]
+
+
+@pytest.fixture
+def no_bundled(tmp_path, monkeypatch) -> Path:
+    """An empty bundled-model folder, so tests see only the tiny user models."""
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    monkeypatch.setattr(registry, "BUNDLED_DIR", folder)
+    return folder
+
+
+def test_user_model_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(tmp_path))
+    assert registry.user_model_dir() == tmp_path
+    monkeypatch.delenv("NAPARI_BFCNN_MODEL_DIR")
+    assert registry.user_model_dir().parts[-2:] == ("napari-bfcnn", "models")
+
+
+def test_list_models_shows_saved_models_from_their_cards(user_models, no_bundled):
+    models = registry.list_models()
+    assert [m.name for m in models] == TINY_NAMES
+    gray = next(m for m in models if m.name == "gray")
+    assert (gray.channels, gray.kind, gray.builtin, gray.error) == (1, "dncnn", False, None)
+    assert gray.receptive_field > 0 and gray.parameters > 0
+    assert gray.path == user_models / "gray.keras"
+    assert next(m for m in models if m.name == "color").channels == 3
+
+
+def test_bundled_models_are_listed_first(user_models, no_bundled):
+    shutil.copy(user_models / "resnet.keras", no_bundled / "zz_builtin.keras")
+    models = registry.list_models()
+    assert models[0].name == "zz_builtin" and models[0].builtin
+    assert [m.name for m in models[1:]] == TINY_NAMES
+
+
+def test_corrupt_files_are_listed_with_the_reason(user_models, no_bundled):
+    (user_models / "broken.keras").write_bytes(b"not a zip file")
+    info = next(m for m in registry.list_models() if m.name == "broken")
+    assert "not a .keras model file" in info.error
+    with pytest.raises(ModelFileError, match="broken.keras"):
+        registry.load_model("broken")
+
+
+def test_load_model_caches_until_the_file_changes(user_models, no_bundled):
+    first = registry.load_model("gray")
+    assert isinstance(first, Denoiser) and first.name == "gray" and first.channels == 1
+    assert registry.load_model("gray") is first
+    assert registry.load_model(user_models / "gray.keras") is first
+    stat = (user_models / "gray.keras").stat()
+    os.utime(user_models / "gray.keras", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert registry.load_model("gray") is not first
+
+
+def test_loaded_model_denoises_like_the_original(user_models, no_bundled, tiny_models):
+    img = np.random.default_rng(0).uniform(0, 1, (24, 24)).astype("float32")
+    loaded = registry.load_model("gray")
+    np.testing.assert_allclose(loaded.denoise(img), tiny_models["gray"].denoise(img), rtol=1e-6)
+
+
+def test_unknown_name_lists_the_available_models(user_models, no_bundled):
+    with pytest.raises(ValueError, match="unknown model 'nope'; available models: color, gray"):
+        registry.load_model("nope")
+
+
+def test_missing_file_path_raises_naming_it(tmp_path):
+    with pytest.raises(ModelFileError, match="model file not found: .*missing.keras"):
+        registry.load_model(tmp_path / "missing.keras")
+
+
+def test_rename_user_model_renames_file_and_card(user_models, no_bundled):
+    new = registry.rename_user_model("gray", "gray_v2")
+    assert new == user_models / "gray_v2.keras" and not (user_models / "gray.keras").exists()
+    assert read_card(new).name == "gray_v2"
+    assert "gray_v2" in [m.name for m in registry.list_models()]
+    assert registry.load_model("gray_v2").channels == 1
+
+
+def test_rename_refuses_bad_names_and_clashes(user_models, no_bundled):
+    shutil.copy(user_models / "resnet.keras", no_bundled / "builtin.keras")
+    with pytest.raises(ValueError, match="'builtin' is a bundled model"):
+        registry.rename_user_model("builtin", "mine")
+    with pytest.raises(ValueError, match="'builtin' is the name of a bundled model"):
+        registry.rename_user_model("gray", "builtin")
+    with pytest.raises(ValueError, match="a user model named 'color' already exists"):
+        registry.rename_user_model("gray", "color")
+    with pytest.raises(ValueError, match="'a b' is not a valid model name"):
+        registry.rename_user_model("gray", "a b")
+    with pytest.raises(ValueError, match="no user model named 'ghost'"):
+        registry.rename_user_model("ghost", "x")
+
+
+def test_delete_user_model_removes_it_but_refuses_bundled(user_models, no_bundled):
+    shutil.copy(user_models / "resnet.keras", no_bundled / "builtin.keras")
+    registry.delete_user_model("pyramid")
+    assert not (user_models / "pyramid.keras").exists()
+    assert "pyramid" not in [m.name for m in registry.list_models()]
+    with pytest.raises(ValueError, match="'builtin' is a bundled model"):
+        registry.delete_user_model("builtin")
+    assert (no_bundled / "builtin.keras").exists()
+
+
+def test_user_model_shadowing_a_bundled_name_is_flagged(user_models, no_bundled):
+    shutil.copy(user_models / "resnet.keras", no_bundled / "gray.keras")
+    flagged = [m for m in registry.list_models() if m.name == "gray" and not m.builtin]
+    assert "same name as a bundled model" in flagged[0].error
+    registry.rename_user_model("gray", "my_gray")  # the user can still fix it
+    assert (user_models / "my_gray.keras").exists()
+
+
+def test_default_model_prefers_gray_and_color(user_models, no_bundled):
+    assert registry.default_model(1, rgb=False) == "gray"
+    assert registry.default_model(3, rgb=True) == "color"
+    registry.delete_user_model("color")
+    assert registry.default_model(3, rgb=True) == "gray"  # any model denoises colour per channel
+    registry.delete_user_model("gray")
+    assert registry.default_model(1, rgb=False) == "pyramid"  # first 1-channel model
+
+
+def test_default_model_without_models_is_a_clear_error(tmp_path, monkeypatch, no_bundled):
+    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="no usable denoising model .* no models are installed"):
+        registry.default_model(1, rgb=False)
+
+
+def test_package_exports_the_api_without_importing_tensorflow():
+    """``import src_models`` stays cheap: Keras loads only when a model is built or loaded."""
+    import subprocess
+    import sys
+
+    import src_models
+
+    code = (
+        "import sys, src_models\n"
+        "from src_models import Progress, Cancelled, ModelInfo, ModelCard, ConfigError\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    wanted = {"Denoiser", "Progress", "Cancelled", "list_models", "load_model", "default_model"}
+    wanted |= {"ModelInfo", "estimate_sigma", "build_model", "ModelCard", "ModelFileError"}
+    assert wanted | {"ConfigError"} == set(src_models.__all__)
+    assert all(hasattr(src_models, name) for name in src_models.__all__)
