@@ -1,0 +1,73 @@
+"""Copy a trained model into the package (``src_models/pretrained``) with a checked card.
+
+Why a step of its own: a bundled model must be light (no optimizer state), say
+truthfully how far tiles must overlap (the receptive field is measured again on
+the final file) and be homogeneous; this is checked here, once, before it ships.
+
+``python -m src_models.bundle runs/gray/gray.keras [--name gray]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .registry import BUNDLED_DIR
+
+__all__ = ["bundle_model"]
+
+MAX_BYTES = 10 * 1024 * 1024  # the package promise: each bundled model <= 10 MB
+
+
+def bundle_model(source: str | Path, name: str | None = None, dest: Path = BUNDLED_DIR) -> Path:
+    """Write ``dest/<name>.keras`` from a trained model file; returns the new path.
+
+    Raises
+    ------
+    ValueError
+        The model is not homogeneous or too large to ship.
+    """
+    from .architectures import parameter_count, receptive_field
+    from .modelfile import load_keras_model, save_model
+
+    model, card = load_keras_model(source)
+    name = name or card.name
+    rf = receptive_field(model, card.size_multiple)
+    card = card.model_copy(
+        update={"name": name, "receptive_field": rf, "parameters": parameter_count(model)}
+    )
+    rng = np.random.default_rng(0)
+    side = max(64, 4 * card.size_multiple)
+    y = rng.uniform(0, 1, size=(1, side, side, card.channels)).astype("float32")
+    d1 = np.asarray(model(y, training=False))
+    d2 = np.asarray(model(3.0 * y, training=False))
+    err = float(np.abs(d2 - 3.0 * d1).max() / (np.abs(3.0 * d1).max() + 1e-12))
+    if err > 1e-4:
+        raise ValueError(f"{source}: not homogeneous (relative error {err:.2e}); refusing to ship")
+    path = save_model(model, Path(dest) / f"{name}.keras", card, include_optimizer=False)
+    if path.stat().st_size > MAX_BYTES:
+        path.unlink()
+        raise ValueError(f"{source}: {name}.keras would be larger than 10 MB")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m src_models.bundle", description=__doc__)
+    p.add_argument("source", help="trained model file (e.g. runs/gray/gray.keras)")
+    p.add_argument("--name", help="bundled name (default: the card's)")
+    args = p.parse_args(argv)
+    try:
+        path = bundle_model(args.source, args.name)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"bundled {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
