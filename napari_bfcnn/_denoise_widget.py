@@ -1,0 +1,530 @@
+"""The Denoise dock widget: pick a layer and a model, run in the background, cancel.
+
+Why a magicgui Container: every control is a plain value widget that tests can
+set, and napari refreshes its choices when layers change. All heavy work runs
+in a thread worker (``_workers``); all layer rules live in ``_layers``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ._layers import (
+    PROVENANCE_KEY,
+    LayerError,
+    LayerInput,
+    add_or_replace_output,
+    channel_axis_choices,
+    guess_channel_axis,
+    preview_fixed,
+    read_layer,
+)
+from ._workers import AUTO, DenoiseJob, DenoiseOutcome, make_worker, resolve_model
+
+__all__ = ["NO_AXIS", "DenoiseWidget"]
+
+log = logging.getLogger(__name__)
+
+NO_AXIS = "none"  # combo value for "no channel axis" (magicgui combos treat None as unset)
+ESTIMATE_SIDE = 256  # noise is estimated on a centre crop at most this big (fast on any image)
+PROGRESS_STEPS = 1000
+
+
+def _fmt_params(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} M params"
+    if n >= 1_000:
+        return f"{n / 1e3:.0f} k params"
+    return f"{n} params"
+
+
+def _colour_word(channels: int) -> str:
+    return "colour" if channels >= 3 else "gray"
+
+
+def model_label(info) -> str:
+    """Combo text for a model: name, gray/colour and size, or why it is unavailable."""
+    if info.error is not None:
+        return f"{info.name}  (unavailable)"
+    return f"{info.name}  ({_colour_word(info.channels)}, {_fmt_params(info.parameters)})"
+
+
+def model_tooltip(info) -> str:
+    """Tooltip for a model: description, architecture, noise range, file."""
+    if info.error is not None:
+        return f"Cannot use this model: {info.error}"
+    lo, hi = info.sigma_range
+    lines = [
+        info.description or "(no description)",
+        f"{info.kind or 'model'}, {info.channels} channel(s), {info.parameters:,} parameters",
+        f"trained for noise sigma {lo:g}-{hi:g} (0-255 scale); receptive field "
+        f"{info.receptive_field} px",
+        f"{'bundled' if info.builtin else 'user'} model: {info.path}",
+    ]
+    return "\n".join(lines)
+
+
+def _key(layer) -> int:
+    """Identity of a layer, also through napari's public-only viewer proxy."""
+    return id(getattr(layer, "__wrapped__", layer))
+
+
+class DenoiseWidget(Container):
+    """Dock widget that denoises an Image layer with a bias-free CNN.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        Injected by napari.
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._models: dict[str, Any] = {}
+        self._worker = None
+        self._pbar = None
+        self._axis_memory: dict[int, int | None] = {}  # id(layer) -> channel axis the user chose
+        self._updating = False
+        self._estimate_timer = None
+
+        self.image = ComboBox(label="image", choices=self._image_choices)
+        self.model = ComboBox(label="model", choices=self._model_choices)
+        self.model_info = Label(label="", value="")
+        self.noise_level = Label(label="noise level", value="-")
+        self.channel_axis = ComboBox(label="channel axis", choices=self._axis_choices)
+        self.preview = CheckBox(text="current slice only (preview)", value=False)
+        self.add_noise = CheckBox(text="also add removed noise", value=False)
+        self.tile = SpinBox(label="tile (0 = auto)", min=0, max=8192, step=64, value=0)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=PROGRESS_STEPS, value=0)
+        self.status = Label(label="", value="")
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+        )
+        buttons.margins = (0, 0, 0, 0)
+        self.extend(
+            [
+                self.image,
+                self.model,
+                self.model_info,
+                self.noise_level,
+                self.channel_axis,
+                self.preview,
+                self.add_noise,
+                self.tile,
+                buttons,
+                self.progress,
+                self.status,
+            ]
+        )
+        self._decorate()
+        self.model.value = AUTO
+        self._style()
+
+        self.image.changed.connect(self._on_layer_changed)
+        self.model.changed.connect(self._update_model_info)
+        self.channel_axis.changed.connect(self._on_channel_axis_changed)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        layers = napari_viewer.layers
+        self._connections = [
+            (layers.events.inserted, self._on_layers_changed),
+            (layers.events.removed, self._on_layers_changed),
+            (layers.events.renamed, self._on_layers_changed),
+            (layers.selection.events.active, self._on_active_layer),
+            (napari_viewer.dims.events.current_step, self._schedule_estimate),
+        ]
+        for emitter, callback in self._connections:
+            emitter.connect(callback)
+        self.native.destroyed.connect(self._disconnect)
+        self._follow_active()
+        self._on_layer_changed()
+
+    def _disconnect(self, *_args) -> None:
+        """Stop listening to the viewer once the dock widget is gone."""
+        for emitter, callback in self._connections:
+            with contextlib.suppress(Exception):
+                emitter.disconnect(callback)
+        self._connections = []
+        if self._estimate_timer is not None:
+            self._estimate_timer.stop()
+        if self._worker is not None:
+            self._worker.quit()
+
+    # ------------------------------------------------------------------ choices
+
+    def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [(lyr.name, lyr) for lyr in self._viewer.layers if isinstance(lyr, Image)]
+
+    def _axis_choices(self, _widget=None) -> list[tuple[str, int | None]]:
+        layer = self.image.value if hasattr(self, "image") else None
+        axes = channel_axis_choices(layer)
+        shape = layer.data.shape if layer is not None else ()
+        return [("none", NO_AXIS)] + [
+            (f"{ax}  (size {shape[ax]})", ax) for ax in axes if ax is not None
+        ]
+
+    def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
+        from src_models import list_models
+
+        try:
+            infos = list_models()
+        except Exception as err:  # a broken model folder must not break the widget
+            log.warning("listing models failed: %s", err)
+            infos = []
+        self._models = {m.name: m for m in infos}
+        return [("auto (by layer)", AUTO)] + [(model_label(m), m.name) for m in infos]
+
+    def _decorate(self) -> None:
+        """Tooltips on model items and controls; models with errors disabled."""
+        from qtpy.QtCore import Qt
+
+        combo = self.model.native
+        items = combo.model()
+        for i in range(combo.count()):
+            value = combo.itemData(i)
+            info = self._models.get(value) if isinstance(value, str) else None
+            if value == AUTO:
+                tip = "gray model for gray/multichannel layers, colour model for RGB layers"
+            elif info is not None:
+                tip = model_tooltip(info)
+            else:
+                continue
+            combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
+            item = items.item(i) if hasattr(items, "item") else None
+            if item is not None:
+                item.setEnabled(info is None or info.error is None)
+        self.tile.tooltip = "tile core size in pixels; auto: whole plane up to 1024 px per side"
+        self.channel_axis.tooltip = (
+            "axis of a multichannel (non-RGB) layer holding channels; each channel is "
+            "denoised on its own with a gray model"
+        )
+        self.noise_level.tooltip = (
+            "estimated Gaussian noise sigma of the current slice, in the layer's units "
+            "(in brackets: as the model sees it, on the 0-255 scale of its training range; "
+            "the engine scales each plane by its largest value)"
+        )
+
+    def _style(self) -> None:
+        """Left-aligned info lines; controls packed at the top of the dock."""
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QSizePolicy
+
+        for label in (self.model_info, self.noise_level, self.status):
+            label.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+            label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        layout = self.native.layout()
+        if layout is not None:
+            layout.addStretch(1)
+
+    def reset_choices(self, *_args) -> None:
+        """Refresh layer and model lists (napari calls it when layers change)."""
+        super().reset_choices()
+        self._decorate()
+        self._update_model_info()
+
+    # ------------------------------------------------------------------ layer state
+
+    @property
+    def chosen_channel_axis(self) -> int | None:
+        """The channel axis picked in the combo (None: no channel axis)."""
+        value = self.channel_axis.value
+        return None if value in (None, NO_AXIS) else int(value)
+
+    def _on_layers_changed(self, *_args) -> None:
+        alive = {_key(lyr) for lyr in self._viewer.layers}
+        self._axis_memory = {k: v for k, v in self._axis_memory.items() if k in alive}
+        self.reset_choices()
+
+    def _on_active_layer(self, *_args) -> None:
+        self._follow_active()
+
+    def _follow_active(self) -> None:
+        """Pick the selected layer, unless it is one of our outputs."""
+        active = self._viewer.layers.selection.active
+        if active is None or PROVENANCE_KEY in getattr(active, "metadata", {}):
+            return
+        for _name, lyr in self._image_choices():
+            if lyr == active and self.image.value != active:
+                self.image.value = lyr
+                return
+
+    def _current_input(self) -> LayerInput | None:
+        layer = self.image.value
+        if layer is None:
+            return None
+        try:
+            return read_layer(layer, self.chosen_channel_axis)
+        except LayerError:
+            return None
+
+    def _on_layer_changed(self, *_args) -> None:
+        """New layer: channel-axis choices and guess; keep model and options as they are."""
+        layer = self.image.value
+        self._updating = True
+        try:
+            choices = channel_axis_choices(layer)
+            self.channel_axis.reset_choices()
+            if layer is not None and len(choices) > 1:
+                axis = self._axis_memory.get(_key(layer), guess_channel_axis(layer.data.shape))
+                self.channel_axis.value = NO_AXIS if axis is None else axis
+            else:
+                self.channel_axis.value = NO_AXIS
+            self.channel_axis.enabled = len(choices) > 1
+        finally:
+            self._updating = False
+        self._refresh_layer_state()
+
+    def _on_channel_axis_changed(self, *_args) -> None:
+        if self._updating:
+            return
+        layer = self.image.value
+        if layer is not None:
+            self._axis_memory[_key(layer)] = self.chosen_channel_axis
+        self._refresh_layer_state()
+
+    def _refresh_layer_state(self) -> None:
+        inp = self._current_input()
+        self.preview.enabled = bool(inp is not None and inp.is_stack)
+        self._update_model_info()  # also updates the noise estimate
+
+    def _update_model_info(self, *_args) -> None:
+        name = self.model.value
+        inp = self._current_input()
+        try:
+            resolved = resolve_model(name, inp) if (name == AUTO and inp) else name
+        except ValueError as err:
+            self.model_info.value = "no usable model"
+            self.model_info.tooltip = str(err)
+            return
+        if name == AUTO and inp is None:
+            self.model_info.value = "auto: colour model for RGB, else gray"
+            self.model_info.tooltip = ""
+            return
+        info = self._models.get(resolved)
+        if info is None:
+            self.model_info.value = f"uses {resolved}"
+            self.model_info.tooltip = ""
+        elif info.error is not None:
+            self.model_info.value = f"{info.name}: unavailable (see tooltip)"
+            self.model_info.tooltip = info.error
+        else:
+            lo, hi = info.sigma_range
+            prefix = f"\u2192 {info.name}" if name == AUTO else info.name
+            self.model_info.value = f"{prefix}  (trained \u03c3 {lo:g}\u2013{hi:g} /255)"
+            self.model_info.tooltip = model_tooltip(info)
+        self._update_estimate()
+
+    # ------------------------------------------------------------------ noise estimate
+
+    def _schedule_estimate(self, *_args) -> None:
+        """Re-estimate shortly after the slider stops (one estimate per burst of steps)."""
+        from qtpy.QtCore import QTimer
+
+        if self._estimate_timer is None:
+            self._estimate_timer = QTimer()
+            self._estimate_timer.setSingleShot(True)
+            self._estimate_timer.setInterval(150)
+            self._estimate_timer.timeout.connect(self._update_estimate)
+        self._estimate_timer.start()
+
+    def estimate_noise(self) -> float | None:
+        """Noise sigma of the current slice in layer units (centre crop, so always fast)."""
+        from src_models import estimate_sigma
+
+        from ._planes import plan_planes
+
+        inp = self._current_input()
+        if inp is None:
+            return None
+        fixed = preview_fixed(inp, self.image.value, self._viewer)
+        plan = plan_planes(
+            inp.data.shape,
+            inp.channel_axis,
+            joint=inp.channel_axis is not None,
+            alpha=inp.alpha,
+            fixed=fixed,
+        )
+        src = list(plan.planes[0][0])
+        axes = [a for a in range(inp.ndim) if a != inp.channel_axis][-2:]
+        for ax in axes:
+            n = int(inp.data.shape[ax])
+            start = max(0, (n - ESTIMATE_SIDE) // 2)
+            src[ax] = slice(start, start + min(n, ESTIMATE_SIDE))
+        crop = np.asarray(inp.data[tuple(src)])
+        self._crop_scale = self._peak(crop)
+        return float(estimate_sigma(crop, channel_axis=plan.plane_channel_axis))
+
+    @staticmethod
+    def _peak(crop: np.ndarray) -> float:
+        """The engine's per-plane scale: largest magnitude after the negative-offset shift."""
+        finite = crop[np.isfinite(crop)] if crop.dtype.kind == "f" else crop
+        if finite.size == 0:
+            return 0.0
+        lo, hi = float(finite.min()), float(finite.max())
+        off = min(lo, 0.0)
+        return max(hi - off, off - lo)
+
+    def _update_estimate(self, *_args) -> None:
+        try:
+            sigma = self.estimate_noise()
+        except Exception as err:  # the label must never raise into Qt
+            log.debug("noise estimate failed: %s", err)
+            sigma = None
+        if sigma is None or not np.isfinite(sigma):
+            self.noise_level.value = "-"
+            return
+        text = f"\u03c3 \u2248 {sigma:.3g}"
+        peak = getattr(self, "_crop_scale", 0.0)
+        if peak > 0:
+            rel = 255.0 * sigma / peak
+            text += f"  (model: {rel:.0f}/255)"
+            info = self._models.get(self._resolved_name() or "")
+            if info is not None and info.error is None and rel > info.sigma_range[1]:
+                text += ", above its range"
+        self.noise_level.value = text
+
+    def _resolved_name(self) -> str | None:
+        inp = self._current_input()
+        try:
+            return resolve_model(self.model.value, inp) if inp is not None else None
+        except ValueError:
+            return None
+
+    # ------------------------------------------------------------------ run / cancel
+
+    @property
+    def running(self) -> bool:
+        """Whether a denoising run is in progress."""
+        return self._worker is not None
+
+    def run(self, *_args):
+        """Denoise the chosen layer in the background; returns the worker (or None)."""
+        layer = self.image.value
+        if layer is None:
+            show_error("No Image layer to denoise: open or add an image first.")
+            return None
+        return self.denoise_layer(layer)
+
+    def denoise_layer(self, layer, channel_axis: Any = "widget"):
+        """Check ``layer`` and start denoising it; errors become notifications.
+
+        Parameters
+        ----------
+        layer : napari.layers.Layer
+            Any layer; anything but a usable Image layer gives an error notification.
+        channel_axis : int or None, optional
+            Overrides the widget's channel-axis choice.
+
+        Returns
+        -------
+        GeneratorWorker or None
+            The started worker, or None if nothing was started.
+        """
+        if self.running:
+            show_warning("Denoising is already running: wait or press Cancel.")
+            return None
+        if channel_axis == "widget":
+            channel_axis = self.chosen_channel_axis if layer == self.image.value else None
+        try:
+            inp = read_layer(layer, channel_axis)
+        except LayerError as err:
+            show_error(str(err))
+            return None
+        name = self.model.value
+        info = self._models.get(name)
+        if info is not None and info.error is not None:
+            show_error(f"Model '{name}' cannot be used: {info.error}")
+            return None
+        fixed = preview_fixed(inp, layer, self._viewer) if self.preview.value else {}
+        job = DenoiseJob(
+            inp=inp,
+            model=name,
+            tile=int(self.tile.value) or None,
+            fixed=fixed,
+            with_noise=bool(self.add_noise.value),
+        )
+        worker = make_worker(job)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda outcome, lyr=layer: self._on_returned(lyr, outcome))
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._start_progress(layer.name)
+        worker.start()
+        return worker
+
+    def cancel(self, *_args) -> None:
+        """Stop the running job after the current tile."""
+        if self._worker is not None:
+            self.status.value = "cancelling..."
+            self._worker.quit()
+
+    def _start_progress(self, name: str) -> None:
+        from napari.utils import progress
+
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self.status.value = f"denoising {name}..."
+        self._pbar = progress(total=PROGRESS_STEPS, desc=f"Denoising {name}")
+
+    def _on_progress(self, fraction: float) -> None:
+        steps = int(round(min(max(fraction, 0.0), 1.0) * PROGRESS_STEPS))
+        self.progress.value = steps
+        if self._pbar is not None and steps > self._pbar.n:
+            self._pbar.update(steps - self._pbar.n)
+
+    def _on_returned(self, layer, outcome: DenoiseOutcome) -> None:
+        if outcome.error is not None:
+            self.status.value = "failed"
+            show_error(outcome.error)
+            return
+        result = outcome.result
+        if layer not in self._viewer.layers:
+            self.status.value = "source layer was removed; result discarded"
+            return
+        add_or_replace_output(
+            self._viewer, layer, result.denoised, outcome.model, fixed=outcome.fixed
+        )
+        if result.noise is not None:
+            add_or_replace_output(
+                self._viewer, layer, result.noise, outcome.model, kind="noise", fixed=outcome.fixed
+            )
+        if result.skipped:
+            show_warning(
+                f"{len(result.skipped)} plane(s) of '{layer.name}' had no finite pixel and "
+                "were passed through unchanged"
+            )
+        what = "current slice" if outcome.fixed else "all planes"
+        self.status.value = f"done in {outcome.seconds:.1f} s ({what})"
+
+    def _on_aborted(self, *_args) -> None:
+        self.status.value = "cancelled"
+        show_info("Denoising cancelled.")
+
+    def _on_finished(self, *_args) -> None:
+        self._worker = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None

@@ -1,0 +1,55 @@
+"""A plain image -> image function for napari-workflows and napari-assistant.
+
+Why a separate entry point: workflow tools call functions with arrays, not
+widgets; this one runs synchronously and raises on bad input (a function's
+caller decides how to show errors).
+"""
+
+# no ``from __future__ import annotations``: magicgui must see the real ImageData type
+
+import numpy as np
+from napari.types import ImageData
+
+from ._layers import LayerError, read_array
+from ._planes import run_to_end
+from ._workers import AUTO, DenoiseJob, denoise_job
+
+__all__ = ["denoise_image"]
+
+
+def denoise_image(image: ImageData, model: str = AUTO, tile: int = 0) -> ImageData:
+    """Denoise an image or stack with a bias-free CNN.
+
+    Parameters
+    ----------
+    image : array-like
+        2-D gray, (Y, X, 3|4) RGB(A), or a stack whose last two axes are Y, X.
+        A 3-D array whose last axis is 3 or 4 long is taken as RGB(A).
+    model : str
+        Model name or ``.keras`` path; ``"auto"`` picks the colour model for
+        RGB and the gray model otherwise.
+    tile : int
+        Tile size in pixels; 0 chooses automatically.
+
+    Returns
+    -------
+    np.ndarray
+        Same shape; same dtype for integers, float32 for floats.
+
+    Raises
+    ------
+    ValueError
+        The image or model cannot be used; the message says why.
+    """
+    if image is None:
+        return None
+    data = image if hasattr(image, "shape") and hasattr(image, "dtype") else np.asarray(image)
+    rgb = len(data.shape) == 3 and data.shape[-1] in (3, 4)
+    try:
+        inp = read_array(data, name="image", rgb=rgb)
+    except LayerError as err:
+        raise ValueError(str(err)) from None
+    outcome = run_to_end(denoise_job(DenoiseJob(inp=inp, model=model or AUTO, tile=tile or None)))
+    if outcome.error is not None:
+        raise ValueError(outcome.error)
+    return outcome.result.denoised

@@ -1,0 +1,368 @@
+"""The one place where napari layers become arrays and arrays become layers.
+
+Why one place: every rule about axes (RGB, RGBA alpha, channel axis, stacks)
+and about what an output layer inherits (scale, translate, units, colormap, ...)
+lives here, so the widget and the function contribution cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MAX_NONCHANNEL_DIMS",
+    "MIN_SIDE",
+    "LayerError",
+    "LayerInput",
+    "add_or_replace_output",
+    "channel_axis_choices",
+    "current_index",
+    "find_output",
+    "guess_channel_axis",
+    "output_kwargs",
+    "output_name",
+    "preview_fixed",
+    "read_array",
+    "read_layer",
+]
+
+MIN_SIDE = 4  # smallest height / width worth denoising
+MAX_NONCHANNEL_DIMS = 4  # y, x and at most two looped axes (e.g. t, z)
+PROVENANCE_KEY = "bfcnn"
+
+
+class LayerError(ValueError):
+    """A layer cannot be denoised; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class LayerInput:
+    """What the plugin needs to know about a source layer.
+
+    Attributes
+    ----------
+    name : str
+        The source layer's name.
+    data : array-like
+        ``layer.data`` itself (numpy, dask, zarr): read plane by plane, never written.
+    channel_axis : int or None
+        Non-negative axis of ``data`` holding channels.
+    rgb : bool
+        The layer is displayed as RGB(A); channels are the last axis.
+    alpha : bool
+        RGBA: the last channel is alpha and is copied untouched.
+    """
+
+    name: str
+    data: Any
+    channel_axis: int | None
+    rgb: bool
+    alpha: bool
+
+    @property
+    def ndim(self) -> int:
+        return len(self.data.shape)
+
+    @property
+    def channels(self) -> int:
+        """Channels to denoise (alpha excluded); 1 for a gray image."""
+        if self.channel_axis is None:
+            return 1
+        return int(self.data.shape[self.channel_axis]) - (1 if self.alpha else 0)
+
+    @property
+    def loop_axes(self) -> tuple[int, ...]:
+        """Axes looped over as separate planes (not channel, not the last two spatial)."""
+        axes = [a for a in range(self.ndim) if a != self.channel_axis]
+        return tuple(axes[:-2])
+
+    @property
+    def is_stack(self) -> bool:
+        return len(self.loop_axes) > 0
+
+
+def _shape_txt(shape) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def read_layer(layer, channel_axis: int | None = None) -> LayerInput:
+    """Check a layer and describe how to denoise it.
+
+    Parameters
+    ----------
+    layer : napari.layers.Layer
+        Anything; only 2-D+ numeric Image layers pass.
+    channel_axis : int, optional
+        Channel axis for non-RGB layers (ignored for RGB layers: channels are last).
+
+    Returns
+    -------
+    LayerInput
+
+    Raises
+    ------
+    LayerError
+        With a message naming the layer and what is wrong.
+    """
+    from napari.layers import Image
+
+    name = getattr(layer, "name", repr(layer))
+    if not isinstance(layer, Image):
+        kind = type(layer).__name__
+        raise LayerError(f"'{name}' is a {kind} layer; BF-CNN denoising works on Image layers only")
+    if layer.multiscale:
+        raise LayerError(
+            f"'{name}' is a multiscale (pyramid) image; denoising multiscale layers is not "
+            "supported yet: add its full-resolution level as a separate layer"
+        )
+    return read_array(layer.data, name=name, rgb=bool(layer.rgb), channel_axis=channel_axis)
+
+
+def read_array(
+    data, *, name: str = "image", rgb: bool = False, channel_axis: int | None = None
+) -> LayerInput:
+    """Check an array and describe how to denoise it (the rules of :func:`read_layer`).
+
+    Parameters
+    ----------
+    data : array-like
+        numpy, dask or zarr array; not read except for an all-NaN check on numpy.
+    name : str
+        Used in messages.
+    rgb : bool
+        Channels are the last axis (3 = RGB, 4 = RGBA with alpha kept).
+    channel_axis : int, optional
+        Channel axis when not ``rgb``.
+    """
+    dtype = np.dtype(data.dtype)
+    if dtype.kind == "b":
+        raise LayerError(f"'{name}' is a boolean (mask) image; there is no noise to remove")
+    if dtype.kind not in "iuf":
+        raise LayerError(f"'{name}' has data type {dtype}; only integer and float images work")
+    shape = tuple(int(s) for s in data.shape)
+    ndim = len(shape)
+    if 0 in shape:
+        raise LayerError(f"'{name}' is empty (shape {_shape_txt(shape)})")
+
+    alpha = False
+    if rgb:
+        if ndim < 3 or shape[-1] not in (3, 4):
+            raise LayerError(f"'{name}' is marked RGB but its last axis is not 3 or 4 long")
+        channel_axis = ndim - 1
+        alpha = shape[-1] == 4
+    elif channel_axis is not None:
+        if not -ndim <= channel_axis < ndim:
+            raise LayerError(
+                f"channel_axis={channel_axis} is out of range for an image with {ndim} dimensions"
+            )
+        channel_axis %= ndim
+        if ndim < 3:
+            raise LayerError(
+                f"'{name}' is 2-D ({_shape_txt(shape)}); it has no room for a channel axis"
+            )
+
+    spatial_ndim = ndim - (channel_axis is not None)
+    if spatial_ndim < 2:
+        raise LayerError(f"'{name}' is 1-D ({_shape_txt(shape)}); denoising needs 2-D images")
+    if spatial_ndim > MAX_NONCHANNEL_DIMS:
+        hint = "choose a channel axis" if channel_axis is None else "remove an axis"
+        raise LayerError(
+            f"'{name}' has {ndim} dimensions ({_shape_txt(shape)}) and "
+            f"{'no channel axis' if channel_axis is None else 'one channel axis'}: {hint}. "
+            f"Planes are 2-D and at most {MAX_NONCHANNEL_DIMS - 2} further axes (e.g. t, z) "
+            "are looped over"
+        )
+    inp = LayerInput(name, data, channel_axis, rgb, alpha)
+    axes = [a for a in range(ndim) if a != channel_axis]
+    h, w = shape[axes[-2]], shape[axes[-1]]
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise LayerError(
+            f"'{name}' planes are {h}x{w} pixels; denoising needs at least {MIN_SIDE}x{MIN_SIDE}"
+        )
+    if isinstance(data, np.ndarray) and dtype.kind == "f" and not np.isfinite(data).any():
+        raise LayerError(f"'{name}' has no finite pixel (all NaN or infinite)")
+    return inp
+
+
+def guess_channel_axis(shape) -> int | None:
+    """A small axis (at most 4 long) that is first or last, for a 3-D+ image; else None."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 3:
+        return None
+    if shape[-1] <= 4 and min(shape[:-1][-2:]) > 4:
+        return len(shape) - 1
+    if shape[0] <= 4 and min(shape[-2:]) > 4:
+        return 0
+    return None
+
+
+def channel_axis_choices(layer) -> list[int | None]:
+    """Channel axes the user may pick for a layer: None, then every axis (non-RGB, 3-D+)."""
+    if layer is None or getattr(layer, "rgb", False):
+        return [None]
+    ndim = len(layer.data.shape)
+    if ndim < 3:
+        return [None]
+    return [None, *range(ndim)]
+
+
+def current_index(layer, viewer) -> tuple[int, ...]:
+    """Data index of the viewer's current slice along each layer dimension.
+
+    Uses the viewer's world position (``viewer.dims.point``, which follows
+    ``viewer.dims.current_step``) mapped through the layer's transforms, so
+    layers with a different scale or translate get their own plane index.
+    """
+    ndim = layer.ndim
+    point = np.asarray(viewer.dims.point, dtype=float)[-ndim:]
+    if point.size < ndim:
+        point = np.concatenate([np.zeros(ndim - point.size), point])
+    idx = np.round(layer.world_to_data(point)).astype(int)
+    shape = np.asarray(layer.data.shape[:ndim])
+    return tuple(int(i) for i in np.clip(idx, 0, shape - 1))
+
+
+def preview_fixed(inp: LayerInput, layer, viewer) -> dict[int, int]:
+    """Loop axes fixed to the viewer's current slice (empty for a single plane)."""
+    if not inp.is_stack:
+        return {}
+    idx = current_index(layer, viewer)
+    return {ax: idx[ax] for ax in inp.loop_axes}
+
+
+def output_name(source: str, model: str, kind: str = "denoised") -> str:
+    """``"<source> [denoised: <model>]"`` or ``"<source> [noise: <model>]"``."""
+    return f"{source} [{kind}: {model}]"
+
+
+def _provenance(source: str, model: str, kind: str) -> dict:
+    return {"source": source, "model": model, "kind": kind}
+
+
+def _offset_translate(layer, fixed: dict[int, int] | None) -> np.ndarray:
+    """Translate that puts index 0 of a one-slice output at the source's fixed indices.
+
+    Goes through scale, rotate and shear, so the slice lands where the source's
+    slice is in world space.
+    """
+    from napari.utils.transforms import CompositeAffine
+
+    translate = np.asarray(layer.translate, dtype=float)
+    if not fixed:
+        return translate
+    ndim = layer.ndim
+    transform = CompositeAffine(
+        scale=layer.scale, translate=translate, rotate=layer.rotate, shear=layer.shear, ndim=ndim
+    )
+    k = np.zeros(ndim)
+    for ax, ix in fixed.items():
+        if ax < ndim:
+            k[ax] = ix
+    return np.asarray(transform(k), dtype=float)
+
+
+def _symmetric_limits(noise: np.ndarray) -> tuple[float, float]:
+    finite = noise[np.isfinite(noise)]
+    if finite.size == 0:
+        return (-1.0, 1.0)
+    sample = finite if finite.size <= 1_000_000 else finite[:: finite.size // 1_000_000 + 1]
+    m = float(np.percentile(np.abs(sample), 99.5)) or 1.0
+    return (-m, m)
+
+
+def output_kwargs(
+    layer,
+    data: np.ndarray,
+    model: str,
+    *,
+    kind: str = "denoised",
+    fixed: dict[int, int] | None = None,
+) -> dict:
+    """Keyword arguments for ``viewer.add_image`` of an output derived from ``layer``.
+
+    Copies scale, translate, rotate, shear, affine, metadata, colormap, contrast
+    limits, blending, units and axis labels; adds provenance in
+    ``metadata["bfcnn"]``. ``fixed`` (preview) shifts the translate to the slice.
+    The removed noise gets a gray colormap with limits symmetric around zero.
+    """
+    metadata = dict(layer.metadata)
+    prov = _provenance(layer.name, model, kind)
+    prov["planes"] = "current" if fixed else "all"
+    metadata[PROVENANCE_KEY] = prov
+    rgb = bool(layer.rgb) and data.ndim == layer.data.ndim and data.shape[-1] in (3, 4)
+    kw: dict[str, Any] = {
+        "name": output_name(layer.name, model, kind),
+        "rgb": rgb,
+        "scale": tuple(layer.scale),
+        "translate": tuple(_offset_translate(layer, fixed)),
+        "rotate": np.array(layer.rotate),
+        "shear": np.array(layer.shear),
+        "affine": np.array(layer.affine.affine_matrix),
+        "metadata": metadata,
+        "blending": layer.blending,
+    }
+    for attr in ("units", "axis_labels"):  # napari >= 0.6
+        if hasattr(layer, attr):
+            kw[attr] = tuple(getattr(layer, attr))
+    if kind == "noise":
+        kw["colormap"] = "gray"
+        kw["contrast_limits"] = _symmetric_limits(data)
+    else:
+        if not rgb:
+            kw["colormap"] = layer.colormap
+        kw["contrast_limits"] = tuple(layer.contrast_limits)
+    return kw
+
+
+def find_output(layers, source: str, model: str, kind: str = "denoised"):
+    """The output layer made earlier from ``source`` with ``model`` (matched on provenance)."""
+    from napari.layers import Image
+
+    for lyr in layers:
+        prov = lyr.metadata.get(PROVENANCE_KEY) if isinstance(lyr, Image) else None
+        if isinstance(prov, dict) and (prov.get("source"), prov.get("model"), prov.get("kind")) == (
+            source,
+            model,
+            kind,
+        ):
+            return lyr
+    return None
+
+
+def add_or_replace_output(
+    viewer,
+    layer,
+    data: np.ndarray,
+    model: str,
+    *,
+    kind: str = "denoised",
+    fixed: dict[int, int] | None = None,
+):
+    """Show ``data`` as the output of ``layer`` + ``model``; replace the earlier one if any.
+
+    Only a layer whose provenance names the same source, model and kind is
+    replaced (its data updated in place); no other layer is touched.
+
+    Returns
+    -------
+    napari.layers.Image
+    """
+    kw = output_kwargs(layer, data, model, kind=kind, fixed=fixed)
+    old = find_output(viewer.layers, layer.name, model, kind)
+    if old is not None and old.rgb == kw["rgb"] and old.data.ndim == data.ndim:
+        old.data = data
+        old.translate = kw["translate"]
+        old.metadata = kw["metadata"]
+        if kind == "noise":
+            old.contrast_limits = kw["contrast_limits"]
+        return old
+    if old is not None:  # layout changed (e.g. another channel axis): same place, new layer
+        index = viewer.layers.index(old)
+        viewer.layers.remove(old)
+        new = viewer.add_image(data, **kw)
+        viewer.layers.move(viewer.layers.index(new), index)
+        return new
+    return viewer.add_image(data, **kw)

@@ -1,0 +1,107 @@
+"""Noisy sample images, each with its clean reference, made at load time.
+
+Why made, not shipped: the clean images come with scikit-image (no download),
+and a fixed seed gives the same noise every time, so results are comparable.
+Every sample returns the clean reference first (hidden) and the noisy image on
+top, so the Denoise widget picks the noisy one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["astronaut_sample", "camera_sample", "cell_sample", "zstack_sample"]
+
+SEED = 0
+
+
+def _pair(name: str, clean: np.ndarray, noisy: np.ndarray, noise: str, **kwargs) -> list[tuple]:
+    meta = {"sample": name, "noise": noise, "seed": SEED}
+    clean_kw = {"name": f"{name} (clean reference)", "visible": False, "metadata": dict(meta)}
+    noisy_kw = {"name": f"{name} (noisy)", "metadata": dict(meta)}
+    clean_kw.update(kwargs)
+    noisy_kw.update(kwargs)
+    return [(clean, clean_kw, "image"), (noisy, noisy_kw, "image")]
+
+
+def _gaussian(clean: np.ndarray, sigma: float, seed: int = SEED) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (clean + rng.normal(0.0, sigma, clean.shape)).astype(np.float32)
+
+
+def camera_sample() -> list[tuple]:
+    """Camera (gray, 512x512) with Gaussian noise, sigma 25 on the 0-255 scale (not clipped)."""
+    from skimage import data
+
+    clean = data.camera().astype(np.float32)
+    return _pair(
+        "camera",
+        clean,
+        _gaussian(clean, 25.0),
+        "Gaussian, sigma 25 (0-255)",
+        contrast_limits=(0.0, 255.0),
+    )
+
+
+def astronaut_sample() -> list[tuple]:
+    """Astronaut (RGB, 512x512) with Gaussian noise, sigma 25 per channel (not clipped)."""
+    from skimage import data
+
+    clean = data.astronaut().astype(np.float32)
+    return _pair(
+        "astronaut",
+        clean,
+        _gaussian(clean, 25.0),
+        "Gaussian, sigma 25 (0-255), independent per channel",
+        rgb=True,
+        contrast_limits=(0.0, 255.0),
+    )
+
+
+def cell_sample(photons: float = 20.0, read_noise: float = 2.0) -> list[tuple]:
+    """Fluorescence-like cell image with Poisson-Gaussian camera noise, as uint16.
+
+    ``photons`` at the brightest pixel (low: strong shot noise), ``read_noise``
+    electrons of Gaussian read noise, then gain 8 ADU per electron and an offset
+    of 100 ADU, like a scientific camera.
+    """
+    from skimage import data
+
+    gain, offset = 8.0, 100.0
+    signal = data.cell().astype(np.float64) / 255.0 * photons  # expected electrons
+    rng = np.random.default_rng(SEED)
+    electrons = rng.poisson(signal) + rng.normal(0.0, read_noise, signal.shape)
+    noisy = np.clip(np.rint(offset + gain * electrons), 0, 65535).astype(np.uint16)
+    clean = (offset + gain * signal).astype(np.float32)
+    return _pair(
+        "cell",
+        clean,
+        noisy,
+        f"Poisson-Gaussian: {photons:g} photons at peak, read noise {read_noise:g} e-, "
+        f"gain {gain:g} ADU/e-, offset {offset:g} ADU",
+        contrast_limits=(offset, offset + gain * photons),
+        colormap="gray",
+    )
+
+
+def zstack_sample(slices: int = 8, sigma: float = 20.0) -> list[tuple]:
+    """A small Z-stack (8 x 160 x 192) of coins, defocused and drifting through Z, sigma 20."""
+    from scipy import ndimage
+    from skimage import data
+
+    base = data.coins().astype(np.float32)[40:200, 60:252]
+    mid = (slices - 1) / 2
+    planes = []
+    for z in range(slices):
+        blurred = ndimage.gaussian_filter(base, sigma=0.3 + 0.7 * abs(z - mid))
+        planes.append(ndimage.shift(blurred, (0.8 * (z - mid), -0.6 * (z - mid)), mode="nearest"))
+    clean = np.stack(planes).astype(np.float32)
+    return _pair(
+        "coins z-stack",
+        clean,
+        _gaussian(clean, sigma),
+        f"Gaussian, sigma {sigma:g} (0-255)",
+        contrast_limits=(0.0, 255.0),
+        scale=(3.0, 1.0, 1.0),
+        axis_labels=("z", "y", "x"),
+    )

@@ -1,0 +1,51 @@
+"""Fixtures for the napari plugin tests: tiny models in a temporary user-model folder.
+
+Why tiny: the tests check wiring (axes, dtypes, layers, notifications), not
+denoising quality, so three-layer nets keep the whole suite to seconds on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _save_tiny(folder, name: str, channels: int, description: str) -> None:
+    from src_models.architectures import build_model, parameter_count, receptive_field
+    from src_models.config import DnCNNConfig, ModelCard
+    from src_models.modelfile import save_model
+
+    config = DnCNNConfig(channels=channels, depth=3, width=8)
+    model = build_model(config, name=name)
+    # non-zero last layer: the net must change the image, so tests can tell it ran
+    for w in model.trainable_weights:
+        w.assign(np.random.default_rng(0).normal(0, 0.05, w.shape).astype("float32"))
+    card = ModelCard(
+        name=name,
+        description=description,
+        channels=channels,
+        kind="dncnn",
+        parameters=parameter_count(model),
+        receptive_field=receptive_field(model),
+        size_multiple=1,
+    )
+    save_model(model, folder / f"{name}.keras", card)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A user-model folder with a tiny gray and a tiny colour model and one broken file."""
+    folder = tmp_path_factory.mktemp("models")
+    _save_tiny(folder, "tiny-gray", 1, "three-layer gray test model")
+    _save_tiny(folder, "tiny-color", 3, "three-layer colour test model")
+    (folder / "broken.keras").write_bytes(b"not a zip file")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _use_model_dir(model_dir, monkeypatch):
+    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(model_dir))

@@ -1,0 +1,153 @@
+"""The npe2 manifest, the sample data and the plain function contribution."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(python_name: str):
+    module, _, attr = python_name.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def test_manifest_validates_and_every_command_imports():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(ROOT / "napari.yaml")
+    assert manifest.name == "napari-bfcnn"
+    assert manifest.display_name == "BF-CNN denoising"
+    commands = manifest.contributions.commands
+    assert {c.id for c in commands} >= {
+        "napari-bfcnn.make_denoise_widget",
+        "napari-bfcnn.denoise_image",
+    }
+    for command in commands:
+        assert callable(_load(command.python_name)), command.python_name
+    keys = {s.key for s in manifest.contributions.sample_data}
+    assert keys == {"camera", "astronaut", "cell", "zstack"}
+    widgets = {w.display_name: w for w in manifest.contributions.widgets}
+    assert widgets["Denoise image (function)"].autogenerate
+
+
+def test_packaged_manifest_is_the_root_manifest():
+    packaged = ROOT / "napari_bfcnn" / "napari.yaml"
+    assert packaged.read_text() == (ROOT / "napari.yaml").read_text()
+
+
+def test_installed_plugin_is_found_by_npe2():
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    if "napari-bfcnn" not in pm:
+        pytest.skip("napari-bfcnn is not installed (pip install -e .)")
+    assert pm.get_manifest("napari-bfcnn").display_name == "BF-CNN denoising"
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "dtype", "rgb"),
+    [
+        ("camera_sample", (512, 512), np.float32, False),
+        ("astronaut_sample", (512, 512, 3), np.float32, True),
+        ("cell_sample", (660, 550), np.uint16, False),
+        ("zstack_sample", (8, 160, 192), np.float32, False),
+    ],
+)
+def test_samples_come_with_their_clean_reference(name, shape, dtype, rgb):
+    import napari_bfcnn
+
+    layers = getattr(napari_bfcnn, name)()
+    (clean, clean_kw, clean_type), (noisy, noisy_kw, noisy_type) = layers
+    assert clean_type == noisy_type == "image"
+    assert clean_kw["name"].endswith("(clean reference)") and not clean_kw["visible"]
+    assert noisy_kw["name"].endswith("(noisy)")
+    assert noisy.shape == clean.shape == shape
+    assert noisy.dtype == dtype
+    assert noisy_kw.get("rgb", False) == rgb
+    residual = noisy.astype(np.float64) - clean
+    assert 5 < residual.std() < 60  # clearly noisy, not garbage
+    again = getattr(napari_bfcnn, name)()[1][0]
+    np.testing.assert_array_equal(noisy, again)  # fixed seed
+
+
+def test_gaussian_samples_have_the_stated_sigma():
+    from napari_bfcnn import camera_sample
+
+    (clean, _, _), (noisy, _, _) = camera_sample()
+    assert (noisy - clean).std() == pytest.approx(25, rel=0.02)
+
+
+@pytest.fixture
+def plugin(npe2pm):
+    """This repository's manifest registered with napari's test plugin manager."""
+    with npe2pm.tmp_plugin(manifest=str(ROOT / "napari.yaml")) as plugin:
+        yield plugin
+
+
+@pytest.mark.gui
+def test_sample_opens_through_napari(make_napari_viewer, plugin):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-bfcnn", "zstack")
+    names = [lyr.name for lyr in viewer.layers]
+    assert names == ["coins z-stack (clean reference)", "coins z-stack (noisy)"]
+    np.testing.assert_allclose(viewer.layers[1].scale, (3, 1, 1))
+
+
+def test_function_contribution_denoises_a_plain_array():
+    from napari_bfcnn import denoise_image
+    from src_models import load_model
+
+    data = np.random.default_rng(0).uniform(0, 255, (3, 40, 40)).astype(np.float32)
+    out = denoise_image(data, model="tiny-gray")
+    np.testing.assert_allclose(out, load_model("tiny-gray").denoise(data), rtol=1e-5, atol=1e-4)
+    rgb = np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    out_rgb = denoise_image(rgb, model="tiny-color")
+    np.testing.assert_array_equal(out_rgb, load_model("tiny-color").denoise(rgb, channel_axis=-1))
+
+
+def test_function_contribution_auto_model_and_errors():
+    from napari_bfcnn import denoise_image
+
+    data = np.random.default_rng(2).uniform(0, 1, (24, 24)).astype(np.float32)
+    assert denoise_image(data).shape == data.shape
+    with pytest.raises(ValueError, match="boolean"):
+        denoise_image(np.zeros((16, 16), bool))
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        denoise_image(data, model="nope")
+
+
+@pytest.mark.gui
+def test_widget_opened_through_the_plugin_menu_denoises(make_napari_viewer, qtbot, plugin):
+    """napari hands plugins a public-only proxy of the viewer; the widget must work with it."""
+    viewer = make_napari_viewer()
+    a = viewer.add_image(np.zeros((3, 32, 32), np.float32), name="a")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-bfcnn", "Denoise")
+    assert widget.image.value.name == "a"
+    assert widget.chosen_channel_axis == 0
+    widget.channel_axis.value = "none"
+    viewer.add_image(np.zeros((32, 32), np.float32), name="b")
+    widget.image.value = widget.image.choices[0]
+    assert widget.image.value.name == "a"
+    assert widget.chosen_channel_axis is None  # remembered across the proxy
+    widget.model.value = "tiny-gray"
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert "a [denoised: tiny-gray]" in viewer.layers
+    assert a.data.sum() == 0
+
+
+@pytest.mark.gui
+def test_function_widget_is_autogenerated_and_adds_a_layer(make_napari_viewer, plugin):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(3).uniform(0, 1, (24, 24)).astype(np.float32))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-bfcnn", "Denoise image (function)")
+    widget.model.value = "tiny-gray"
+    widget()
+    assert len(viewer.layers) == 2
+    assert viewer.layers[-1].data.shape == (24, 24)

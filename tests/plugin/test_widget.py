@@ -1,0 +1,343 @@
+"""The Denoise dock widget in a real viewer: layouts, dtypes, provenance, cancel, errors."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+import napari_bfcnn._denoise_widget as dw
+from napari_bfcnn._denoise_widget import NO_AXIS, PROGRESS_STEPS, DenoiseWidget
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT_MS = 60_000
+
+
+def _checksum(a) -> str:
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(a)).tobytes()).hexdigest()
+
+
+def _engine(model: str, data, channel_axis=None) -> np.ndarray:
+    from src_models import load_model
+
+    return load_model(model).denoise(np.asarray(data), channel_axis=channel_axis)
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Notifications the widget shows, by kind."""
+    captured = {"error": [], "warning": [], "info": []}
+    for kind in captured:
+        monkeypatch.setattr(dw, f"show_{kind}", captured[kind].append)
+    return captured
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    widget = DenoiseWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Denoise")
+    return viewer, widget
+
+
+def _run(qtbot, widget, layer=None, model="tiny-gray"):
+    if layer is not None:
+        widget.image.value = layer
+    if model is not None:
+        widget.model.value = model
+    worker = widget.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+
+def test_widget_docks_and_lists_models_with_broken_one_disabled(viewer_widget):
+    from qtpy.QtCore import Qt
+
+    viewer, widget = viewer_widget
+    assert "Denoise" in viewer.window.dock_widgets
+    combo = widget.model.native
+    texts = [combo.itemText(i) for i in range(combo.count())]
+    assert texts[0].startswith("auto")
+    assert any(t.startswith("tiny-gray  (gray") for t in texts)
+    assert any(t.startswith("tiny-color  (colour") for t in texts)
+    i = texts.index("broken  (unavailable)")
+    assert not combo.model().item(i).isEnabled()
+    assert "not a .keras model file" in combo.itemData(i, Qt.ItemDataRole.ToolTipRole)
+    assert widget.model.value == "auto"
+
+
+def test_gray_2d_is_denoised_with_layer_properties_kept(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(0).uniform(0, 200, (48, 40)).astype(np.float32)
+    before = _checksum(data)
+    layer = viewer.add_image(
+        data,
+        name="gray",
+        scale=(0.5, 0.25),
+        translate=(10, -3),
+        metadata={"origin": "test"},
+        colormap="viridis",
+        contrast_limits=(5, 150),
+        blending="additive",
+        units=("um", "um"),
+        axis_labels=("y", "x"),
+    )
+    _run(qtbot, widget, layer)
+    out = viewer.layers["gray [denoised: tiny-gray]"]
+    np.testing.assert_allclose(out.data, _engine("tiny-gray", data), rtol=1e-5, atol=1e-4)
+    assert out.data.dtype == np.float32
+    np.testing.assert_allclose(out.scale, (0.5, 0.25))
+    np.testing.assert_allclose(out.translate, (10, -3))
+    assert out.metadata["origin"] == "test"
+    assert out.metadata["bfcnn"]["source"] == "gray"
+    assert out.metadata["bfcnn"]["model"] == "tiny-gray"
+    assert out.colormap.name == "viridis"
+    assert tuple(out.contrast_limits) == (5, 150)
+    assert out.blending == "additive"
+    assert tuple(out.axis_labels) == ("y", "x")
+    assert [str(u) for u in out.units] == [str(u) for u in layer.units]
+    assert layer.data is data and _checksum(data) == before
+    assert notes["error"] == []
+    assert widget.status.value.startswith("done")
+
+
+def test_rgb_uint8_is_denoised_jointly_by_the_colour_model(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(1).integers(0, 255, (32, 36, 3), dtype=np.uint8)
+    before = _checksum(data)
+    layer = viewer.add_image(data, name="rgb", rgb=True)
+    _run(qtbot, widget, layer, model="tiny-color")
+    out = viewer.layers["rgb [denoised: tiny-color]"]
+    assert out.rgb and out.data.dtype == np.uint8
+    np.testing.assert_array_equal(out.data, _engine("tiny-color", data, channel_axis=-1))
+    assert _checksum(data) == before
+
+
+def test_rgba_alpha_is_passed_through_unchanged(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 255, (32, 32, 4), dtype=np.uint8)
+    before = _checksum(data)
+    layer = viewer.add_image(data, name="rgba", rgb=True)
+    _run(qtbot, widget, layer, model="tiny-color")
+    out = viewer.layers["rgba [denoised: tiny-color]"]
+    assert out.data.shape == (32, 32, 4)
+    np.testing.assert_array_equal(out.data[..., 3], data[..., 3])
+    np.testing.assert_array_equal(
+        out.data[..., :3], _engine("tiny-color", data[..., :3], channel_axis=-1)
+    )
+    assert _checksum(data) == before
+
+
+def test_multichannel_layer_uses_the_guessed_channel_axis(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(3).uniform(0, 1, (2, 40, 40)).astype(np.float32)
+    layer = viewer.add_image(data, name="two channels")
+    widget.image.value = layer
+    assert widget.channel_axis.value == 0
+    _run(qtbot, widget, layer)
+    out = viewer.layers["two channels [denoised: tiny-gray]"]
+    np.testing.assert_allclose(
+        out.data, _engine("tiny-gray", data, channel_axis=0), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_zstack_whole_stack_is_denoised_plane_by_plane(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(4).uniform(0, 100, (5, 32, 32)).astype(np.float32)
+    layer = viewer.add_image(data, name="stack", scale=(3, 1, 1))
+    assert widget.chosen_channel_axis is None
+    _run(qtbot, widget, layer)
+    out = viewer.layers["stack [denoised: tiny-gray]"]
+    assert out.data.shape == data.shape
+    np.testing.assert_allclose(out.data, _engine("tiny-gray", data), rtol=1e-5, atol=1e-4)
+    assert out.metadata["bfcnn"]["planes"] == "all"
+
+
+def test_current_slice_preview_denoises_only_the_viewed_plane_in_place(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(5).uniform(0, 100, (6, 32, 32)).astype(np.float32)
+    layer = viewer.add_image(data, name="stack", scale=(2, 1, 1), translate=(1, 0, 0))
+    viewer.dims.set_point(0, 1 + 2 * 4)  # world z of slice 4
+    widget.image.value = layer
+    assert widget.preview.enabled
+    widget.preview.value = True
+    _run(qtbot, widget, layer)
+    out = viewer.layers["stack [denoised: tiny-gray]"]
+    assert out.data.shape == (1, 32, 32)
+    np.testing.assert_allclose(out.translate, (9, 0, 0))
+    np.testing.assert_allclose(out.data[0], _engine("tiny-gray", data[4]), rtol=1e-5, atol=1e-4)
+    assert out.metadata["bfcnn"]["planes"] == "current"
+
+
+@pytest.mark.parametrize(("dtype", "out_dtype"), [(np.uint16, np.uint16), (np.float64, np.float32)])
+def test_dtype_family_is_kept(viewer_widget, qtbot, dtype, out_dtype):
+    viewer, widget = viewer_widget
+    data = (np.random.default_rng(6).uniform(0, 4000, (32, 32))).astype(dtype)
+    layer = viewer.add_image(data, name="img")
+    _run(qtbot, widget, layer)
+    out = viewer.layers["img [denoised: tiny-gray]"]
+    assert out.data.dtype == out_dtype
+    np.testing.assert_allclose(out.data, _engine("tiny-gray", data), rtol=1e-5, atol=1e-2)
+
+
+def test_rerun_replaces_only_its_own_output(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(7).uniform(0, 1, (32, 32)).astype(np.float32)
+    layer = viewer.add_image(data, name="img")
+    decoy = viewer.add_image(np.zeros((32, 32)), name="img [denoised: tiny-gray]")
+    _run(qtbot, widget, layer)
+    first = [lyr for lyr in viewer.layers if lyr.metadata.get("bfcnn")]
+    assert len(first) == 1 and first[0] is not decoy
+    out = first[0]
+    _run(qtbot, widget, layer)
+    assert len(viewer.layers) == 3
+    assert [lyr for lyr in viewer.layers if lyr.metadata.get("bfcnn")] == [out]
+    np.testing.assert_array_equal(decoy.data, 0)
+    widget.image.value = layer
+    _run(qtbot, widget, layer, model="tiny-color")
+    assert "img [denoised: tiny-color]" in viewer.layers
+    assert len(viewer.layers) == 4
+
+
+def test_removed_noise_layer_is_source_minus_denoised(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(8).uniform(0, 255, (32, 32)).astype(np.float32)
+    layer = viewer.add_image(data, name="img")
+    widget.add_noise.value = True
+    _run(qtbot, widget, layer)
+    den = viewer.layers["img [denoised: tiny-gray]"].data
+    noise = viewer.layers["img [noise: tiny-gray]"]
+    np.testing.assert_allclose(noise.data, data - den, atol=1e-4)
+    lo, hi = noise.contrast_limits
+    assert lo == -hi
+
+
+def test_cancel_stops_a_run_between_tiles(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(9).uniform(0, 1, (40, 96, 96)).astype(np.float32)
+    layer = viewer.add_image(data, name="big")
+    widget.image.value = layer
+    widget.model.value = "tiny-gray"
+    widget.tile.value = 16
+    worker = widget.run()
+    assert worker is not None and widget.cancel_button.enabled
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert widget.status.value == "cancelled"
+    assert widget.progress.value < PROGRESS_STEPS
+    assert [lyr.name for lyr in viewer.layers] == ["big"]
+    assert notes["info"] == ["Denoising cancelled."]
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda v: v.add_labels(np.zeros((16, 16), np.int32)), "Labels layer"),
+        (lambda v: v.add_points(np.zeros((3, 2))), "Points layer"),
+        (lambda v: v.add_image(np.zeros((1, 1), np.float32)), "1x1"),
+        (lambda v: v.add_image(np.zeros((16, 16), bool)), "boolean"),
+        (lambda v: v.add_image(np.full((16, 16), np.nan, np.float32)), "no finite pixel"),
+        (lambda v: v.add_image(np.zeros((2, 2, 2, 8, 8), np.float32)), "choose a channel axis"),
+    ],
+    ids=["labels", "points", "1x1", "bool", "all-nan", "5d"],
+)
+def test_bad_layers_show_an_error_and_add_nothing(viewer_widget, notes, make, words):
+    viewer, widget = viewer_widget
+    layer = make(viewer)
+    n_layers = len(viewer.layers)
+    worker = widget.denoise_layer(layer, channel_axis=None)
+    assert worker is None
+    assert len(notes["error"]) == 1 and words in notes["error"][0]
+    assert len(viewer.layers) == n_layers
+    assert not widget.running
+
+
+def test_unusable_model_shows_an_error(viewer_widget, notes):
+    viewer, widget = viewer_widget
+    layer = viewer.add_image(np.zeros((16, 16), np.float32))
+    widget.image.value = layer
+    widget.model.value = "broken"
+    assert widget.run() is None
+    assert "not a .keras model file" in notes["error"][0]
+
+
+def test_all_nan_plane_in_a_dask_stack_is_reported_after_the_run(viewer_widget, qtbot, notes):
+    da = pytest.importorskip("dask.array")
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(10).uniform(0, 1, (5, 32, 32)).astype(np.float32)
+    data[1] = np.nan
+    layer = viewer.add_image(da.from_array(data, chunks=(1, 32, 32)), name="lazy")
+    _run(qtbot, widget, layer)
+    out = viewer.layers["lazy [denoised: tiny-gray]"].data
+    assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2, 3, 4]]).all()
+    assert "1 plane(s)" in notes["warning"][0]
+
+
+def test_dask_stack_is_read_one_plane_at_a_time(viewer_widget, qtbot, monkeypatch):
+    da = pytest.importorskip("dask.array")
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(11).uniform(0, 1, (6, 32, 32)).astype(np.float32)
+    layer = viewer.add_image(
+        da.from_array(data, chunks=(1, 32, 32)), name="lazy", contrast_limits=(0, 1)
+    )
+    materialised = []
+    original = da.Array.__array__
+
+    def spy(self, *args, **kwargs):
+        materialised.append(self.shape)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(da.Array, "__array__", spy)
+    _run(qtbot, widget, layer)
+    out = viewer.layers["lazy [denoised: tiny-gray]"]
+    assert isinstance(out.data, np.ndarray)
+    np.testing.assert_allclose(out.data, _engine("tiny-gray", data), rtol=1e-5, atol=1e-6)
+    assert (32, 32) in materialised
+    assert all(len(shape) < 3 or shape[0] == 1 for shape in materialised), materialised
+
+
+def test_settings_are_kept_when_switching_layers(viewer_widget):
+    viewer, widget = viewer_widget
+    a = viewer.add_image(np.zeros((3, 32, 32), np.float32), name="a")
+    b = viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="b", rgb=True)
+    widget.image.value = a
+    widget.model.value = "tiny-color"
+    widget.add_noise.value = True
+    widget.tile.value = 128
+    widget.channel_axis.value = NO_AXIS  # the user overrides the guess (0) for layer a
+    widget.image.value = b
+    assert (widget.model.value, widget.add_noise.value, widget.tile.value) == (
+        "tiny-color",
+        True,
+        128,
+    )
+    assert not widget.channel_axis.enabled  # RGB: channels are last, nothing to choose
+    widget.image.value = a
+    assert widget.chosen_channel_axis is None  # the override is remembered per layer
+
+
+def test_noise_estimate_is_in_layer_units(viewer_widget):
+    viewer, widget = viewer_widget
+    rng = np.random.default_rng(12)
+    yy, xx = np.mgrid[0:128, 0:128]
+    clean = 1000 + 5 * xx + 3 * yy
+    layer = viewer.add_image((clean + rng.normal(0, 40, clean.shape)).astype(np.float32))
+    widget.image.value = layer
+    assert widget.estimate_noise() == pytest.approx(40, rel=0.15)
+    assert widget.noise_level.value.startswith("\u03c3 \u2248 ")
+
+
+def test_auto_model_follows_the_layer_kind(viewer_widget, qtbot):
+    from src_models import default_model
+
+    viewer, widget = viewer_widget
+    gray = viewer.add_image(np.ones((24, 24), np.float32), name="g")
+    rgb = viewer.add_image(np.ones((24, 24, 3), np.uint8), name="c", rgb=True)
+    _run(qtbot, widget, gray, model="auto")
+    _run(qtbot, widget, rgb, model="auto")
+    assert f"g [denoised: {default_model(1, False)}]" in viewer.layers
+    assert f"c [denoised: {default_model(3, True)}]" in viewer.layers
