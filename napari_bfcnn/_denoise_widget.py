@@ -396,7 +396,7 @@ class DenoiseWidget(Container):
         peak = getattr(self, "_crop_scale", 0.0)
         if peak > 0:
             rel = 255.0 * sigma / peak
-            text += f"  (model: {rel:.0f}/255)"
+            text += f"  (= {rel:.0f} on a 0-255 scale)"
             info = self._models.get(self._resolved_name() or "")
             if info is not None and info.error is None and rel > info.sigma_range[1]:
                 text += ", above its range"
