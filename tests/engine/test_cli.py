@@ -27,7 +27,7 @@ def test_denoise_folder_writes_good_files_skips_bad_ones_and_reports_failure(
     iio.imwrite(src / "d.png", _noisy((32, 32), 1).astype("uint8"))
     (out / "d_denoised.png").write_bytes(b"earlier result")
 
-    code = main(["denoise", str(src), "--out", str(out), "--model", "gray", "--quiet"])
+    code = main(["denoise", str(src), "--out", str(out), "--model", "pyramid", "--quiet"])
 
     assert code == 1  # something failed: the exit code says so
     err = capsys.readouterr()
@@ -48,7 +48,7 @@ def test_denoise_refuses_to_overwrite_its_input(model_dir, tmp_path, capsys):
     iio.imwrite(tmp_path / "x.png", _noisy((16, 16)).astype("uint8"))
     before = (tmp_path / "x.png").read_bytes()
     code = main(["denoise", str(tmp_path / "x.png"), "--out", str(tmp_path), "--suffix", "",
-                 "--model", "gray", "--quiet"])
+                 "--model", "pyramid", "--quiet"])
     assert code == 1
     assert "overwrite the input" in capsys.readouterr().out
     assert (tmp_path / "x.png").read_bytes() == before
@@ -57,4 +57,4 @@ def test_denoise_refuses_to_overwrite_its_input(model_dir, tmp_path, capsys):
 def test_models_lists_installed_models(model_dir, capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "gray" in out and "dncnn" in out
+    assert "pyramid" in out and "multiscale" in out and "tiny random multiscale" in out
