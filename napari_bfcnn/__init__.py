@@ -22,6 +22,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "DenoiseWidget",
+    "InterpretWidget",
+    "TrainWidget",
     "astronaut_sample",
     "camera_sample",
     "cell_sample",
@@ -31,6 +33,8 @@ __all__ = [
 
 _WHERE = {
     "DenoiseWidget": "_denoise_widget",
+    "InterpretWidget": "_interpret_widget",
+    "TrainWidget": "_train_widget",
     "denoise_image": "_function",
     "astronaut_sample": "_sample_data",
     "camera_sample": "_sample_data",

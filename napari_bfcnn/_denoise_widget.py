@@ -30,9 +30,12 @@ from ._layers import (
     add_or_replace_output,
     channel_axis_choices,
     guess_channel_axis,
+    layer_key,
     preview_fixed,
     read_layer,
 )
+from ._model_choices import decorate_model_combo, model_choices, model_tooltip
+from ._model_events import model_events
 from ._workers import AUTO, DenoiseJob, DenoiseOutcome, make_worker, resolve_model
 
 __all__ = ["NO_AXIS", "DenoiseWidget"]
@@ -42,45 +45,6 @@ log = logging.getLogger(__name__)
 NO_AXIS = "none"  # combo value for "no channel axis" (magicgui combos treat None as unset)
 ESTIMATE_SIDE = 256  # noise is estimated on a centre crop at most this big (fast on any image)
 PROGRESS_STEPS = 1000
-
-
-def _fmt_params(n: int) -> str:
-    if n >= 1_000_000:
-        return f"{n / 1e6:.1f} M params"
-    if n >= 1_000:
-        return f"{n / 1e3:.0f} k params"
-    return f"{n} params"
-
-
-def _colour_word(channels: int) -> str:
-    return "colour" if channels >= 3 else "gray"
-
-
-def model_label(info) -> str:
-    """Combo text for a model: name, gray/colour and size, or why it is unavailable."""
-    if info.error is not None:
-        return f"{info.name}  (unavailable)"
-    return f"{info.name}  ({_colour_word(info.channels)}, {_fmt_params(info.parameters)})"
-
-
-def model_tooltip(info) -> str:
-    """Tooltip for a model: description, architecture, noise range, file."""
-    if info.error is not None:
-        return f"Cannot use this model: {info.error}"
-    lo, hi = info.sigma_range
-    lines = [
-        info.description or "(no description)",
-        f"{info.kind or 'model'}, {info.channels} channel(s), {info.parameters:,} parameters",
-        f"trained for noise sigma {lo:g}-{hi:g} (0-255 scale); receptive field "
-        f"{info.receptive_field} px",
-        f"{'bundled' if info.builtin else 'user'} model: {info.path}",
-    ]
-    return "\n".join(lines)
-
-
-def _key(layer) -> int:
-    """Identity of a layer, also through napari's public-only viewer proxy."""
-    return id(getattr(layer, "__wrapped__", layer))
 
 
 class DenoiseWidget(Container):
@@ -149,6 +113,7 @@ class DenoiseWidget(Container):
             (layers.events.renamed, self._on_layers_changed),
             (layers.selection.events.active, self._on_active_layer),
             (napari_viewer.dims.events.current_step, self._schedule_estimate),
+            (model_events.changed, self.reset_choices),  # a model was trained, renamed, deleted
         ]
         for emitter, callback in self._connections:
             emitter.connect(callback)
@@ -183,35 +148,12 @@ class DenoiseWidget(Container):
         ]
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
-        from src_models import list_models
-
-        try:
-            infos = list_models()
-        except Exception as err:  # a broken model folder must not break the widget
-            log.warning("listing models failed: %s", err)
-            infos = []
-        self._models = {m.name: m for m in infos}
-        return [("auto (by layer)", AUTO)] + [(model_label(m), m.name) for m in infos]
+        self._models, choices = model_choices()
+        return choices
 
     def _decorate(self) -> None:
         """Tooltips on model items and controls; models with errors disabled."""
-        from qtpy.QtCore import Qt
-
-        combo = self.model.native
-        items = combo.model()
-        for i in range(combo.count()):
-            value = combo.itemData(i)
-            info = self._models.get(value) if isinstance(value, str) else None
-            if value == AUTO:
-                tip = "gray model for gray/multichannel layers, colour model for RGB layers"
-            elif info is not None:
-                tip = model_tooltip(info)
-            else:
-                continue
-            combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
-            item = items.item(i) if hasattr(items, "item") else None
-            if item is not None:
-                item.setEnabled(info is None or info.error is None)
+        decorate_model_combo(self.model, self._models)
         self.tile.tooltip = "tile core size in pixels; auto: whole plane up to 1024 px per side"
         self.channel_axis.tooltip = (
             "axis of a multichannel (non-RGB) layer holding channels; each channel is "
@@ -250,7 +192,7 @@ class DenoiseWidget(Container):
         return None if value in (None, NO_AXIS) else int(value)
 
     def _on_layers_changed(self, *_args) -> None:
-        alive = {_key(lyr) for lyr in self._viewer.layers}
+        alive = {layer_key(lyr) for lyr in self._viewer.layers}
         self._axis_memory = {k: v for k, v in self._axis_memory.items() if k in alive}
         self.reset_choices()
 
@@ -284,7 +226,7 @@ class DenoiseWidget(Container):
             choices = channel_axis_choices(layer)
             self.channel_axis.reset_choices()
             if layer is not None and len(choices) > 1:
-                axis = self._axis_memory.get(_key(layer), guess_channel_axis(layer.data.shape))
+                axis = self._axis_memory.get(layer_key(layer), guess_channel_axis(layer.data.shape))
                 self.channel_axis.value = NO_AXIS if axis is None else axis
             else:
                 self.channel_axis.value = NO_AXIS
@@ -298,7 +240,7 @@ class DenoiseWidget(Container):
             return
         layer = self.image.value
         if layer is not None:
-            self._axis_memory[_key(layer)] = self.chosen_channel_axis
+            self._axis_memory[layer_key(layer)] = self.chosen_channel_axis
         self._refresh_layer_state()
 
     def _refresh_layer_state(self) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "current_index",
     "find_output",
     "guess_channel_axis",
+    "layer_key",
     "output_kwargs",
     "output_name",
     "preview_fixed",
@@ -82,6 +83,11 @@ class LayerInput:
     @property
     def is_stack(self) -> bool:
         return len(self.loop_axes) > 0
+
+
+def layer_key(layer) -> int:
+    """Identity of a layer, also through napari's public-only viewer proxy."""
+    return id(getattr(layer, "__wrapped__", layer))
 
 
 def _shape_txt(shape) -> str:

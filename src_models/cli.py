@@ -112,6 +112,77 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _split_pair(text: str) -> tuple[Path, Path]:
+    """``noisy.tif:clean.tif`` -> two existing paths (the split that names two files)."""
+    for i, ch in enumerate(text):
+        if ch == ":" and Path(text[:i]).is_file() and Path(text[i + 1 :]).is_file():
+            return Path(text[:i]), Path(text[i + 1 :])
+    raise FileNotFoundError(f"--pairs {text!r}: expected NOISY:CLEAN naming two existing files")
+
+
+def _source(path: Path):
+    from .files import read_image_file
+    from .finetune_data import SourceImage
+
+    image = read_image_file(path)
+    axis = image.channel_axis
+    ndim = image.data.ndim
+    rgb = axis is not None and axis % ndim == ndim - 1 and image.data.shape[axis] in (3, 4)
+    return SourceImage(path.name, image.data, None if rgb else axis, rgb)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .config import ConfigError, CorruptionConfig
+    from .finetune import FinetuneSettings, finetune
+    from .modelfile import ModelFileError
+    from .train import _print_progress
+
+    try:
+        files, missing = _expand_inputs(args.inputs) if args.inputs else ([], [])
+        if missing:
+            raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+        pairs = [_split_pair(p) for p in args.pairs or []]
+        if pairs and (files or args.noisy_only):
+            raise ConfigError("--pairs replaces IMAGES and --noisy-only; give one or the other")
+        if not files and not pairs:
+            raise ConfigError("no training images: give IMAGES or --pairs NOISY:CLEAN")
+        mode = "pairs" if pairs else ("noisy" if args.noisy_only else "clean")
+        corruption = CorruptionConfig(sigma_range=tuple(args.sigma)) if args.sigma else None
+        settings = FinetuneSettings(
+            name=args.name,
+            mode=mode,
+            base=None if args.new else args.base,
+            architecture=args.new or "small",
+            corruption=corruption or CorruptionConfig(),
+            patch_size=args.patch,
+            batch_size=args.batch,
+            steps=args.steps,
+            learning_rate=args.lr,
+            seed=args.seed,
+        )
+        images = [_source(n) for n, _ in pairs] if pairs else [_source(f) for f in files]
+        targets = [_source(c) for _, c in pairs] or None
+        result = finetune(
+            settings,
+            images,
+            targets=targets,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            on_progress=_print_progress,
+            max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        )
+    except (ConfigError, ValueError, FileNotFoundError, ModelFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    before = ", ".join(f"{k}: {v:.2f}" for k, v in result.val_psnr_initial.items())
+    after = ", ".join(f"{k}: {v:.2f}" for k, v in result.val_psnr_best.items())
+    what = "stopped" if result.stopped else "finished"
+    print(f"{what} at step {result.steps_done}/{result.total_steps}")
+    print(f"validation PSNR before: {before}; after: {after}")
+    print(f"saved {result.name}: {result.model_path}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -119,7 +190,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command's argument parser (subcommands denoise, train, models, bench)."""
+    """The command's argument parser (subcommands denoise, train, finetune, models, bench)."""
     parser = argparse.ArgumentParser(
         prog="napari-bfcnn", description="Bias-free CNN denoising from the shell."
     )
@@ -141,6 +212,31 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train or fine-tune a model from a recipe")
     train_parser(t)
     t.set_defaults(func=_cmd_train)
+
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune a model on your own images and save it as a user model",
+        description="Fine-tune a model (or train a new one) on image files. Clean images get "
+        "synthetic noise; --noisy-only trains self-supervised (Neighbor2Neighbor); --pairs uses "
+        "registered noisy/clean acquisitions. The best model goes to the user-model folder.",
+    )
+    f.add_argument("inputs", nargs="*", metavar="IMAGES", help="files, globs or folders")
+    f.add_argument("--name", required=True, help="name of the new model")
+    f.add_argument("--base", default="gray", help="model name or .keras path to start from")
+    f.add_argument("--new", choices=["tiny", "small", "medium"], help="train a new model instead")
+    f.add_argument("--noisy-only", action="store_true", help="IMAGES are noisy (Neighbor2Neighbor)")
+    f.add_argument("--pairs", action="append", metavar="NOISY:CLEAN", help="a noisy/clean pair")
+    f.add_argument("--sigma", nargs=2, type=float, metavar=("LO", "HI"),
+                   help="Gaussian training noise range, 8-bit scale (default 0 75)")
+    f.add_argument("--steps", type=int, help="training steps (default: from the data size)")
+    f.add_argument("--patch", type=int, help="patch size (default: 64 or less)")
+    f.add_argument("--batch", type=int, help="batch size (default: 8)")
+    f.add_argument("--lr", type=float, help="learning rate (default: 2e-4, new models 1e-3)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--resume", action="store_true", help="continue the stopped run of --name")
+    f.add_argument("--overwrite", action="store_true", help="replace a user model of that name")
+    f.add_argument("--max-minutes", type=float, help="stop (and save the best) after this long")
+    f.set_defaults(func=_cmd_finetune)
 
     m = sub.add_parser("models", help="list bundled and user models")
     m.set_defaults(func=_cmd_models)

@@ -180,6 +180,12 @@ class TrainingConfig(_Strict):
     warmup_steps: int = Field(200, ge=0)
     clip_norm: float = Field(1.0, gt=0.0)
     loss: Literal["mse", "mae", "hinge_mae"] = "mse"
+    loss_weighting: Literal["none", "inverse_noise"] = Field(
+        "none",
+        description="inverse_noise: weight each sample by 1/(input MSE + floor^2), so low-noise "
+        "samples count as much as high-noise ones (a PSNR-balanced objective)",
+    )
+    weighting_floor: float = Field(5.0, gt=0.0, description="noise floor of the weighting, 8-bit")
     hinge_margin: float = Field(0.0, ge=0.0, description="|error| below this costs nothing (8-bit)")
     val_every: int = Field(500, ge=1)
     val_sigmas: tuple[float, ...] = (15.0, 25.0, 50.0)

@@ -17,6 +17,7 @@ from .corruptions import add_gaussian, check_seed, corrupt
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "PairSampler",
     "PatchSampler",
     "list_images",
     "load_image",
@@ -315,6 +316,57 @@ class PatchSampler:
             rng = np.random.default_rng([self.seed, step, _NOISE_STREAM, i])
             noisy[i], _ = corrupt(clean[i], self.corruption, rng)
         return noisy, clean
+
+    def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.batch(step)
+
+
+class PairSampler:
+    """Random (noisy, clean) patch batches from registered pairs, a pure function of (seed, step).
+
+    Why: with real noisy/clean acquisitions the noise is the data's own; both images
+    get exactly the same crop, flip and rotation (the pair is cut as one image with
+    twice the channels by a :class:`PatchSampler`), and nothing is added.
+
+    Parameters
+    ----------
+    noisy, clean : list of ndarray
+        float (H, W, C) images, pairwise of equal shape.
+    patch_size, batch_size, seed, augment
+        As for :class:`PatchSampler`.
+    """
+
+    def __init__(
+        self,
+        noisy: list[np.ndarray],
+        clean: list[np.ndarray],
+        patch_size: int,
+        batch_size: int,
+        seed: int = 0,
+        augment: bool = True,
+    ) -> None:
+        noisy = _check_images(noisy, "noisy")
+        clean = _check_images(clean, "clean")
+        if len(noisy) != len(clean):
+            raise ValueError(f"{len(noisy)} noisy images but {len(clean)} clean ones: give pairs")
+        for i, (n, c) in enumerate(zip(noisy, clean, strict=True)):
+            if n.shape != c.shape:
+                raise ValueError(
+                    f"pair {i}: noisy shape {n.shape} differs from clean shape {c.shape}"
+                )
+        self.channels = noisy[0].shape[-1]
+        joined = [np.concatenate([n, c], axis=-1) for n, c in zip(noisy, clean, strict=True)]
+        self._sampler = PatchSampler(
+            joined, patch_size, batch_size, CorruptionConfig(), seed=seed, augment=augment
+        )
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``step``: noisy input and clean target patches, float32 (B, P, P, C)."""
+        both = self._sampler.clean_patches(step)
+        return (
+            np.ascontiguousarray(both[..., : self.channels]),
+            np.ascontiguousarray(both[..., self.channels :]),
+        )
 
     def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         return self.batch(step)

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from . import layers as _layers  # noqa: F401  (registers the custom layers for loading)
 from .config import ModelCard, format_validation_error
 
-__all__ = ["ModelFileError", "load_keras_model", "read_card", "save_model"]
+__all__ = ["ModelFileError", "copy_with_card", "load_keras_model", "read_card", "save_model"]
 
 CARD_ENTRY = "bfcnn_card.json"
 
@@ -60,6 +60,41 @@ def save_model(
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def copy_with_card(src: str | Path, dst: str | Path, card: ModelCard) -> Path:
+    """Copy a model file to ``dst`` with a new card, atomically, without loading the weights.
+
+    Why: publishing a trained model (new name, notes) must not cost a Keras load and save,
+    and must never leave a half-written file where a good model was.
+
+    Parameters
+    ----------
+    src, dst : str or Path
+        A readable model file and the target (``.keras``; may be the same file).
+    card : ModelCard
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.suffix != ".keras":
+        raise ValueError(f"model files end in .keras (got {dst.name})")
+    read_card(src)  # a clear error for a missing or foreign file
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".keras", prefix=f".{dst.stem}.", dir=dst.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
+            for item in zin.infolist():
+                if item.filename != CARD_ENTRY:
+                    zout.writestr(item, zin.read(item.filename))
+            zout.writestr(CARD_ENTRY, card.model_dump_json(indent=2))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return dst
 
 
 def read_card(path: str | Path) -> ModelCard:

@@ -22,17 +22,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import losses as _losses  # noqa: F401  (registers HingeMAE for resume)
 from .config import ConfigError, ModelCard, RecipeConfig, load_recipe
 
-__all__ = ["TrainProgress", "TrainResult", "train", "main"]
+__all__ = ["BatchSource", "TrainProgress", "TrainResult", "train", "main"]
 
 CHECKPOINT = "checkpoint.keras"
 STATE = "state.json"
 LOG = "log.csv"
+
+
+class BatchSource(Protocol):
+    """Anything that yields training batches: ``batch(step) -> (inputs, targets)``."""
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,9 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     max_seconds: float | None = None,
     extra_card: dict | None = None,
+    sampler: BatchSource | None = None,
+    evaluator: Callable[[Any], dict[str, float]] | None = None,
+    keep_initial: bool = False,
 ) -> TrainResult:
     """Train (or fine-tune, or resume) a model described by ``recipe``.
 
@@ -205,6 +215,17 @@ def train(
         Wall-clock budget for this call (train in chunks across sessions or GPU leases).
     extra_card : dict, optional
         Extra ModelCard fields (e.g. ``training_data`` for layers).
+    sampler : object with ``batch(step) -> (inputs, targets)``, optional
+        Replaces the clean-image :class:`~src_models.data.PatchSampler` (paired data,
+        self-supervised Neighbor2Neighbor batches). Batches must be pure functions of
+        ``step`` (and of the model) for exact resumes. If it has ``bind(model)``, that is
+        called with the model being trained before the first batch.
+    evaluator : callable, optional
+        ``evaluator(model) -> {key: score}`` (higher is better, e.g. PSNR in dB) replaces the
+        Gaussian-noise validation on clean images; the mean score picks the best model.
+    keep_initial : bool
+        Count the starting model as a candidate for the best one, so fine-tuning never
+        saves a model that validates worse than its base (default: the first validation wins).
 
     Returns
     -------
@@ -222,22 +243,25 @@ def train(
     final_path = out / f"{recipe.name}.keras"
     t_cfg, color = recipe.training, recipe.data.color
 
-    if images is None:
+    needs_images = sampler is None or (evaluator is None and val_images is None)
+    if images is None and needs_images:
         if not recipe.data.train:
             raise ConfigError("data.train is empty and no images were given")
         images = _load_images(recipe.data.train, color)
-    images = list(images)
-    if val_images is None:
-        if recipe.data.val:
-            val_images = _load_images(recipe.data.val, color)
-        else:
-            images, val_images = split_train_val(
-                images, recipe.data.val_fraction, recipe.data.max_val_images, t_cfg.seed
-            )
-    if not len(val_images):
-        # one image (a single napari layer, say): score on the training image rather than on nothing
-        val_images = images
-    val_set = validation_set(list(val_images), t_cfg.val_sigmas, seed=t_cfg.seed, crop=256)
+    images = list(images) if images is not None else []
+    val_set: list = []
+    if evaluator is None:
+        if val_images is None:
+            if recipe.data.val:
+                val_images = _load_images(recipe.data.val, color)
+            else:
+                images, val_images = split_train_val(
+                    images, recipe.data.val_fraction, recipe.data.max_val_images, t_cfg.seed
+                )
+        if not len(val_images):
+            # one image (a single napari layer, say): score on the training image, not on nothing
+            val_images = images
+        val_set = validation_set(list(val_images), t_cfg.val_sigmas, seed=t_cfg.seed, crop=256)
 
     model, base_card, resumed = _build_or_load(recipe, ckpt, resume)
     state = json.loads(state_path.read_text()) if resumed and state_path.is_file() else {}
@@ -246,22 +270,39 @@ def train(
     multiple = size_multiple(recipe.architecture) if base_card is None else base_card.size_multiple
     rf = receptive_field(model, multiple)
 
+    def validate() -> dict[str, float]:
+        if evaluator is not None:
+            return {str(k): float(v) for k, v in evaluator(model).items()}
+        return evaluate(model, val_set, multiple)
+
     step = int(state.get("step", 0))
     elapsed_before = float(state.get("elapsed_s", 0.0))
     best = float(state.get("best", -math.inf))
-    val_initial = state.get("val_initial") or evaluate(model, val_set, multiple)
+    val_initial = state.get("val_initial") or validate()
     val_best = state.get("val_best") or dict(val_initial)
+    if keep_initial and "best" not in state:
+        best = float(np.mean(list(val_initial.values())))
     if not resumed:
         _atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json")))
 
-    sampler = PatchSampler(
-        images,
-        recipe.data.patch_size,
-        t_cfg.batch_size,
-        recipe.corruption,
-        seed=t_cfg.seed,
-        augment=recipe.data.augment,
-    )
+    if sampler is None:
+        sampler = PatchSampler(
+            images,
+            recipe.data.patch_size,
+            t_cfg.batch_size,
+            recipe.corruption,
+            seed=t_cfg.seed,
+            augment=recipe.data.augment,
+        )
+    if hasattr(sampler, "bind"):
+        sampler.bind(model)
+
+    def weights(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray | None:
+        if t_cfg.loss_weighting == "none":
+            return None
+        floor = (t_cfg.weighting_floor / 255.0) ** 2
+        w = 1.0 / (np.mean(np.square(noisy - clean), axis=(1, 2, 3)) + floor)
+        return (w / w.mean()).astype("float32")[:, None, None]  # broadcast over (H, W)
 
     def card(val: dict[str, float]) -> ModelCard:
         fields = dict(
@@ -305,11 +346,12 @@ def train(
     if not final_path.exists():
         save_model(model, final_path, card(val_initial))
     new_log = not log_path.exists()
+    val_keys = list(val_initial)
     stopped = False
     with open(log_path, "a", newline="") as log_file:
         log = csv.writer(log_file)
         if new_log:
-            log.writerow(["step", "loss", "lr", "elapsed_s", *[f"psnr_{s:g}" for s in t_cfg.val_sigmas]])
+            log.writerow(["step", "loss", "lr", "elapsed_s", *[f"psnr_{k}" for k in val_keys]])
         losses: list[float] = []
         while step < t_cfg.steps:
             if (should_stop and should_stop()) or (
@@ -318,12 +360,12 @@ def train(
                 stopped = True
                 break
             noisy, clean = sampler.batch(step)
-            loss = model.train_on_batch(noisy, clean)
+            loss = model.train_on_batch(noisy, clean, sample_weight=weights(noisy, clean))
             losses.append(float(np.asarray(loss if np.ndim(loss) == 0 else loss[0])))
             step += 1
             val = None
             if step % t_cfg.val_every == 0 or step == t_cfg.steps:
-                val = evaluate(model, val_set, multiple)
+                val = validate()
                 score = float(np.mean(list(val.values())))
                 if score > best:
                     best, val_best = score, val
@@ -342,7 +384,7 @@ def train(
                 )
                 log.writerow(
                     [step, f"{prog.loss:.6g}", f"{prog.learning_rate:.3g}", f"{prog.elapsed_s:.1f}"]
-                    + [f"{val[f'{s:g}']:.3f}" if val else "" for s in t_cfg.val_sigmas]
+                    + [f"{val[k]:.3f}" if val and k in val else "" for k in val_keys]
                 )
                 log_file.flush()
                 losses = []

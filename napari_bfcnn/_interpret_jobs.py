@@ -1,0 +1,262 @@
+"""Background work of the Interpret widget: pixel filters, filter maps, Jacobian spectra.
+
+Why a module without Qt: every job is a plain function (or generator) of a
+:class:`~napari_bfcnn._layers.LayerInput`, a model name and pixel indices, so
+it runs in a napari thread worker and in tests alike. Errors never escape: the
+filters generator returns a message, the long jobs a :class:`JobOutcome`.
+
+Pixels are indexed over the source's non-channel axes, ``(*lead, y, x)``:
+``lead`` picks the plane of a stack (every non-RGB layer is a stack of gray
+planes here; RGB layers are one colour plane per ``lead``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._layers import LayerError, LayerInput
+
+__all__ = [
+    "JobOutcome",
+    "compose_overlay",
+    "crop_box",
+    "filter_image",
+    "filter_summary",
+    "filters_job",
+    "largest_side",
+    "maps_job",
+    "overlay_limit",
+    "read_plane",
+    "spectrum_job",
+]
+
+log = logging.getLogger(__name__)
+
+Pixel = tuple[int, ...]
+LIMIT_MASS = 0.3  # overlay_limit: the largest weights, carrying this much of |w|, saturate
+
+
+@dataclass
+class JobOutcome:
+    """What a long job returns: a value on success, a message on failure, or cancelled."""
+
+    model: str
+    value: Any = None
+    error: str | None = None
+    cancelled: bool = False
+    seconds: float = 0.0
+
+
+def channel_axis(inp: LayerInput) -> int | None:
+    """The engine's channel axis for one plane of ``inp``: last for RGB(A), else none."""
+    return -1 if inp.rgb else None
+
+
+def read_plane(inp: LayerInput, lead: Pixel) -> np.ndarray:
+    """One plane of the source as numpy: (H, W) gray or (H, W, 3) colour (alpha dropped).
+
+    Why read it here: dask or zarr stacks are materialised one plane at a time.
+    """
+    plane = np.asarray(inp.data[tuple(lead)] if lead else inp.data)
+    if inp.alpha:
+        plane = plane[..., :3]
+    return plane
+
+
+def filter_image(pf) -> np.ndarray:
+    """A pixel filter as one (h, w) float32 image.
+
+    Gray: the weights. Colour: for each output channel the weights summed over
+    input channels, averaged over output channels (what one colour pixel takes
+    from each input pixel on average).
+    """
+    w = np.asarray(pf.weights, dtype=np.float32)
+    if w.ndim == 2:
+        return w
+    if w.ndim == 3:  # (h, w, C_in): one output channel
+        return w.sum(axis=-1)
+    return w.sum(axis=-1).mean(axis=0)
+
+
+def filter_summary(pf) -> dict[str, float]:
+    """Weight sum, centre weight, width (px) and identity error as floats (colour: means)."""
+    return {
+        key: float(np.mean(getattr(pf, key)))
+        for key in ("weight_sum", "centre_weight", "width", "identity_error")
+    }
+
+
+def compose_overlay(shape: Sequence[int], filters: Iterable[tuple[Pixel, Any]]) -> np.ndarray:
+    """Every filter's image placed at its window, summed where windows overlap.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The source's non-channel shape ``(*lead, H, W)``.
+    filters : iterable of (pixel, PixelFilter)
+        ``pixel`` is the full index ``(*lead, y, x)`` the filter was computed for.
+
+    Returns
+    -------
+    np.ndarray
+        float32 of ``shape``, zero outside all windows.
+    """
+    out = np.zeros(tuple(int(s) for s in shape), dtype=np.float32)
+    for pixel, pf in filters:
+        rows, cols = pf.window
+        out[(*pixel[:-2], rows, cols)] += filter_image(pf)
+    return out
+
+
+def overlay_limit(filters: Iterable[Any], mass: float = LIMIT_MASS) -> float:
+    """Symmetric contrast limit for filters, so that their extent shows.
+
+    The limit is the weight above which the largest weights off the centre
+    pixel carry ``mass`` of the filter's absolute weight (its total ``sum |w|``
+    off the centre); the largest over ``filters``.
+
+    Why not the largest weight: a filter's centre and its core dwarf its many
+    small outer weights, and the filter's extent and shape are what the overlay
+    is for; the core saturates (its numbers are in the readout). Falls back to
+    the largest weight, then to 1.
+    """
+    best = 0.0
+    biggest = 0.0
+    for pf in filters:
+        img = np.abs(filter_image(pf)).astype(np.float64)
+        r, c = pf.pixel[-2] - pf.window[0].start, pf.pixel[-1] - pf.window[1].start
+        biggest = max(biggest, float(img.max(initial=0.0)))
+        off = np.sort(np.delete(img.ravel(), r * img.shape[1] + c))[::-1]
+        total = float(off.sum())
+        if total > 0:
+            i = int(np.searchsorted(np.cumsum(off), mass * total))
+            best = max(best, float(off[min(i, off.size - 1)]))
+    return best or biggest or 1.0
+
+
+def largest_side(channels: int) -> int:
+    """Largest square crop whose full Jacobian the engine computes (64 gray, 36 RGB)."""
+    from src_models.interpret import MAX_JACOBIAN_VALUES
+
+    return math.isqrt(MAX_JACOBIAN_VALUES // max(1, channels))
+
+
+def crop_box(
+    centre: tuple[int, int], size: tuple[int, int], side: int
+) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of a square of ``side`` around ``centre``, shifted to lie in the plane.
+
+    The side shrinks to the plane where the plane is smaller.
+    """
+    box = []
+    for c, n in zip(centre, size, strict=True):
+        s = min(int(side), int(n))
+        start = min(max(0, int(c) - s // 2), int(n) - s)
+        box += [start, start + s]
+    return box[0], box[1], box[2], box[3]
+
+
+def _message(what: str, err: BaseException) -> str:
+    """One line for the user; LayerError, ValueError (ModelFileError) and OSError read as is."""
+    if isinstance(err, MemoryError):
+        return f"{what}: not enough memory"
+    if isinstance(err, (LayerError, ValueError, OSError)):
+        return str(err)
+    log.error("%s", what, exc_info=err)
+    return f"{what}: {type(err).__name__}: {err}"
+
+
+def filters_job(
+    inp: LayerInput, model: str, pixels: Sequence[Pixel]
+) -> Generator[tuple[Pixel, Any], None, str | None]:
+    """Yield ``(pixel, PixelFilter)`` for each pixel; return an error message or None.
+
+    Why a generator: ``worker.quit()`` stops it between pixels, so a job made
+    stale by a moved point ends after the pixel it is working on.
+    """
+    try:
+        from src_models import load_model
+        from src_models.interpret import pixel_filter
+
+        denoiser = load_model(model)
+        planes: dict[Pixel, np.ndarray] = {}
+        for pixel in pixels:
+            lead = tuple(pixel[:-2])
+            if lead not in planes:
+                planes[lead] = read_plane(inp, lead)
+            pf = pixel_filter(denoiser, planes[lead], pixel[-2:], channel_axis=channel_axis(inp))
+            yield tuple(pixel), pf
+    except Exception as err:  # shown as a notification, never as a traceback dialog
+        return _message("computing the pixel filter failed", err)
+    return None
+
+
+def maps_job(
+    inp: LayerInput,
+    model: str,
+    lead: Pixel,
+    probes: int,
+    progress: Callable[[int, int], Any] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> JobOutcome:
+    """All four filter maps of one plane (``src_models.interpret.filter_maps``)."""
+    from src_models import Cancelled, load_model
+    from src_models.interpret import MAP_NAMES, filter_maps
+
+    t0 = time.perf_counter()
+    try:
+        denoiser = load_model(model)
+        maps = filter_maps(
+            denoiser,
+            read_plane(inp, lead),
+            MAP_NAMES,
+            int(probes),
+            channel_axis=channel_axis(inp),
+            progress=progress,
+            cancel=cancel,
+        )
+    except Cancelled:
+        return JobOutcome(model, cancelled=True)
+    except Exception as err:
+        return JobOutcome(model, error=_message("computing the filter maps failed", err))
+    return JobOutcome(model, maps, seconds=time.perf_counter() - t0)
+
+
+def spectrum_job(
+    inp: LayerInput,
+    model: str,
+    lead: Pixel,
+    box: tuple[int, int, int, int],
+    k: int,
+    progress: Callable[[int, int], Any] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> JobOutcome:
+    """The Jacobian spectrum of the crop ``box`` = (y0, y1, x0, x1) of one plane."""
+    from src_models import Cancelled, load_model
+    from src_models.interpret import jacobian_spectrum
+
+    t0 = time.perf_counter()
+    y0, y1, x0, x1 = box
+    try:
+        denoiser = load_model(model)
+        crop = read_plane(inp, lead)[y0:y1, x0:x1]
+        spectrum = jacobian_spectrum(
+            denoiser,
+            crop,
+            int(k),
+            channel_axis=channel_axis(inp),
+            progress=progress,
+            cancel=cancel,
+        )
+    except Cancelled:
+        return JobOutcome(model, cancelled=True)
+    except Exception as err:
+        return JobOutcome(model, error=_message("computing the Jacobian spectrum failed", err))
+    return JobOutcome(model, spectrum, seconds=time.perf_counter() - t0)

@@ -1,0 +1,105 @@
+"""Background fine-tuning: the engine's blocking ``finetune`` in a thread, reported through a queue.
+
+Why a queue (the careamics pattern): ``finetune`` reports through callbacks from
+inside its own loop, so it runs in a plain thread that puts each report on a queue,
+and a napari generator worker drains that queue and ``yield``\\ s the reports to the
+main thread, where the widget draws them. Stop is an event the training polls every
+step, so it ends within about a step and still saves the best model; quitting the
+worker (the widget was closed) sets the same event.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TrainJob", "TrainOutcome", "make_train_worker", "train_job"]
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+POLL_S = 0.1
+
+
+@dataclass
+class TrainJob:
+    """One training run: settings, data and the stop switch."""
+
+    settings: Any  # src_models.finetune.FinetuneSettings
+    images: Sequence[Any]  # SourceImage
+    targets: Sequence[Any] | None = None
+    resume: bool = False
+    overwrite: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class TrainOutcome:
+    """The engine's result, or a one-line message."""
+
+    result: Any = None  # src_models.finetune.FinetuneResult
+    error: str | None = None
+
+
+def train_job(job: TrainJob) -> Generator[Any, None, TrainOutcome]:
+    """Run ``finetune`` in a thread; yield its reports (None as a heartbeat) and return the outcome.
+
+    Yields
+    ------
+    TrainProgress, ValidationPreview or None
+    """
+    from src_models.finetune import finetune
+
+    reports: queue.Queue = queue.Queue()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = finetune(
+                job.settings,
+                job.images,
+                targets=job.targets,
+                resume=job.resume,
+                overwrite=job.overwrite,
+                on_progress=reports.put,
+                on_preview=reports.put,
+                should_stop=job.stop.is_set,
+            )
+        except MemoryError:
+            box["error"] = "not enough memory: use smaller patches, a smaller batch or fewer layers"
+        except (ValueError, OSError) as err:  # ConfigError, ModelFileError included
+            box["error"] = str(err)
+        except Exception as err:  # a bug: keep the traceback in the log, show one line
+            log.exception("training failed")
+            box["error"] = f"training failed: {type(err).__name__}: {err}"
+        finally:
+            reports.put(_DONE)
+
+    thread = threading.Thread(target=run, name="napari-bfcnn-training", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                item = reports.get(timeout=POLL_S)
+            except queue.Empty:
+                yield None  # lets the worker notice quit() while training is quiet
+                continue
+            if item is _DONE:
+                break
+            yield item
+    finally:
+        if thread.is_alive():  # the worker was quit: stop the training, let it save
+            job.stop.set()
+            thread.join()
+    return TrainOutcome(result=box.get("result"), error=box.get("error"))
+
+
+def make_train_worker(job: TrainJob) -> Any:
+    """A not-yet-started napari ``GeneratorWorker`` running :func:`train_job`."""
+    from napari.qt.threading import create_worker
+
+    return create_worker(train_job, job, _start_thread=False)

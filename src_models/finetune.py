@@ -1,0 +1,608 @@
+"""Fine-tune (or train from scratch) a denoiser on the user's own images.
+
+Why: a bundled model trained on photographs handles text, microscopy or a new
+camera worse than it could; a few hundred steps on the user's own data close most
+of that gap. Three kinds of data are supported:
+
+* ``"clean"``: clean images, corrupted on the fly with the chosen noise;
+* ``"pairs"``: registered noisy / clean acquisitions (the noise is the data's own);
+* ``"noisy"``: noisy images only, self-supervised with Neighbor2Neighbor
+  (:mod:`src_models.n2n`), which needs no noise model.
+
+A deterministic band of the largest image is held out (:mod:`src_models.finetune_data`)
+and scored before and during training; the best model goes atomically into the
+user-model folder with a card naming the source images, corruptions, steps, time and
+validation PSNR before and after. Runs can be stopped and resumed: checkpoints live in
+``<user models>/.runs/<name>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import (
+    ConfigError,
+    CorruptionConfig,
+    DataConfig,
+    DnCNNConfig,
+    ModelCard,
+    RecipeConfig,
+    TrainingConfig,
+    UNetConfig,
+    parse_recipe,
+)
+from .finetune_data import (
+    Sample,
+    SourceImage,
+    ValidationRegion,
+    choose_validation,
+    paired_samples,
+    samples,
+    split_off_validation,
+    to_source_units,
+)
+
+if TYPE_CHECKING:  # importing train loads Keras; the widget lists MODES and PRESETS without it
+    from .train import TrainProgress
+
+__all__ = [
+    "MODES",
+    "PRESETS",
+    "FinetuneResult",
+    "FinetuneSettings",
+    "ValidationPreview",
+    "build_recipe",
+    "delete_run",
+    "finetune",
+    "rename_run",
+    "run_dir",
+]
+
+MODES = {
+    "clean": "clean images + synthetic noise",
+    "pairs": "noisy / clean pairs",
+    "noisy": "noisy images only (Neighbor2Neighbor)",
+}
+
+# fresh architectures, by how long the user is willing to wait
+PRESETS: dict[str, Callable[[int], Any]] = {
+    "tiny": lambda c: DnCNNConfig(channels=c, depth=5, width=16, norm=False),
+    "small": lambda c: DnCNNConfig(channels=c, depth=10, width=32),
+    "medium": lambda c: UNetConfig(channels=c, scales=3, width=32, max_width=128),
+}
+
+RUNS = ".runs"
+N2N_KEY = "n2n"
+PAIR_KEY = "pair"
+
+
+@dataclass
+class FinetuneSettings:
+    """What to train and how; ``None`` values get defaults from the data (:func:`build_recipe`).
+
+    Attributes
+    ----------
+    name : str
+        The new model's name (its file stem in the user-model folder).
+    mode : {"clean", "pairs", "noisy"}
+    base : str or None
+        Model name or ``.keras`` path to start from; None trains ``architecture`` afresh.
+    architecture : {"tiny", "small", "medium"}
+        Preset for a fresh model.
+    corruption : CorruptionConfig
+        Training noise of the ``"clean"`` mode (8-bit sigmas, relative to each plane's peak).
+    patch_size, batch_size, steps : int, optional
+    learning_rate : float, optional
+    val_every : int, optional
+        Steps between validations (default: a tenth of the run).
+    val_sigmas : tuple of float, optional
+        ``"clean"`` mode validation noise (default: 15, 25, 50 within the corruption's range).
+    n2n_gamma : float
+        Final Neighbor2Neighbor regulariser weight (paper: 2; 0 switches it off).
+    seed : int
+    description : str
+    """
+
+    name: str
+    mode: str = "clean"
+    base: str | None = "gray"
+    architecture: str = "small"
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    patch_size: int | None = None
+    batch_size: int | None = None
+    steps: int | None = None
+    learning_rate: float | None = None
+    val_every: int | None = None
+    val_sigmas: tuple[float, ...] | None = None
+    n2n_gamma: float = 2.0
+    seed: int = 0
+    description: str = ""
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad value."""
+        from .registry import _check_name
+
+        try:
+            _check_name(self.name, "model name")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if self.mode not in MODES:
+            raise ConfigError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
+        if self.base is None and self.architecture not in PRESETS:
+            raise ConfigError(
+                f"architecture={self.architecture!r} is not one of {', '.join(PRESETS)}"
+            )
+        for key in ("patch_size", "batch_size", "steps", "val_every"):
+            v = getattr(self, key)
+            if v is not None and (int(v) != v or v < 1):
+                raise ConfigError(f"{key}={v!r} must be a positive integer (or None for auto)")
+        if self.learning_rate is not None and not 0 < self.learning_rate <= 1:
+            raise ConfigError(f"learning_rate={self.learning_rate!r} must be in (0, 1]")
+        if not (self.n2n_gamma >= 0 and np.isfinite(self.n2n_gamma)):
+            raise ConfigError(f"n2n_gamma={self.n2n_gamma!r} must be >= 0")
+        if int(self.seed) != self.seed or self.seed < 0:
+            raise ConfigError(f"seed={self.seed!r} must be a non-negative integer")
+
+
+@dataclass(frozen=True)
+class ValidationPreview:
+    """The current model on the held-out crop, in the source's units (for the widget)."""
+
+    region: ValidationRegion
+    step: int
+    noisy: np.ndarray
+    denoised: np.ndarray
+    scores: dict[str, float]
+
+
+@dataclass
+class FinetuneResult:
+    """Where the model went and how it scored on the held-out region."""
+
+    name: str
+    model_path: Path
+    run_dir: Path
+    region: ValidationRegion
+    steps_done: int
+    total_steps: int
+    stopped: bool
+    val_psnr_initial: dict[str, float]
+    val_psnr_best: dict[str, float]
+    recipe: RecipeConfig
+    card: ModelCard
+
+
+def run_dir(name: str) -> Path:
+    """Checkpoint folder of a run (hidden inside the user-model folder, so never listed)."""
+    from .registry import user_model_dir
+
+    return user_model_dir() / RUNS / name
+
+
+def rename_run(old: str, new: str) -> None:
+    """Move a run's checkpoints along with a renamed model (so Resume still finds them)."""
+    src, dst = run_dir(old), run_dir(new)
+    if src.is_dir() and not dst.exists():
+        src.rename(dst)
+
+
+def delete_run(name: str) -> None:
+    """Remove a run's checkpoints (after its model was deleted)."""
+    shutil.rmtree(run_dir(name), ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+@dataclass(frozen=True)
+class _Base:
+    card: ModelCard | None
+    path: str | None
+    channels: int
+    multiple: int
+
+
+def _base(settings: FinetuneSettings, channels_if_fresh: int) -> _Base:
+    from .architectures import size_multiple
+    from .modelfile import read_card
+    from .registry import _resolve
+
+    if settings.base is None:
+        arch = PRESETS[settings.architecture](channels_if_fresh)
+        return _Base(None, None, channels_if_fresh, size_multiple(arch))
+    path = _resolve(settings.base)
+    card = read_card(path)
+    if card.channels not in (1, 3):
+        raise ConfigError(
+            f"base model {settings.base!r} has {card.channels} channels; fine-tuning supports "
+            "1 (gray) or 3 (colour)"
+        )
+    return _Base(card, str(path), card.channels, card.size_multiple)
+
+
+def _floor_to(n: int, m: int) -> int:
+    return (n // m) * m
+
+
+def _default_patch(train: Sequence[np.ndarray], multiple: int, mode: str) -> int:
+    largest = max(train, key=lambda im: im.shape[0] * im.shape[1])
+    side = min(largest.shape[:2])
+    if mode == "noisy":
+        side //= 2  # crops of twice the patch are sub-sampled to the patch
+    p = _floor_to(min(64, side), multiple)
+    return max(p, _floor_to(8 + multiple - 1, multiple))
+
+
+def _default_val_sigmas(corruption: CorruptionConfig) -> tuple[float, ...]:
+    lo, hi = corruption.sigma_range
+    inside = tuple(s for s in (15.0, 25.0, 50.0) if lo <= s <= hi)
+    return inside or (round((lo + hi) / 2, 1),)
+
+
+def build_recipe(
+    settings: FinetuneSettings,
+    train: Sequence[np.ndarray],
+    channels: int,
+    multiple: int,
+    base_card: ModelCard | None = None,
+    base_path: str | None = None,
+) -> RecipeConfig:
+    """The training recipe for ``settings``, with defaults from the data size.
+
+    Defaults: patch 64 px (smaller for small images, a multiple of the model's size
+    multiple), batch 8, steps ``30 * pixels / (batch * patch^2)`` clipped to 100..2000,
+    learning rate 2e-4 from a base model or 1e-3 afresh (cosine decay to 1/20), a
+    validation every tenth of the run.
+
+    Parameters
+    ----------
+    settings : FinetuneSettings
+    train : sequence of ndarray
+        The training images (after the validation band was removed).
+    channels, multiple : int
+        The model's channels and size multiple.
+    base_card, base_path : optional
+        The base model's card and file (None for a fresh model).
+    """
+    settings.check()
+    patch = int(settings.patch_size or _default_patch(train, multiple, settings.mode))
+    if patch % multiple:
+        raise ConfigError(
+            f"patch_size={patch} must be a multiple of the model's size multiple {multiple}"
+        )
+    batch = int(settings.batch_size or 8)
+    pixels = float(sum(im.shape[0] * im.shape[1] for im in train))
+    auto_steps = int(np.clip(round(30 * pixels / (batch * patch**2), -1), 100, 2000))
+    steps = int(settings.steps or auto_steps)
+    lr = float(settings.learning_rate or (2e-4 if base_path else 1e-3))
+    val_every = int(settings.val_every or max(1, steps // 10))
+    if base_card is not None and base_card.recipe is not None:
+        arch = base_card.recipe.architecture.model_dump()
+    elif base_card is not None:
+        arch = DnCNNConfig(channels=channels).model_dump()  # placeholder: the base is cloned
+    else:
+        arch = PRESETS[settings.architecture](channels).model_dump()
+    val_sigmas = settings.val_sigmas or _default_val_sigmas(settings.corruption)
+    training = TrainingConfig(
+        steps=steps,
+        batch_size=batch,
+        learning_rate=lr,
+        min_learning_rate=lr / 20,
+        warmup_steps=min(50 if base_path else 200, steps // 10),
+        val_every=val_every,
+        val_sigmas=tuple(float(s) for s in val_sigmas),
+        checkpoint_every=val_every,
+        log_every=max(1, min(10, steps // 100)),
+        seed=int(settings.seed),
+    )
+    origin = f"new {settings.architecture} model"
+    if base_path:
+        origin = f"fine-tuned from {settings.base}"
+    description = settings.description or f"{MODES[settings.mode]}; {origin}"
+    return parse_recipe(
+        {
+            "name": settings.name,
+            "description": description,
+            "architecture": arch,
+            "corruption": settings.corruption.model_dump(),
+            "data": DataConfig(patch_size=patch, color=channels == 3).model_dump(),
+            "training": training.model_dump(),
+            "init_from": base_path,
+        },
+        source="fine-tuning settings",
+    )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _predict(model, image: np.ndarray, multiple: int) -> np.ndarray:
+    from .train import _predict_padded
+
+    return _predict_padded(model, image, multiple)
+
+
+class _Evaluator:
+    """Scores the held-out crop for :func:`~src_models.train.train` and reports a preview.
+
+    Keys: the noise sigma for ``"clean"`` (PSNR against the clean crop), ``"pair"``
+    (PSNR of the denoised noisy crop against the clean one), ``"n2n"`` for noisy-only
+    data: the PSNR of ``D(g1)`` against ``g2`` on fixed neighbour sub-images of the
+    crop, a self-supervised score that rises as the true error falls.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        crop: np.ndarray,
+        reference: np.ndarray | None,
+        sigmas: Sequence[float],
+        seed: int,
+        multiple: int,
+        region: ValidationRegion,
+        sample: Sample,
+        on_preview: Callable[[ValidationPreview], None] | None,
+    ) -> None:
+        from .data import validation_set
+        from .n2n import neighbor_pair
+
+        self.mode, self.multiple, self.region, self.sample = mode, multiple, region, sample
+        self.on_preview = on_preview
+        if mode == "clean":
+            val = validation_set([crop], sigmas, seed, crop=None)
+            self.pairs = [(n, c, f"{s:g}") for n, c, s in val]
+            mid = int(np.argmin([abs(s - 25.0) for s in sigmas]))
+            self.shown = self.pairs[mid][0]
+        elif mode == "pairs":
+            self.pairs = [(crop, reference, PAIR_KEY)]
+            self.shown = crop
+        else:
+            g1, g2, _ = neighbor_pair(crop[None], np.random.default_rng([seed, 5]))
+            self.pairs = [(g1[0], g2[0], N2N_KEY)]
+            self.shown = crop
+
+    def __call__(self, model) -> dict[str, float]:
+        from .data import psnr
+
+        scores = {}
+        for noisy, target, key in self.pairs:
+            scores[key] = psnr(target, _predict(model, noisy, self.multiple))
+        if self.on_preview is not None:
+            denoised = _predict(model, self.shown, self.multiple)
+            self.on_preview(
+                ValidationPreview(
+                    region=self.region,
+                    step=_steps_done(model),
+                    noisy=to_source_units(self.shown, self.sample),
+                    denoised=to_source_units(denoised, self.sample),
+                    scores=dict(scores),
+                )
+            )
+        return scores
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _fresh_channels(images: Sequence[SourceImage]) -> int:
+    return 3 if images and all(im.rgb for im in images) else 1
+
+
+def _target_path(name: str, allow_existing: bool) -> Path:
+    from .registry import _bundled_names, user_model_dir
+
+    if name in _bundled_names():
+        raise ConfigError(f"{name!r} is the name of a bundled model; choose another name")
+    path = user_model_dir() / f"{name}.keras"
+    if path.exists() and not allow_existing:
+        raise ConfigError(
+            f"a user model named {name!r} already exists ({path}); choose another name, "
+            "delete it, or overwrite it"
+        )
+    return path
+
+
+def finetune(
+    settings: FinetuneSettings,
+    images: Sequence[SourceImage],
+    *,
+    targets: Sequence[SourceImage] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    on_preview: Callable[[ValidationPreview], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    max_seconds: float | None = None,
+) -> FinetuneResult:
+    """Train on the user's images and save the best model to the user-model folder.
+
+    Parameters
+    ----------
+    settings : FinetuneSettings
+    images : sequence of SourceImage
+        Clean images (``"clean"``), noisy images (``"pairs"``, ``"noisy"``).
+    targets : sequence of SourceImage, optional
+        The clean partners of ``images`` in ``"pairs"`` mode (same shapes, same order).
+    resume : bool
+        Continue the stopped run of the same name from its checkpoint.
+    overwrite : bool
+        Replace an existing user model of that name (resume implies it).
+    on_progress : callable, optional
+        Receives :class:`~src_models.train.TrainProgress` (loss, validation scores, ETA).
+    on_preview : callable, optional
+        Receives a :class:`ValidationPreview` after every validation (and before training).
+    should_stop : callable, optional
+        Polled every step; the run then saves the best model so far and returns.
+    max_seconds : float, optional
+        Wall-clock budget.
+
+    Returns
+    -------
+    FinetuneResult
+
+    Raises
+    ------
+    ConfigError
+        Bad settings, a taken name, or nothing to resume.
+    ValueError
+        Unusable images (shapes, dtypes, too small).
+    """
+    from .data import PairSampler
+    from .modelfile import copy_with_card, read_card
+    from .n2n import Neighbor2NeighborSampler
+    from .train import CHECKPOINT, train
+
+    settings.check()
+    if settings.mode == "pairs" and not targets:
+        raise ConfigError("mode 'pairs' needs clean targets for the noisy images")
+    if settings.mode != "pairs" and targets:
+        raise ConfigError(f"mode {settings.mode!r} takes no targets (only 'pairs' does)")
+    target_path = _target_path(settings.name, overwrite or resume)
+    base = _base(settings, _fresh_channels(images))
+
+    names = [im.name for im in images]
+    if settings.mode == "pairs":
+        inputs, cleans = paired_samples(images, targets or [], base.channels)
+    else:
+        inputs, cleans = samples(images, base.channels), None
+    region = choose_validation(inputs, names, base.multiple)
+    train_in, crop, crop_sample = split_off_validation(inputs, region)
+    reference = None
+    train_clean = None
+    if cleans is not None:
+        train_clean, reference, _ = split_off_validation(cleans, region)
+
+    recipe = build_recipe(settings, train_in, base.channels, base.multiple, base.card, base.path)
+    t_cfg = recipe.training
+    out = run_dir(settings.name)
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise ConfigError(f"nothing to resume: no checkpoint of {settings.name!r} in {out}")
+    elif out.exists():
+        shutil.rmtree(out)
+
+    sampler = None
+    if settings.mode == "pairs":
+        sampler = PairSampler(
+            train_in, train_clean, recipe.data.patch_size, t_cfg.batch_size, seed=t_cfg.seed
+        )
+    elif settings.mode == "noisy":
+        sampler = Neighbor2NeighborSampler(
+            train_in,
+            recipe.data.patch_size,
+            t_cfg.batch_size,
+            seed=t_cfg.seed,
+            gamma=settings.n2n_gamma,
+            total_steps=t_cfg.steps,
+        )
+    evaluator = _Evaluator(
+        settings.mode,
+        crop,
+        reference,
+        t_cfg.val_sigmas,
+        t_cfg.seed,
+        base.multiple,
+        region,
+        crop_sample,
+        on_preview,
+    )
+    sources = [im.describe() for im in images]
+    if targets:
+        sources += [f"clean: {t.describe()}" for t in targets]
+    extra: dict[str, Any] = {
+        "training_data": sources,
+        "base_model": settings.base,
+    }
+    if base.card is not None:
+        if base.card.recipe is None:
+            extra["kind"] = base.card.kind
+        if settings.mode != "clean":
+            extra["sigma_range"] = tuple(base.card.sigma_range)
+    result = train(
+        recipe,
+        out,
+        resume=resume,
+        images=train_in if settings.mode == "clean" else None,
+        sampler=sampler,
+        evaluator=evaluator,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        max_seconds=max_seconds,
+        extra_card=extra,
+        keep_initial=base.card is not None,  # never replace a base by a worse model
+    )
+
+    best = read_card(result.model_path)
+    notes = dict(best.notes)
+    notes.update(
+        {
+            "mode": settings.mode,
+            "sources": json.dumps(sources),
+            "corruption": recipe.corruption.model_dump_json() if settings.mode == "clean" else "",
+            "validation_region": json.dumps(region.as_dict()),
+            "validation_score": _score_meaning(settings.mode),
+            "val_psnr_before": _json_scores(result.val_psnr_initial),
+            "val_psnr_after": _json_scores(result.val_psnr_best),
+            "steps_planned": str(t_cfg.steps),
+            "steps_run": str(result.steps_done),
+            "stopped_early": str(result.stopped).lower(),
+            "kept": (
+                f"the model after step {best.steps_done}"
+                if best.steps_done
+                else "the starting model (no validation beat it)"
+            ),
+        }
+    )
+    card = best.model_copy(update={"name": settings.name, "notes": notes})
+    card = ModelCard.model_validate(card.model_dump())
+    copy_with_card(result.model_path, target_path, card)
+    from .registry import clear_cache
+
+    clear_cache()
+    return FinetuneResult(
+        name=settings.name,
+        model_path=target_path,
+        run_dir=out,
+        region=region,
+        steps_done=result.steps_done,
+        total_steps=t_cfg.steps,
+        stopped=result.stopped,
+        val_psnr_initial=dict(result.val_psnr_initial),
+        val_psnr_best=dict(result.val_psnr_best),
+        recipe=recipe,
+        card=card,
+    )
+
+
+def _steps_done(model) -> int:
+    """Optimizer steps taken so far (kept in checkpoints, so right after a resume too)."""
+    opt = getattr(model, "optimizer", None)
+    try:
+        return int(np.asarray(opt.iterations)) if opt is not None else 0
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
+def _json_scores(scores: dict[str, float]) -> str:
+    return json.dumps({k: round(float(v), 3) for k, v in scores.items()})
+
+
+def _score_meaning(mode: str) -> str:
+    if mode == "clean":
+        return (
+            "PSNR (dB) on the held-out crop with Gaussian noise of each sigma "
+            "(8-bit scale, relative to the plane's peak)"
+        )
+    if mode == "pairs":
+        return "PSNR (dB) of the denoised held-out noisy crop against its clean partner"
+    return (
+        "Neighbor2Neighbor self-supervised score: PSNR (dB) of D(g1) against g2 on the held-out "
+        "crop (rises as the true error falls; not a PSNR against a clean image)"
+    )

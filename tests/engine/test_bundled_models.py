@@ -1,0 +1,65 @@
+"""Every model shipped in src_models/pretrained loads, is bias-free in fact, and denoises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+BUNDLED = sorted((Path(__file__).resolve().parents[2] / "src_models" / "pretrained").glob("*.keras"))
+pytestmark = pytest.mark.skipif(not BUNDLED, reason="no bundled models yet")
+
+
+@pytest.fixture(scope="module", params=BUNDLED, ids=lambda p: p.stem)
+def bundled(request):
+    from src_models.registry import load_model
+
+    return load_model(request.param)
+
+
+def _test_image(channels: int) -> np.ndarray:
+    im = skdata.astronaut() if channels == 3 else skdata.camera()
+    return im[128:320, 128:320].astype("float32")  # a 192x192 crop keeps the suite fast
+
+
+def test_bundled_model_card_is_complete_and_file_is_small(bundled):
+    card = bundled.card
+    assert card.receptive_field > 0 and card.parameters > 0 and card.recipe is not None
+    assert card.sigma_range == (0.0, 75.0)
+    path = Path(__file__).resolve().parents[2] / "src_models" / "pretrained" / f"{card.name}.keras"
+    assert path.is_file(), "a bundled model's card names its own file"
+    assert path.stat().st_size <= 10 * 1024 * 1024
+
+
+def test_bundled_model_is_homogeneous(bundled):
+    rng = np.random.default_rng(0)
+    m = bundled.card.size_multiple
+    y = rng.uniform(0, 1, size=(1, 8 * m, 8 * m, bundled.channels)).astype("float32")
+    d = bundled.predict_batch(y)
+    for a in (0.25, 2.0, 10.0):
+        da = bundled.predict_batch(a * y)
+        assert np.abs(da - a * d).max() / np.abs(a * d).max() < 1e-4
+
+
+def test_bundled_model_removes_noise_at_sigma_25_by_at_least_6_db(bundled):
+    clean = _test_image(bundled.channels)
+    noisy = clean + np.random.default_rng(25).normal(0, 25, clean.shape).astype("float32")
+    out = bundled.denoise(noisy, channel_axis=-1 if bundled.channels == 3 else None, offset=0.0)
+
+    def psnr(x):
+        return 10 * np.log10(255.0**2 / np.mean((np.clip(x, 0, 255) - clean) ** 2))
+
+    assert psnr(out) - psnr(noisy) >= 6.0
+
+
+def test_bundled_model_output_is_exactly_its_adaptive_filter(bundled):
+    from src_models.interpret import pixel_filter
+
+    clean = _test_image(bundled.channels)
+    noisy = clean + np.random.default_rng(1).normal(0, 25, clean.shape).astype("float32")
+    axis = -1 if bundled.channels == 3 else None
+    for pixel in ((96, 96), (3, 150)):
+        f = pixel_filter(bundled, noisy, pixel, channel_axis=axis)
+        assert f.identity_error < 1e-4

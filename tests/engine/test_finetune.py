@@ -1,0 +1,312 @@
+"""Fine-tuning on the user's own images: gains, held-out validation, stop, safe saves, N2N."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage import data as skdata
+from skimage.color import rgb2gray
+from skimage.transform import resize
+
+from src_models.config import CorruptionConfig, parse_recipe
+from src_models.corruptions import poisson_gaussian
+from src_models.data import PairSampler, psnr
+from src_models.finetune import FinetuneSettings, finetune, run_dir
+from src_models.finetune_data import SourceImage, choose_validation, samples, split_off_validation
+from src_models.modelfile import load_keras_model, read_card
+from src_models.n2n import Neighbor2NeighborSampler, neighbor_pair
+from src_models.train import train
+
+GAUSS = CorruptionConfig(sigma_range=(0, 50), clean_prob=0.0)
+
+
+def _natural(name: str, size: int = 128) -> np.ndarray:
+    x = getattr(skdata, name)()
+    x = rgb2gray(x) if x.ndim == 3 else x.astype("float32") / 255.0
+    return resize(x, (size, size), anti_aliasing=True)[..., None].astype("float32")
+
+
+def _cells(shape=(160, 160), n=40, seed=0) -> np.ndarray:
+    """Synthetic fluorescence: blurred blobs on a dim background, in [0.05, 0.95]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.zeros(shape)
+    for _ in range(n):
+        cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(3, 9)
+        img += rng.uniform(0.3, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    img = ndi.gaussian_filter(img, 1.0)
+    return (0.05 + 0.9 * img / img.max()).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A user-model folder holding 'base': a tiny DnCNN trained briefly on natural photos."""
+    folder = tmp_path_factory.mktemp("ft_models")
+    recipe = parse_recipe(
+        {
+            "name": "base",
+            "description": "tiny natural-image model for fine-tuning tests",
+            "architecture": {"kind": "dncnn", "depth": 5, "width": 16, "norm": False},
+            "corruption": GAUSS.model_dump(),
+            "data": {"patch_size": 32},
+            "training": {"steps": 150, "batch_size": 8, "learning_rate": 3e-3,
+                         "warmup_steps": 10, "val_every": 150, "checkpoint_every": 1000,
+                         "log_every": 100, "val_sigmas": [25]},
+        }
+    )
+    photos = [_natural(n) for n in ("camera", "moon", "coins", "astronaut")]
+    result = train(recipe, folder / "run", images=photos, val_images=[_natural("chelsea")])
+    shutil.copy(result.model_path, folder / "base.keras")
+    shutil.rmtree(folder / "run")
+    return folder
+
+
+@pytest.fixture
+def user_dir(base_dir, tmp_path, monkeypatch):
+    """A fresh user-model folder with 'base' in it, for one test."""
+    from src_models import registry
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(base_dir / "base.keras", folder / "base.keras")
+    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(folder))
+    registry.clear_cache()
+    yield folder
+    registry.clear_cache()
+
+
+def _settings(name="ft", steps=150, **kw) -> FinetuneSettings:
+    values = dict(name=name, base="base", corruption=GAUSS, steps=steps, learning_rate=1e-3,
+                  val_every=50, patch_size=32, val_sigmas=(25.0,))
+    values.update(kw)
+    return FinetuneSettings(**values)
+
+
+def test_finetuning_on_text_raises_validation_psnr_at_sigma_25_over_the_base(user_dir):
+    text = skdata.text()  # printed text: the photo-trained base handles it worse
+    previews = []
+    result = finetune(_settings(), [SourceImage("text", text)], on_preview=previews.append)
+
+    assert result.val_psnr_best["25"] >= result.val_psnr_initial["25"] + 0.5
+    assert result.model_path == user_dir / "ft.keras"
+    card = read_card(result.model_path)
+    assert card.name == "ft" and card.base_model == "base" and card.steps_done > 0
+    assert card.training_data == ["text (172x448, uint8)"]
+    notes = card.notes
+    assert notes["mode"] == "clean" and '"sigma_range":[0.0,50.0]' in notes["corruption"]
+    assert f'"25": {round(result.val_psnr_initial["25"], 3)}' in notes["val_psnr_before"]
+    assert f'"25": {round(result.val_psnr_best["25"], 3)}' in notes["val_psnr_after"]
+    assert '"rows": [136, 172]' in notes["validation_region"]
+    # one preview before training and one per validation, in the layer's units and crop size
+    assert [p.step for p in previews] == [0, 50, 100, 150]
+    assert previews[0].denoised.shape == result.region.shape == (36, 256)
+    assert previews[-1].noisy.max() > 100  # uint8 units, not [0, 1]
+
+
+def test_saved_model_loads_and_is_positively_homogeneous(user_dir):
+    from src_models.registry import load_model
+
+    finetune(_settings(steps=20), [SourceImage("text", skdata.text())])
+    model = load_model("ft").model
+    y = np.random.default_rng(1).uniform(0, 1, (1, 40, 48, 1)).astype("float32")
+    out = np.asarray(model(y))
+    for a in (0.01, 7.0):
+        np.testing.assert_allclose(np.asarray(model(a * y)), a * out, rtol=1e-4, atol=1e-6 * a)
+
+
+def test_validation_band_is_deterministic_and_never_trained_on():
+    stack = np.random.default_rng(0).uniform(0, 1000, (3, 100, 300)).astype("float32")
+    small = np.ones((40, 40), "uint16")
+    items = samples([SourceImage("small", small), SourceImage("stack", stack)], channels=1)
+    region = choose_validation(items, ["small", "stack"], multiple=4)
+    assert region == choose_validation(items, ["small", "stack"], multiple=4)
+    assert (region.name, region.plane, region.y0, region.y1) == ("stack", (0,), 80, 100)
+    assert (region.x0, region.x1) == (22, 278)  # at most 256 wide, centred
+    train_ims, crop, sample = split_off_validation(items, region)
+    # every plane of the stack loses the band (no leak through neighbouring slices)
+    assert [im.shape[0] for im in train_ims] == [40, 80, 80, 80]
+    expected = stack[0, 80:100, 22:278] / stack[0].max()
+    np.testing.assert_allclose(crop[..., 0], expected, rtol=1e-6)
+
+
+def test_rgb_and_multichannel_layers_become_samples_for_the_model_channels():
+    rgb = np.random.default_rng(0).integers(0, 255, (2, 32, 40, 4), dtype=np.uint8)  # RGBA stack
+    gray_model = samples([SourceImage("rgba", rgb, rgb=True)], channels=1)
+    assert len(gray_model) == 6 and {s.channel for s in gray_model} == {0, 1, 2}
+    colour_model = samples([SourceImage("rgba", rgb, rgb=True)], channels=3)
+    assert len(colour_model) == 2 and colour_model[0].image.shape == (32, 40, 3)
+    multi = np.zeros((2, 32, 40), "float32") - 5.0  # channel-first, negative: shifted to 0
+    multi[1] = 10.0
+    items = samples([SourceImage("cyx", multi, channel_axis=0)], channels=1)
+    assert [s.channel for s in items] == [0, 1]
+    assert items[0].offset == -5.0 and items[1].scale == 10.0
+    assert float(items[1].image.max()) == 1.0
+
+
+def test_stop_returns_within_two_seconds_keeping_the_best_model_and_resume_finishes(user_dir):
+    calls, flipped = [], []
+
+    def stop() -> bool:  # asked once per step; stop at the 30th, well after the first (traced) step
+        calls.append(1)
+        if len(calls) == 30:
+            flipped.append(time.monotonic())
+        return len(calls) >= 30
+
+    settings = _settings(steps=100_000, val_every=100_000)
+    result = finetune(settings, [SourceImage("text", skdata.text())], should_stop=stop)
+    assert time.monotonic() - flipped[0] < 2.0
+    assert result.stopped and result.steps_done == 29
+    assert read_card(result.model_path).notes["stopped_early"] == "true"
+
+    settings.steps = result.steps_done + 10
+    resumed = finetune(settings, [SourceImage("text", skdata.text())], resume=True)
+    assert not resumed.stopped and resumed.steps_done == result.steps_done + 10
+
+
+def test_a_save_killed_after_the_temp_file_is_written_leaves_the_previous_model(
+    user_dir, monkeypatch
+):
+    from src_models import modelfile
+
+    finetune(_settings(steps=10), [SourceImage("text", skdata.text())])
+    target = user_dir / "ft.keras"
+    before = target.read_bytes()
+    real_replace = os.replace
+    written = []
+
+    def dying_replace(src, dst):
+        if os.fspath(dst) == os.fspath(target):
+            written.append(os.path.getsize(src))
+            raise KeyboardInterrupt("killed while saving")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(modelfile.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_settings(steps=30), [SourceImage("text", skdata.text())], overwrite=True)
+    monkeypatch.undo()
+    assert written and written[0] > 1000  # the new file was complete when the "kill" came
+    assert target.read_bytes() == before
+    model, card = load_keras_model(target)
+    assert card.notes["steps_run"] == "10" and model.count_params() > 0
+    assert sorted(p.name for p in user_dir.iterdir()) == [".runs", "base.keras", "ft.keras"]
+
+
+def test_existing_and_bundled_names_are_refused_unless_overwriting(user_dir):
+    from src_models.config import ConfigError
+
+    finetune(_settings(steps=5), [SourceImage("text", skdata.text())])
+    with pytest.raises(ConfigError, match="already exists"):
+        finetune(_settings(steps=5), [SourceImage("text", skdata.text())])
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        finetune(_settings(name="other", steps=5), [SourceImage("t", skdata.text())], resume=True)
+    with pytest.raises(ValueError, match="too small"):
+        finetune(_settings(name="tiny"), [SourceImage("t", np.ones((20, 20)))])
+
+
+def test_neighbor2neighbor_on_a_noisy_only_image_beats_the_noisy_input(user_dir):
+    from src_models.registry import load_model
+
+    clean = _cells()
+    noisy = poisson_gaussian(clean[..., None], 30.0, 5.0, np.random.default_rng(0))[..., 0]
+    settings = FinetuneSettings(name="n2n", mode="noisy", base=None, architecture="tiny",
+                                steps=150, learning_rate=3e-3, val_every=50, patch_size=32)
+    result = finetune(settings, [SourceImage("noisy cells", noisy)])
+    assert set(result.val_psnr_best) == {"n2n"}
+    assert result.val_psnr_best["n2n"] > result.val_psnr_initial["n2n"]
+    denoised = load_model("n2n").denoise(noisy)
+    assert psnr(clean, denoised) > psnr(clean, noisy) + 5.0  # about 21.7 dB noisy
+
+
+def test_neighbour_subimages_take_adjacent_pixels_of_each_cell():
+    h = w = 8
+    pos = (np.arange(h)[:, None] * 100 + np.arange(w)[None, :]).astype("float32")
+    images = np.tile(pos[None, ..., None], (3, 1, 1, 2))
+    g1, g2, index = neighbor_pair(images, np.random.default_rng(0))
+    assert g1.shape == (3, 4, 4, 2) and np.array_equal(g1[..., 0], g1[..., 1])
+    r1, c1 = np.divmod(g1[..., 0].astype(int), 100)
+    r2, c2 = np.divmod(g2[..., 0].astype(int), 100)
+    assert np.all(np.abs(r1 - r2) + np.abs(c1 - c2) == 1)  # neighbours, never the same pixel
+    assert np.all(r1 // 2 == np.arange(4)[:, None]) and np.all(c2 // 2 == np.arange(4)[None, :])
+    assert len(np.unique(index[0] * 4 + index[1])) == 8  # all eight ordered pairs occur
+
+
+def test_neighbor2neighbor_target_folds_in_the_regulariser():
+    class Doubler:  # D(y) = 2y, so g1(D(y)) - g2(D(y)) = 2 (g1 - g2)
+        def predict_on_batch(self, y):
+            return 2.0 * y
+
+    noisy = [np.random.default_rng(0).uniform(0, 1, (40, 40, 1)).astype("float32")]
+    sampler = Neighbor2NeighborSampler(noisy, 8, 4, seed=3, gamma=2.0, total_steps=10)
+    plain_g1, plain_g2 = sampler.batch(10)  # not bound yet: the gamma = 0 targets
+    sampler.bind(Doubler())
+    g1, target = sampler.batch(10)  # gamma has ramped to 2 by the last step
+    np.testing.assert_array_equal(g1, plain_g1)
+    np.testing.assert_allclose(target, plain_g2 + 2 / 3 * 2 * (plain_g1 - plain_g2), atol=1e-6)
+    assert sampler.gamma_at(5) == 1.0
+
+
+def test_pair_sampler_cuts_the_same_patch_from_both_images():
+    clean = np.random.default_rng(0).uniform(0, 1, (50, 60, 1)).astype("float32")
+    noisy = clean + 0.25
+    a, b = PairSampler([noisy], [clean], 16, 6, seed=1).batch(7)
+    assert a.shape == b.shape == (6, 16, 16, 1)
+    np.testing.assert_allclose(a - b, 0.25, atol=1e-6)
+    assert not np.allclose(a[0], a[1])
+
+
+def test_pairs_mode_scores_the_denoised_noisy_crop_against_its_clean_partner(user_dir):
+    clean = (skdata.text().astype("float32") / 255.0)[:96, :160]
+    noisy = clean + np.random.default_rng(0).normal(0, 0.1, clean.shape).astype("float32")
+    result = finetune(_settings(name="paired", mode="pairs", steps=20, val_every=10),
+                      [SourceImage("noisy", noisy)], targets=[SourceImage("clean", clean)])
+    assert set(result.val_psnr_best) == {"pair"}
+    assert result.val_psnr_best["pair"] >= result.val_psnr_initial["pair"]
+    assert read_card(result.model_path).training_data[-1].startswith("clean: clean (96x160")
+
+
+def test_finetune_command_trains_on_an_image_file(user_dir, tmp_path, capsys):
+    from imageio import v3 as iio
+
+    from src_models.cli import main
+
+    iio.imwrite(tmp_path / "text.png", skdata.text())
+    code = main(["finetune", str(tmp_path / "text.png"), "--base", "base", "--steps", "10",
+                 "--name", "from-cli", "--patch", "32", "--sigma", "10", "40"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "saved from-cli" in out and (user_dir / "from-cli.keras").is_file()
+    card = read_card(user_dir / "from-cli.keras")
+    assert card.recipe.corruption.sigma_range == (10.0, 40.0) and card.notes["steps_run"] == "10"
+    assert run_dir("from-cli").is_dir()
+    assert main(["finetune", "--name", "x", "--base", "base"]) == 2  # nothing to train on
+
+
+
+def test_train_hooks_take_any_sampler_and_evaluator_and_can_keep_the_initial_model(tmp_path):
+    class ZeroTargets:  # a sampler that teaches the model to output black: it only gets worse
+        def batch(self, step):
+            x = np.random.default_rng(step).uniform(0.2, 1, (4, 16, 16, 1)).astype("float32")
+            return x, np.zeros_like(x)
+
+    clean = _cells((32, 32))
+    noisy = clean + np.random.default_rng(0).normal(0, 0.1, clean.shape).astype("float32")
+
+    def evaluator(model):
+        return {"demo": psnr(clean, np.asarray(model(noisy[None, ..., None]))[0, ..., 0])}
+
+    recipe = parse_recipe({
+        "name": "hooks", "architecture": {"kind": "dncnn", "depth": 3, "width": 8, "norm": False},
+        "training": {"steps": 20, "batch_size": 4, "learning_rate": 1e-2, "warmup_steps": 0,
+                     "val_every": 10, "checkpoint_every": 10, "log_every": 5},
+    })
+    result = train(recipe, tmp_path, sampler=ZeroTargets(), evaluator=evaluator, keep_initial=True)
+    assert result.val_psnr_initial["demo"] == pytest.approx(psnr(clean, noisy), abs=1e-4)
+    assert result.val_psnr_best == result.val_psnr_initial  # nothing beat the start
+    assert read_card(result.model_path).steps_done == 0
+    header = (tmp_path / "log.csv").read_text().splitlines()[0]
+    assert header == "step,loss,lr,elapsed_s,psnr_demo"

@@ -1,0 +1,387 @@
+"""The Interpret dock widget in a real viewer: exact overlay filters, maps, spectrum, errors."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import napari_bfcnn._interpret_widget as iw
+from napari_bfcnn._interpret_jobs import compose_overlay, filter_image
+from napari_bfcnn._interpret_widget import InterpretWidget
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT_MS = 60_000
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = ROOT / "docs" / "images" / "interpret_widget.png"
+MAPS = ("residual", "centre_weight", "energy", "width")
+
+
+def _checksum(a) -> str:
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(a)).tobytes()).hexdigest()
+
+
+def _filter(model: str, plane, pixel, channel_axis=None):
+    from src_models import load_model
+    from src_models.interpret import pixel_filter
+
+    return pixel_filter(load_model(model), plane, pixel, channel_axis=channel_axis)
+
+
+def _denoise(model: str, plane) -> np.ndarray:
+    from src_models import load_model
+
+    return load_model(model).denoise(plane)
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Notifications the widget shows, by kind."""
+    captured = {"error": [], "warning": [], "info": []}
+    for kind in captured:
+        monkeypatch.setattr(iw, f"show_{kind}", captured[kind].append)
+    return captured
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    widget = InterpretWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Interpret")
+    return viewer, widget
+
+
+def _points(qtbot, widget, layer, coords, model="tiny-gray"):
+    """Pick pixels on ``layer`` and set the points' data; wait for the filters."""
+    widget.model.value = model
+    points = widget.pick_pixels(layer=layer)
+    assert points is not None
+    points.data = np.asarray(coords, dtype=float)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    return points
+
+
+def _wait_job(qtbot, widget, worker):
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+
+def test_widget_docks_and_lists_models_like_the_denoise_widget(viewer_widget):
+    from napari_bfcnn._denoise_widget import DenoiseWidget
+
+    viewer, widget = viewer_widget
+    assert "Interpret" in viewer.window.dock_widgets
+    combo = widget.model.native
+    texts = [combo.itemText(i) for i in range(combo.count())]
+    other = DenoiseWidget(viewer).model.native
+    assert texts == [other.itemText(i) for i in range(other.count())]
+    assert texts[0].startswith("auto") and any(t.startswith("tiny-gray  (gray") for t in texts)
+    assert not combo.model().item(texts.index("broken  (unavailable)")).isEnabled()
+    assert widget.points_layer is None and len(viewer.layers) == 0
+
+
+def test_model_list_follows_models_saved_elsewhere(viewer_widget, model_dir):
+    import shutil
+
+    from napari_bfcnn._model_events import notify_models_changed
+
+    _, widget = viewer_widget
+    copy = model_dir / "tiny-copy.keras"
+    shutil.copy(model_dir / "tiny-gray.keras", copy)
+    try:
+        notify_models_changed()
+        assert "tiny-copy" in [value for value in widget.model.choices]
+    finally:
+        copy.unlink()
+        notify_models_changed()
+    assert "tiny-copy" not in [value for value in widget.model.choices]
+
+
+def test_a_point_shows_its_exact_filter_over_the_image(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(0).uniform(0, 200, (40, 36)).astype(np.float32)
+    before = _checksum(data)
+    src = viewer.add_image(data, name="img", scale=(0.5, 0.25), translate=(10, -3))
+    points = _points(qtbot, widget, src, [[20, 15]])
+    assert points.name == "img [filter points]" and points.mode == "add"
+    overlay = viewer.layers["img [filter: tiny-gray]"]
+    pf = _filter("tiny-gray", data, (20, 15))
+    rows, cols = pf.window
+    assert (rows.start, cols.start) == (20 - 3, 15 - 3)  # receptive field 3: a 7x7 window
+    np.testing.assert_array_equal(overlay.data[rows, cols], pf.weights)
+    outside = overlay.data.copy()
+    outside[rows, cols] = 0
+    assert not outside.any()
+    np.testing.assert_allclose(overlay.scale, src.scale)
+    np.testing.assert_allclose(overlay.translate, src.translate)
+    lo, hi = overlay.contrast_limits
+    assert lo == -hi and hi > 0
+    assert overlay.blending == "translucent" and overlay.opacity == pytest.approx(0.8)
+    assert overlay.colormap.map(np.array([0.5]))[0, 3] == 0  # zero weight is transparent
+    layers = list(viewer.layers)
+    assert layers.index(src) < layers.index(overlay) < layers.index(points)
+    assert viewer.layers.selection.active is points  # the user keeps adding points
+    assert widget.latest_filter.pixel == (20, 15)
+    assert f"weight sum {float(pf.weight_sum):.3f}" in widget.readout.value
+    assert f"width {float(pf.width):.2f} px" in widget.readout.value
+    assert widget.filter_plot.figure.axes[0].images[0].get_array().shape[0] > 1
+    assert src.data is data and _checksum(data) == before
+    assert notes["error"] == []
+    assert widget.pick_pixels(layer=overlay) is None  # its own layers are not sources
+    assert "made by the Interpret widget" in notes["error"][0]
+
+
+def test_two_points_two_windows_and_a_moved_point_moves_its_window(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(1).uniform(0, 1, (40, 40)).astype(np.float32)
+    src = viewer.add_image(data, name="img")
+    points = _points(qtbot, widget, src, [[10, 10], [30, 25]])
+    overlay = viewer.layers["img [filter: tiny-gray]"]
+    expected = compose_overlay(
+        data.shape, [(p, _filter("tiny-gray", data, p)) for p in [(10, 10), (30, 25)]]
+    )
+    np.testing.assert_array_equal(overlay.data, expected)
+    assert np.count_nonzero(overlay.data[:20]) and np.count_nonzero(overlay.data[20:])
+
+    points.data = np.array([[10.0, 10.0], [12.4, 13.6]])  # rounds to pixel (12, 14): overlaps
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    expected = compose_overlay(
+        data.shape, [(p, _filter("tiny-gray", data, p)) for p in [(10, 10), (12, 14)]]
+    )
+    np.testing.assert_allclose(overlay.data, expected, atol=1e-7)  # summed where they overlap
+    assert not overlay.data[20:].any()
+    assert [lyr.name for lyr in viewer.layers].count("img [filter: tiny-gray]") == 1
+    assert widget.latest_filter.pixel == (12, 14)
+
+    # a drag: napari moves the point in place and refreshes, data events come at the end
+    points.selected_data = {0}
+    with points.events.data.blocker():
+        points.data[0] = (33.0, 5.0)
+        points.refresh()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    expected = compose_overlay(
+        data.shape, [(p, _filter("tiny-gray", data, p)) for p in [(33, 5), (12, 14)]]
+    )
+    np.testing.assert_allclose(overlay.data, expected, atol=1e-7)
+    assert widget.latest_filter.pixel == (33, 5)
+
+    widget.clear_points()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert not overlay.data.any() and widget.latest_filter is None
+
+
+def test_points_on_a_stack_show_filters_on_their_own_slice(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(2).uniform(0, 1, (3, 24, 24)).astype(np.float32)
+    src = viewer.add_image(data, name="stack", scale=(2, 1, 1))
+    _points(qtbot, widget, src, [[2, 12, 12]])
+    overlay = viewer.layers["stack [filter: tiny-gray]"]
+    assert overlay.data.shape == data.shape
+    pf = _filter("tiny-gray", data[2], (12, 12))
+    np.testing.assert_array_equal(overlay.data[2][pf.window], pf.weights)
+    assert not overlay.data[:2].any()
+
+
+def test_rgb_points_show_the_colour_filter_averaged_over_channels(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(3).integers(0, 255, (24, 28, 4), dtype=np.uint8)
+    src = viewer.add_image(data, name="rgba", rgb=True)
+    _points(qtbot, widget, src, [[8, 9]], model="tiny-color")
+    overlay = viewer.layers["rgba [filter: tiny-color]"]
+    assert overlay.data.shape == (24, 28) and not overlay.rgb
+    pf = _filter("tiny-color", data[..., :3], (8, 9), channel_axis=-1)
+    np.testing.assert_allclose(
+        overlay.data[pf.window], pf.weights.sum(axis=-1).mean(axis=0), rtol=1e-6
+    )
+    np.testing.assert_array_equal(filter_image(pf), overlay.data[pf.window])
+    assert "mean over colours" in widget.readout.value
+
+
+def test_maps_button_adds_four_maps_and_a_rerun_replaces_them(viewer_widget, qtbot, notes):
+    from src_models import load_model
+    from src_models.interpret import filter_maps
+
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(4).uniform(0, 100, (32, 30)).astype(np.float32)
+    src = viewer.add_image(data, name="img", translate=(5, 5))
+    decoy = viewer.add_image(np.zeros((32, 30), np.float32), name="img [energy: tiny-gray]")
+    widget.image.value = src
+    widget.model.value = "tiny-gray"
+    widget.probes.value = 4
+    _wait_job(qtbot, widget, widget.compute_maps())
+    engine = filter_maps(load_model("tiny-gray"), data, MAPS, 4)
+    made = {}
+    for name in MAPS:
+        out = next(
+            lyr
+            for lyr in viewer.layers
+            if lyr.name.startswith(f"img [{name}: tiny-gray]") and lyr is not decoy
+        )
+        assert out.data.shape == (32, 30)
+        np.testing.assert_allclose(out.data, engine[name], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out.translate, (5, 5))
+        made[name] = out
+    assert made["centre_weight"].colormap.name == "viridis"
+    assert made["energy"].colormap.name == "magma"
+    assert made["width"].colormap.name == "plasma"
+    lo, hi = made["residual"].contrast_limits
+    assert lo == -hi
+    n = len(viewer.layers)
+    _wait_job(qtbot, widget, widget.compute_maps())
+    assert len(viewer.layers) == n and all(lyr in viewer.layers for lyr in made.values())
+    np.testing.assert_array_equal(decoy.data, 0)
+    assert notes["error"] == [] and widget.status.value.startswith("maps done")
+
+
+def test_maps_of_a_stack_are_of_the_viewed_slice(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(5).uniform(0, 1, (2, 32, 30)).astype(np.float32)
+    src = viewer.add_image(data, name="stack", scale=(3, 1, 1))
+    viewer.dims.set_point(0, 3 * 1)
+    widget.image.value = src
+    widget.model.value = "tiny-gray"
+    widget.probes.value = 1
+    _wait_job(qtbot, widget, widget.compute_maps())
+    residual = viewer.layers["stack [residual: tiny-gray]"]
+    assert residual.data.shape == (1, 32, 30)
+    np.testing.assert_allclose(residual.translate, (3, 0, 0))
+    np.testing.assert_allclose(
+        residual.data[0], data[1] - _denoise("tiny-gray", data[1]), atol=1e-5
+    )
+    assert all(f"stack [{name}: tiny-gray]" in viewer.layers for name in MAPS)
+
+
+def test_spectrum_button_plots_singular_values_and_adds_the_vectors(viewer_widget, qtbot, notes):
+    from src_models import load_model
+    from src_models.interpret import jacobian_spectrum
+
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(6).uniform(0, 1, (40, 40)).astype(np.float32)
+    src = viewer.add_image(data, name="img", scale=(0.5, 0.5), translate=(1, 2))
+    _points(qtbot, widget, src, [[3, 30], [20, 20]])
+    widget.crop.value = 8
+    widget.vectors.value = 4
+    _wait_job(qtbot, widget, widget.compute_spectrum())
+    crop = data[0:8, 26:34]  # 8x8 around the first point, shifted inside the image
+    engine = jacobian_spectrum(load_model("tiny-gray"), crop, 4)
+    line = widget.spectrum_plot.figure.axes[0].lines[0]
+    np.testing.assert_allclose(line.get_ydata(), engine.singular_values, rtol=1e-5, atol=1e-7)
+    assert len(line.get_ydata()) == 64
+    vectors = viewer.layers["img [singular vectors: tiny-gray]"]
+    assert vectors.data.shape == (4, 8, 8)
+    np.testing.assert_allclose(vectors.data, engine.vectors, atol=1e-5)
+    np.testing.assert_allclose(vectors.scale, (1, 0.5, 0.5))
+    np.testing.assert_allclose(vectors.translate, (0, 1 + 0 * 0.5, 2 + 26 * 0.5))
+    lo, hi = vectors.contrast_limits
+    assert lo == -hi
+    assert widget.spectrum.effective_dimension == pytest.approx(engine.effective_dimension)
+    assert notes["error"] == []
+
+
+def test_spectrum_without_a_point_asks_for_one(viewer_widget, notes):
+    viewer, widget = viewer_widget
+    src = viewer.add_image(np.ones((16, 16), np.float32), name="img")
+    assert widget.compute_spectrum(layer=src) is None
+    assert "Add a point on 'img' first" in notes["error"][0]
+    assert len(viewer.layers) == 1
+
+
+def test_cancel_stops_the_maps_and_adds_nothing(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(7).uniform(0, 1, (32, 30)).astype(np.float32)
+    viewer.add_image(data, name="big")
+    widget.model.value = "tiny-gray"
+    widget.probes.value = 1024
+    worker = widget.compute_maps()
+    assert worker is not None and widget.cancel_button.enabled
+    widget.cancel()
+    _wait_job(qtbot, widget, worker)
+    assert widget.status.value == "cancelled"
+    assert notes["info"] == ["Filter maps of big cancelled."]
+    assert [lyr.name for lyr in viewer.layers] == ["big"]
+    assert widget.maps_button.enabled and not widget.cancel_button.enabled
+
+
+def test_bad_layers_show_an_error_and_add_nothing(viewer_widget, notes):
+    viewer, widget = viewer_widget
+    bad = {
+        "Labels layer": viewer.add_labels(np.zeros((16, 16), np.int32)),
+        "Points layer": viewer.add_points(np.zeros((3, 2))),
+        "2x2": viewer.add_image(np.zeros((2, 2), np.float32)),
+        "boolean": viewer.add_image(np.zeros((16, 16), bool)),
+    }
+    n_layers = len(viewer.layers)
+    for words, layer in bad.items():
+        notes["error"].clear()
+        assert widget.pick_pixels(layer=layer) is None
+        assert widget.compute_maps(layer=layer) is None
+        assert widget.compute_spectrum(layer=layer) is None
+        assert len(notes["error"]) == 3 and all(words in e for e in notes["error"]), words
+    assert len(viewer.layers) == n_layers and not widget.running
+
+
+def test_unusable_model_shows_one_error_while_points_move(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    src = viewer.add_image(np.ones((16, 16), np.float32), name="img")
+    points = _points(qtbot, widget, src, [[4, 4]], model="broken")
+    points.data = np.array([[5.0, 5.0]])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert len(notes["error"]) == 1 and "not a .keras model file" in notes["error"][0]
+    assert "img [filter: broken]" not in viewer.layers
+    assert widget.compute_maps() is None and len(notes["error"]) == 2
+
+
+@pytest.fixture
+def plugin(npe2pm):
+    """This repository's manifest registered with napari's test plugin manager."""
+    with npe2pm.tmp_plugin(manifest=str(ROOT / "napari.yaml")) as plugin:
+        yield plugin
+
+
+def test_widget_opens_through_the_plugin_menu(make_napari_viewer, qtbot, plugin):
+    """napari hands plugins a public-only proxy of the viewer; the widget must work with it."""
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(8).uniform(0, 1, (24, 24)).astype(np.float32)
+    viewer.add_image(data, name="a")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-bfcnn", "Interpret (adaptive filters)")
+    assert widget.image.value.name == "a"
+    points = _points(qtbot, widget, None, [[12, 12]])
+    assert points.name == "a [filter points]"
+    pf = _filter("tiny-gray", data, (12, 12))
+    np.testing.assert_array_equal(
+        viewer.layers["a [filter: tiny-gray]"].data[pf.window], pf.weights
+    )
+
+
+def test_screenshot_of_two_filters_over_the_camera(make_napari_viewer, qtbot):
+    """Docs image: the bundled gray model's filters in the flat sky and on the tripod's leg."""
+    from napari_bfcnn import camera_sample
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 900)
+    for data, kwargs, _ in camera_sample():
+        viewer.add_image(data, **kwargs)
+    widget = InterpretWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Interpret (adaptive filters)", area="right")
+    noisy = viewer.layers["camera (noisy)"]
+    widget.image.value = noisy
+    points = widget.pick_pixels()
+    points.data = np.array([[392.0, 293.0], [335.0, 385.0]])  # tripod's post; grass
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    overlay = next(lyr for lyr in viewer.layers if lyr.name.startswith("camera (noisy) [filter:"))
+    assert np.count_nonzero(overlay.data) > 100
+    viewer.reset_view()
+    noisy.opacity = 0.6  # a darker image: the filters' colours stand out
+    viewer.camera.center = (0, 362, 338)
+    viewer.camera.zoom = viewer.camera.zoom * 3.2
+    qtbot.wait(300)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    assert shot.ndim == 3 and shot[..., :3].std() > 10
+    IMAGE.parent.mkdir(parents=True, exist_ok=True)
+    from skimage.io import imsave
+
+    imsave(IMAGE, shot, check_contrast=False)
+    assert IMAGE.stat().st_size > 10_000

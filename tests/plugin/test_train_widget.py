@@ -1,0 +1,246 @@
+"""The Fine-tune dock widget in a real viewer: train, save, list, denoise, refuse, stop, manage."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+import napari_bfcnn._train_widget as tw
+from napari_bfcnn._denoise_widget import DenoiseWidget
+from napari_bfcnn._train_widget import TAG, TrainWidget
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def user_models(model_dir, tmp_path, monkeypatch):
+    """A writable copy of the tiny-model folder (tiny-gray, tiny-color, broken) for one test."""
+    from src_models import registry
+
+    folder = tmp_path / "models"
+    shutil.copytree(model_dir, folder)
+    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(folder))
+    registry.clear_cache()
+    yield folder
+    registry.clear_cache()
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Notifications the training widget shows, by kind; confirmation dialogs answer yes."""
+    captured = {"error": [], "warning": [], "info": []}
+    for kind in captured:
+        monkeypatch.setattr(tw, f"show_{kind}", captured[kind].append)
+    monkeypatch.setattr(tw, "_confirm", lambda parent, question: True)
+    return captured
+
+
+@pytest.fixture
+def viewer_widgets(make_napari_viewer, user_models, notes):
+    viewer = make_napari_viewer()
+    train = TrainWidget(viewer)
+    denoise = DenoiseWidget(viewer)
+    viewer.window.add_dock_widget(train, name="Fine-tune")
+    viewer.window.add_dock_widget(denoise, name="Denoise")
+    return viewer, train, denoise
+
+
+def _text(h=96, w=160) -> np.ndarray:
+    return skdata.text()[:h, :w].astype(np.float32)
+
+
+def _setup(train, layer, name="text-ft", steps=12, base="tiny-gray", mode="clean"):
+    train.mode.value = mode
+    if mode == "pairs":
+        train.noisy.value, train.clean.value = layer
+    else:
+        train.layers.value = [layer]
+    train.base.value = base
+    train.model_name.value = name
+    train.steps.value = steps
+    train.patch.value = 32
+    train.batch.value = 4
+
+
+def _combo_values(combo) -> list:
+    return [combo.native.itemData(i) for i in range(combo.native.count())]
+
+
+def test_trained_model_is_saved_listed_by_the_denoise_widget_and_denoises(
+    viewer_widgets, qtbot, notes, user_models
+):
+    viewer, train, denoise = viewer_widgets
+    layer = viewer.add_image(_text(), name="text", scale=(2.0, 2.0))
+    _setup(train, layer)
+    assert "text-ft" not in _combo_values(denoise.model)
+
+    assert train.run() is not None
+    qtbot.waitUntil(lambda: not train.running, timeout=TIMEOUT_MS)
+
+    assert notes["error"] == []
+    assert train.status.value.startswith("saved 'text-ft' (12 steps")
+    assert "validation 15: " in train.status.value
+    assert (user_models / "text-ft.keras").is_file()
+    assert train.user_models.value == "text-ft"
+    # the live plot got losses and the scores of every validation, the first before training
+    assert len(train.plot.losses) >= 2 and train.plot.scores["25"][0][0] == 0
+    # held-out region: a rectangle, its noisy input and the model's output, placed on the layer
+    region = next(lyr for lyr in viewer.layers if lyr.metadata.get(TAG) == "region")
+    preview = next(lyr for lyr in viewer.layers if lyr.metadata.get(TAG) == "preview")
+    assert preview.data.shape == (20, 160)  # bottom 20 % of 96 rows, full width
+    np.testing.assert_allclose(preview.translate, (2.0 * 76, 0.0))
+    assert region.data[0][:, 0].min() == pytest.approx(75.5)
+
+    # the denoise widget lists the new model at once, and it denoises
+    assert "text-ft" in _combo_values(denoise.model)
+    denoise.image.value = layer
+    denoise.model.value = "text-ft"
+    assert denoise.run() is not None
+    qtbot.waitUntil(lambda: not denoise.running, timeout=TIMEOUT_MS)
+    out = viewer.layers["text [denoised: text-ft]"]
+    assert out.data.shape == layer.data.shape and np.isfinite(out.data).all()
+    assert not np.allclose(out.data, layer.data)
+
+
+def test_second_training_is_refused_and_stop_ends_the_run_then_resume_finishes(
+    viewer_widgets, make_napari_viewer, qtbot, notes
+):
+    viewer, train, _ = viewer_widgets
+    layer = viewer.add_image(_text(), name="text")
+    _setup(train, layer, name="long", steps=100_000)
+    assert train.run() is not None
+    qtbot.waitUntil(lambda: len(train.plot.losses) >= 2, timeout=TIMEOUT_MS)
+
+    assert train.run() is None  # the same widget
+    other = TrainWidget(viewer)
+    _setup(other, layer, name="other")
+    assert other.run() is None  # another widget in the same napari
+    assert len(notes["warning"]) == 2 and "already running" in notes["warning"][0]
+
+    t0 = time.monotonic()
+    train.stop()
+    qtbot.waitUntil(lambda: not train.running, timeout=10_000)
+    assert time.monotonic() - t0 < 3.0
+    assert "stopped at step" in train.status.value
+    steps_done = int(re.search(r"stopped at step (\d+)", train.status.value).group(1))
+
+    train.steps.value = steps_done + 4
+    assert train.run(resume=True) is not None
+    qtbot.waitUntil(lambda: not train.running, timeout=TIMEOUT_MS)
+    assert train.status.value.startswith(f"saved 'long' ({steps_done + 4} steps)")
+    assert notes["error"] == []
+
+
+def test_pairs_mode_trains_on_a_noisy_layer_and_its_clean_partner(viewer_widgets, qtbot, notes):
+    viewer, train, _ = viewer_widgets
+    clean = _text()
+    noisy = clean + np.random.default_rng(0).normal(0, 20, clean.shape).astype(np.float32)
+    pair = (viewer.add_image(noisy, name="noisy"), viewer.add_image(clean, name="clean"))
+    _setup(train, pair, name="paired", steps=6, mode="pairs")
+    hidden = {w: w.native.isHidden() for w in (train.layers, train.noisy, train.sigma_min)}
+    assert hidden == {train.layers: True, train.noisy: False, train.sigma_min: True}
+    assert train.run() is not None
+    qtbot.waitUntil(lambda: not train.running, timeout=TIMEOUT_MS)
+    assert notes["error"] == []
+    assert set(train.plot.scores) == {"pair"}
+    assert train.status.value.startswith("saved 'paired' (6 steps")
+    assert "validation pair: " in train.status.value
+
+
+def test_bad_choices_are_reported_not_started(viewer_widgets, notes):
+    viewer, train, _ = viewer_widgets
+    layer = viewer.add_image(_text(), name="text")
+    _setup(train, layer, name="bad name!")
+    assert train.run() is None
+    assert "not a valid model name" in notes["error"][-1]
+    _setup(train, layer)
+    train.sigma_min.value, train.sigma_max.value = 40, 10
+    assert train.run() is None
+    assert "sigma_range" in notes["error"][-1]
+    train.sigma_min.value = 0
+    train.layers.value = []
+    assert train.run() is None
+    assert "Select at least one image layer" in notes["error"][-1]
+    assert not train.running and train.run_button.enabled
+
+
+def test_preview_adds_a_corrupted_patch_with_the_chosen_noise(viewer_widgets, notes):
+    viewer, train, _ = viewer_widgets
+    flat = np.full((200, 200), 200, dtype=np.uint8)
+    layer = viewer.add_image(flat, name="flat", translate=(10, 20))
+    train.layers.value = [layer]
+    train.sigma_min.value = train.sigma_max.value = 20
+    out = train.preview_corruption()
+    assert out is not None and out.name == "flat [corrupted patch]"
+    assert out.data.shape == (128, 128)  # patch "auto": 128 px
+    np.testing.assert_allclose(out.translate, (10 + 36, 20 + 36))  # the centre patch, in place
+    # sigma 20/255 of the plane's peak (200): about 15.7 in the layer's units
+    assert np.std(out.data) == pytest.approx(20 / 255 * 200, rel=0.1)
+    train.patch.value = 40  # previews twice the training patch
+    assert train.preview_corruption().data.shape == (80, 80)
+    assert len(viewer.layers) == 2  # replaced, not added
+
+
+def test_user_models_are_renamed_and_deleted_and_broken_ones_show_the_reason(
+    viewer_widgets, user_models, notes
+):
+    _, train, denoise = viewer_widgets
+    values = _combo_values(train.user_models)
+    assert "broken" in values and "tiny-gray" in values
+    i = values.index("broken")
+    assert "unavailable: " in train.user_models.native.itemText(i)
+    train.user_models.value = "broken"
+    assert train.model_status.value.startswith("cannot be loaded:")
+    base_i = _combo_values(train.base).index("broken")
+    assert not train.base.native.model().item(base_i).isEnabled()
+
+    train.user_models.value = "tiny-color"
+    train.rename_to.value = "my-colour"
+    assert train.rename_model()
+    assert (user_models / "my-colour.keras").is_file()
+    assert "my-colour" in _combo_values(denoise.model)
+    assert "tiny-color" not in _combo_values(denoise.model)
+
+    train.user_models.value = "my-colour"
+    assert train.delete_model()
+    assert not (user_models / "my-colour.keras").exists()
+    assert "my-colour" not in _combo_values(denoise.model)
+    assert "my-colour" not in _combo_values(train.user_models)
+    assert notes["error"] == []
+
+
+def test_screenshot_of_the_training_widget_mid_run(make_napari_viewer, qtbot, user_models, notes):
+    from pathlib import Path
+
+    from skimage.io import imsave
+
+    image = Path(__file__).resolve().parents[2] / "docs" / "images" / "train_widget.png"
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1440, 1080)
+    layer = viewer.add_image(skdata.camera()[::2, ::2].astype(np.float32), name="camera")
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(train, name="Fine-tune", area="right")
+    _setup(train, layer, name="camera-ft", steps=400, base="new:tiny")
+    assert train.run() is not None
+    try:
+        qtbot.waitUntil(lambda: len(train.plot.scores.get("25", ((), ()))[0]) >= 5,
+                        timeout=TIMEOUT_MS)
+        viewer.layers.selection.active = layer
+        viewer.reset_view()
+        qtbot.wait(300)
+        shot = viewer.screenshot(canvas_only=False, flash=False)
+    finally:
+        train.stop()
+        qtbot.waitUntil(lambda: not train.running, timeout=30_000)
+    assert shot.ndim == 3 and shot[..., :3].std() > 10
+    image.parent.mkdir(parents=True, exist_ok=True)
+    imsave(image, shot, check_contrast=False)
+    assert image.stat().st_size > 10_000
+    assert notes["error"] == []
