@@ -264,6 +264,32 @@ def _normalise(plane: np.ndarray, offset: float, scale: float) -> np.ndarray:
     return out
 
 
+def _normalise_padded(
+    plane: np.ndarray, offset: float, scale: float, pad: tuple[tuple[int, int], tuple[int, int]]
+) -> np.ndarray:
+    """Normalise straight into a reflect-padded float32 buffer (one plane-sized copy, not two).
+
+    Equals ``np.pad(_normalise(plane, offset, scale), pad, mode="reflect")``; the memory
+    saved is what keeps an 8192^2 image inside the promised peak.
+    """
+    (top, bottom), (left, right) = pad
+    h, w = plane.shape[:2]
+    if max(top, bottom) >= h - 1 or max(left, right) >= w - 1:  # reflections of reflections: numpy
+        return np.pad(_normalise(plane, offset, scale), pad + ((0, 0),), mode="reflect")
+    out = np.empty((h + top + bottom, w + left + right, plane.shape[2]), dtype=np.float32)
+    out[top : top + h, left : left + w] = _normalise(plane, offset, scale)
+    rows = slice(top, top + h)
+    if left:
+        out[rows, :left] = out[rows, 2 * left : left : -1]
+    if right:
+        out[rows, left + w :] = out[rows, left + w - 2 : left + w - 2 - right : -1]
+    if top:
+        out[:top] = out[2 * top : top : -1]
+    if bottom:
+        out[top + h :] = out[top + h - 2 : top + h - 2 - bottom : -1]
+    return out
+
+
 def _offset_and_scale(plane: np.ndarray, offset: float | None) -> tuple[float, float]:
     """The plane's offset (given, else its minimum if negative, else 0) and largest magnitude."""
     lo, hi = float(plane.min()), float(plane.max())
@@ -492,12 +518,9 @@ class Denoiser:
             where = f"plane {lead}" if lead else "the image"
             plane, bad = _fill_non_finite(plane, where)
         off, scale = _offset_and_scale(plane, None if offset is None else float(offset))
-        norm = _normalise(plane, off, scale)
         m = tiling.margin
-        pad = ((m, m + tiling.extra[0]), (m, m + tiling.extra[1]), (0, 0))
-        if any(p for p in pad[0] + pad[1]):
-            norm = np.pad(norm, pad, mode="reflect")
-        return _Plane(lead, chans, norm, off, scale, repeat), bad
+        pad = ((m, m + tiling.extra[0]), (m, m + tiling.extra[1]))
+        return _Plane(lead, chans, _normalise_padded(plane, off, scale, pad), off, scale, repeat), bad
 
     def _run(
         self,
