@@ -19,9 +19,9 @@ def bundled(request):
     return load_model(request.param)
 
 
-def _test_image(channels: int) -> np.ndarray:
-    im = skdata.astronaut() if channels == 3 else skdata.camera()
-    return im[128:320, 128:320].astype("float32")  # a 192x192 crop keeps the suite fast
+def _test_image(channels: int, crop: bool = False) -> np.ndarray:
+    im = (skdata.astronaut() if channels == 3 else skdata.camera()).astype("float32")
+    return im[128:320, 128:320] if crop else im  # 512x512 whole, or a 192x192 crop
 
 
 def test_bundled_model_card_is_complete_and_file_is_small(bundled):
@@ -57,9 +57,9 @@ def test_bundled_model_removes_noise_at_sigma_25_by_at_least_6_db(bundled):
 def test_bundled_model_output_is_exactly_its_adaptive_filter(bundled):
     from src_models.interpret import pixel_filter
 
-    clean = _test_image(bundled.channels)
+    clean = _test_image(bundled.channels, crop=True)
     noisy = clean + np.random.default_rng(1).normal(0, 25, clean.shape).astype("float32")
     axis = -1 if bundled.channels == 3 else None
     for pixel in ((96, 96), (3, 150)):
         f = pixel_filter(bundled, noisy, pixel, channel_axis=axis)
-        assert f.identity_error < 1e-4
+        assert np.max(f.identity_error) < 1e-4
