@@ -15,8 +15,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -274,22 +272,11 @@ def delete_user_model(name: str) -> None:
 
 def _set_card_name(path: Path, name: str) -> None:
     """Rewrite the card inside a model file with a new name (atomic; skipped if unreadable)."""
-    from .modelfile import CARD_ENTRY, ModelFileError, read_card
+    from .modelfile import ModelFileError, copy_with_card, read_card
 
     try:
         card = read_card(path)
     except ModelFileError:
         return  # a broken file is renamed as is; its error stays visible in the list
     card.name = name
-    fd, tmp = tempfile.mkstemp(suffix=".keras", prefix=f".{name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
-            for item in src.infolist():
-                if item.filename != CARD_ENTRY:
-                    dst.writestr(item, src.read(item.filename))
-            dst.writestr(CARD_ENTRY, card.model_dump_json(indent=2))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    copy_with_card(path, path, card)
