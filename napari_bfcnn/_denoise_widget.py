@@ -2,7 +2,13 @@
 
 Why a magicgui Container: every control is a plain value widget that tests can
 set, and napari refreshes its choices when layers change. All heavy work runs
-in a thread worker (``_workers``); all layer rules live in ``_layers``.
+in a thread worker (``_workers``); all layer rules live in ``_layers``; the
+camera-noise rules (microscopy proposal, readout, range warning) in ``_camera_noise``.
+
+Model proposal: a non-RGB integer layer of 16 bits or more (camera data) gets the
+``microscopy`` model, with its reason shown, when that model is installed, unless
+the user picked a model for that layer; a model picked for a layer comes back
+with it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
+    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
@@ -23,6 +30,17 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ._camera_noise import (
+    CAMERA_SIDE,
+    MICROSCOPY_MODEL,
+    CameraNoise,
+    centre_crop_index,
+    estimate_camera_noise,
+    microscopy_reason,
+    range_warning,
+    readout_text,
+    trained_photons_range,
+)
 from ._layers import (
     PROVENANCE_KEY,
     LayerError,
@@ -38,13 +56,14 @@ from ._model_choices import decorate_model_combo, model_choices, model_tooltip
 from ._model_events import model_events
 from ._workers import AUTO, DenoiseJob, DenoiseOutcome, make_worker, resolve_model
 
-__all__ = ["NO_AXIS", "DenoiseWidget"]
+__all__ = ["BLACK_AUTO", "BLACK_NONE", "BLACK_VALUE", "NO_AXIS", "DenoiseWidget"]
 
 log = logging.getLogger(__name__)
 
 NO_AXIS = "none"  # combo value for "no channel axis" (magicgui combos treat None as unset)
 ESTIMATE_SIDE = 256  # noise is estimated on a centre crop at most this big (fast on any image)
 PROGRESS_STEPS = 1000
+BLACK_NONE, BLACK_AUTO, BLACK_VALUE = "none", "auto", "value"  # black-level combo values
 
 
 class DenoiseWidget(Container):
@@ -65,11 +84,36 @@ class DenoiseWidget(Container):
         self._axis_memory: dict[int, int | None] = {}  # id(layer) -> channel axis the user chose
         self._updating = False
         self._estimate_timer = None
+        self._model_memory: dict[int, str] = {}  # id(layer) -> model the user chose for it
+        self._proposed = False  # the model combo holds a proposal, not the user's choice
+        self._before_proposal: str = AUTO  # what the combo held before it, restored after
+        self._black_by_proposal = False  # the black level was set by that proposal
+        self._setting = False  # the widget itself is changing model / black level
+        self._camera: CameraNoise | None = None
+        self._camera_pending = False  # an estimate for the current slice is running
+        self._camera_tag = 0  # newest camera-noise request; older results are dropped
+        self._camera_workers: set = set()
+        self._closed = False
 
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.model_info = Label(label="", value="")
+        self.model_reason = Label(label="", value="")
         self.noise_level = Label(label="noise level", value="-")
+        self.camera_noise = Label(label="camera noise", value="-")
+        self.range_warning = Label(label="", value="")
+        self.black_level = ComboBox(
+            label="black level",
+            choices=[
+                ("none (0, or min if negative)", BLACK_NONE),
+                ("auto (from the data)", BLACK_AUTO),
+                ("value", BLACK_VALUE),
+            ],
+            value=BLACK_NONE,
+        )
+        self.black_value = FloatSpinBox(
+            label="black level value", value=0.0, min=-1e12, max=1e12, step=1.0, enabled=False
+        )
         self.channel_axis = ComboBox(label="channel axis", choices=self._axis_choices)
         self.preview = CheckBox(text="current slice only (preview)", value=False)
         self.add_noise = CheckBox(text="also add removed noise", value=False)
@@ -82,12 +126,23 @@ class DenoiseWidget(Container):
             widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
         )
         buttons.margins = (0, 0, 0, 0)
+        black = Container(
+            widgets=[self.black_level, self.black_value],
+            layout="horizontal",
+            labels=False,
+            label="black level",
+        )
+        black.margins = (0, 0, 0, 0)
         self.extend(
             [
                 self.image,
                 self.model,
                 self.model_info,
+                self.model_reason,
                 self.noise_level,
+                self.camera_noise,
+                self.range_warning,
+                black,
                 self.channel_axis,
                 self.preview,
                 self.add_noise,
@@ -102,7 +157,9 @@ class DenoiseWidget(Container):
         self._style()
 
         self.image.changed.connect(self._on_layer_changed)
-        self.model.changed.connect(self._update_model_info)
+        self.model.changed.connect(self._on_model_changed)
+        self.black_level.changed.connect(self._on_black_level_changed)
+        self.black_value.changed.connect(self._on_black_level_changed)
         self.channel_axis.changed.connect(self._on_channel_axis_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -127,6 +184,7 @@ class DenoiseWidget(Container):
             with contextlib.suppress(Exception):
                 emitter.disconnect(callback)
         self._connections = []
+        self._closed = True
         if self._estimate_timer is not None:
             self._estimate_timer.stop()
         if self._worker is not None:
@@ -164,13 +222,32 @@ class DenoiseWidget(Container):
             "(in brackets: as the model sees it, on the 0-255 scale of its training range; "
             "the engine scales each plane by its largest value)"
         )
+        self.camera_noise.tooltip = (
+            "Poisson-Gaussian fit of the current slice (centre crop): variance = "
+            "gain \u00b7 (value \u2212 black) + read \u03c3\u00b2, in the layer's units; "
+            "photons = (value \u2212 black) / gain"
+        )
+        self.black_level.tooltip = (
+            "camera offset subtracted before denoising and added back after (bias-free "
+            "nets are not offset-equivariant): none = 0 (or the minimum of negative "
+            "images); auto = estimated per plane (0.5th percentile after a 1-px blur); "
+            "value = the number on the right"
+        )
 
     def _style(self) -> None:
         """Left-aligned info lines; controls packed at the top of the dock."""
         from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QSizePolicy
 
-        for label in (self.model_info, self.noise_level, self.status):
+        labels = (
+            self.model_info,
+            self.model_reason,
+            self.noise_level,
+            self.camera_noise,
+            self.range_warning,
+            self.status,
+        )
+        for label in labels:
             label.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
             label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         layout = self.native.layout()
@@ -179,7 +256,11 @@ class DenoiseWidget(Container):
 
     def reset_choices(self, *_args) -> None:
         """Refresh layer and model lists (napari calls it when layers change)."""
-        super().reset_choices()
+        self._setting = True  # a model vanishing from the list is not the user's choice
+        try:
+            super().reset_choices()
+        finally:
+            self._setting = False
         self._decorate()
         self._update_model_info()
 
@@ -191,9 +272,20 @@ class DenoiseWidget(Container):
         value = self.channel_axis.value
         return None if value in (None, NO_AXIS) else int(value)
 
+    @property
+    def chosen_offset(self) -> float | str | None:
+        """The black level for the engine: a number, ``"auto"`` or None."""
+        mode = self.black_level.value
+        if mode == BLACK_AUTO:
+            return "auto"
+        if mode == BLACK_VALUE:
+            return float(self.black_value.value)
+        return None
+
     def _on_layers_changed(self, *_args) -> None:
         alive = {layer_key(lyr) for lyr in self._viewer.layers}
         self._axis_memory = {k: v for k, v in self._axis_memory.items() if k in alive}
+        self._model_memory = {k: v for k, v in self._model_memory.items() if k in alive}
         self.reset_choices()
 
     def _on_active_layer(self, *_args) -> None:
@@ -233,6 +325,7 @@ class DenoiseWidget(Container):
             self.channel_axis.enabled = len(choices) > 1
         finally:
             self._updating = False
+        self._propose_model()
         self._refresh_layer_state()
 
     def _on_channel_axis_changed(self, *_args) -> None:
@@ -241,12 +334,73 @@ class DenoiseWidget(Container):
         layer = self.image.value
         if layer is not None:
             self._axis_memory[layer_key(layer)] = self.chosen_channel_axis
+        self._propose_model()
         self._refresh_layer_state()
 
     def _refresh_layer_state(self) -> None:
         inp = self._current_input()
         self.preview.enabled = bool(inp is not None and inp.is_stack)
         self._update_model_info()  # also updates the noise estimate
+        self._start_camera_estimate()
+
+    # ------------------------------------------------------------------ model proposal
+
+    def _microscopy_usable(self) -> bool:
+        info = self._models.get(MICROSCOPY_MODEL)
+        return info is not None and info.error is None
+
+    def _propose_model(self) -> None:
+        """The layer's own model choice, else the microscopy proposal, else leave the combo."""
+        layer = self.image.value
+        remembered = self._model_memory.get(layer_key(layer)) if layer is not None else None
+        reason = microscopy_reason(layer, self.chosen_channel_axis) if layer is not None else ""
+        if remembered is not None and remembered in self.model.choices:
+            value, reason = remembered, ""
+        elif reason and self._microscopy_usable():
+            value = MICROSCOPY_MODEL
+            if not self._proposed:
+                self._before_proposal = self.model.value
+        else:
+            value, reason = (self._before_proposal if self._proposed else None), ""
+        self._setting = True
+        try:
+            if value is not None and value in self.model.choices:
+                self.model.value = value
+            if reason and self.black_level.value == BLACK_NONE:
+                self.black_level.value = BLACK_AUTO  # camera data: their offset must go
+                self._black_by_proposal = True
+            elif not reason and self._black_by_proposal:
+                self.black_level.value = BLACK_NONE
+                self._black_by_proposal = False
+        finally:
+            self._setting = False
+        self._proposed = bool(reason)
+        self.model_reason.value = reason
+        self.model_reason.tooltip = (
+            "trained on Poisson-Gaussian (camera) noise; the black level is set to auto. "
+            "Pick another model to override it for this layer."
+            if reason
+            else ""
+        )
+        self.model_reason.visible = bool(reason)
+
+    def _on_model_changed(self, *_args) -> None:
+        if not self._setting:  # the user's choice (or a script's): remembered for this layer
+            layer = self.image.value
+            if layer is not None:
+                self._model_memory[layer_key(layer)] = self.model.value
+            if self._proposed:
+                self._proposed = False
+                self.model_reason.value = ""
+                self.model_reason.visible = False
+        self._update_model_info()
+
+    def _on_black_level_changed(self, *_args) -> None:
+        self.black_value.enabled = self.black_level.value == BLACK_VALUE
+        if not self._setting:
+            self._black_by_proposal = False  # the user's choice from now on
+            self._update_estimate()
+            self._start_camera_estimate()
 
     def _update_model_info(self, *_args) -> None:
         name = self.model.value
@@ -274,6 +428,7 @@ class DenoiseWidget(Container):
             self.model_info.value = f"{prefix}  (trained \u03c3 {lo:g}\u2013{hi:g} /255)"
             self.model_info.tooltip = model_tooltip(info)
         self._update_estimate()
+        self._show_camera_noise()
 
     # ------------------------------------------------------------------ noise estimate
 
@@ -286,12 +441,11 @@ class DenoiseWidget(Container):
             self._estimate_timer.setSingleShot(True)
             self._estimate_timer.setInterval(150)
             self._estimate_timer.timeout.connect(self._update_estimate)
+            self._estimate_timer.timeout.connect(self._start_camera_estimate)
         self._estimate_timer.start()
 
-    def estimate_noise(self) -> float | None:
-        """Noise sigma of the current slice in layer units (centre crop, so always fast)."""
-        from src_models import estimate_sigma
-
+    def _crop_index(self, side: int) -> tuple[LayerInput, tuple, int | None] | None:
+        """The current input, a centre-crop index of its current slice, the crop's channel axis."""
         from ._planes import plan_planes
 
         inp = self._current_input()
@@ -305,24 +459,34 @@ class DenoiseWidget(Container):
             alpha=inp.alpha,
             fixed=fixed,
         )
-        src = list(plan.planes[0][0])
-        axes = [a for a in range(inp.ndim) if a != inp.channel_axis][-2:]
-        for ax in axes:
-            n = int(inp.data.shape[ax])
-            start = max(0, (n - ESTIMATE_SIDE) // 2)
-            src[ax] = slice(start, start + min(n, ESTIMATE_SIDE))
-        crop = np.asarray(inp.data[tuple(src)])
-        self._crop_scale = self._peak(crop)
-        return float(estimate_sigma(crop, channel_axis=plan.plane_channel_axis))
+        index = centre_crop_index(inp.data.shape, plan.planes[0][0], inp.channel_axis, side)
+        return inp, index, plan.plane_channel_axis
+
+    def estimate_noise(self) -> float | None:
+        """Noise sigma of the current slice in layer units (centre crop, so always fast)."""
+        from src_models import estimate_sigma
+
+        request = self._crop_index(ESTIMATE_SIDE)
+        if request is None:
+            return None
+        inp, index, crop_axis = request
+        crop = np.asarray(inp.data[index])
+        self._crop_scale = self._peak(crop, self.chosen_offset)
+        return float(estimate_sigma(crop, channel_axis=crop_axis))
 
     @staticmethod
-    def _peak(crop: np.ndarray) -> float:
-        """The engine's per-plane scale: largest magnitude after the negative-offset shift."""
+    def _peak(crop: np.ndarray, offset: float | str | None = None) -> float:
+        """The engine's per-plane scale: largest magnitude after subtracting the black level."""
         finite = crop[np.isfinite(crop)] if crop.dtype.kind == "f" else crop
         if finite.size == 0:
             return 0.0
         lo, hi = float(finite.min()), float(finite.max())
-        off = min(lo, 0.0)
+        if offset == BLACK_AUTO and crop.ndim == 2:
+            from src_models.noise_model import black_level
+
+            off = black_level(crop)
+        else:
+            off = min(lo, 0.0) if offset is None else float(offset)
         return max(hi - off, off - lo)
 
     def _update_estimate(self, *_args) -> None:
@@ -343,6 +507,72 @@ class DenoiseWidget(Container):
             if info is not None and info.error is None and rel > info.sigma_range[1]:
                 text += ", above its range"
         self.noise_level.value = text
+
+    # ------------------------------------------------------------------ camera noise
+
+    def _camera_request(self) -> tuple[Any, tuple, float | None] | None:
+        """Data, crop index and known black level for a camera-noise estimate, or None.
+
+        Only single-channel, non-RGB slices: the Poisson-Gaussian model is per channel.
+        """
+        request = self._crop_index(CAMERA_SIDE)
+        if request is None:
+            return None
+        inp, index, crop_axis = request
+        if inp.rgb or crop_axis is not None or inp.channel_axis is not None:
+            return None
+        offset = self.chosen_offset
+        return inp.data, index, (offset if isinstance(offset, float) else None)
+
+    def estimate_camera_noise(self) -> CameraNoise | None:
+        """Gain, read noise and black level of the current slice (centre crop), synchronously."""
+        request = self._camera_request()
+        if request is None:
+            return None
+        data, index, offset = request
+        return estimate_camera_noise(np.asarray(data[index]), offset)
+
+    def _start_camera_estimate(self, *_args) -> None:
+        """Estimate the camera noise in a worker; only the newest request updates the label."""
+        from napari.qt.threading import create_worker
+
+        self._camera_tag += 1
+        tag = self._camera_tag
+        request = self._camera_request()
+        self._camera = None
+        self._camera_pending = request is not None
+        self._show_camera_noise()
+        if request is None:
+            return
+        data, index, offset = request
+        worker = create_worker(_estimate_crop, data, index, offset, _start_thread=False)
+        self._camera_workers.add(worker)
+        worker.returned.connect(lambda noise, t=tag: self._on_camera_noise(t, noise))
+        worker.finished.connect(lambda w=worker: self._camera_workers.discard(w))
+        worker.start()
+
+    def _on_camera_noise(self, tag: int, noise: CameraNoise | None) -> None:
+        if self._closed or tag != self._camera_tag:
+            return
+        self._camera = noise
+        self._camera_pending = False
+        self._show_camera_noise()
+
+    @property
+    def camera_estimating(self) -> bool:
+        """Whether the camera-noise estimate of the current slice is still running."""
+        return self._camera_pending
+
+    def _show_camera_noise(self) -> None:
+        """Readout of the last estimate, and a warning if it is outside the model's training."""
+        pending = "estimating\u2026"
+        self.camera_noise.value = pending if self._camera_pending else readout_text(self._camera)
+        name = self._resolved_name()
+        info = self._models.get(name or "")
+        photons = trained_photons_range(info.path) if info is not None and not info.error else None
+        warning = range_warning(self._camera, name or "", photons)
+        self.range_warning.value = warning
+        self.range_warning.visible = bool(warning)
 
     def _resolved_name(self) -> str | None:
         inp = self._current_input()
@@ -403,6 +633,7 @@ class DenoiseWidget(Container):
             tile=int(self.tile.value) or None,
             fixed=fixed,
             with_noise=bool(self.add_noise.value),
+            offset=self.chosen_offset,
         )
         worker = make_worker(job)
         worker.yielded.connect(self._on_progress)
@@ -470,3 +701,8 @@ class DenoiseWidget(Container):
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
+
+
+def _estimate_crop(data: Any, index: tuple, offset: float | None) -> CameraNoise | None:
+    """Worker body: read one crop (lazy arrays too) and estimate its camera noise."""
+    return estimate_camera_noise(np.asarray(data[index]), offset)

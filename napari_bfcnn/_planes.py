@@ -157,14 +157,21 @@ class PlaneResult:
 
 
 def iter_denoise(
-    denoiser, data, plan: PlanePlan, *, tile: int | None = None, with_noise: bool = False
+    denoiser,
+    data,
+    plan: PlanePlan,
+    *,
+    tile: int | None = None,
+    with_noise: bool = False,
+    offset: float | str | None = None,
 ) -> Generator[float, None, PlaneResult]:
     """Denoise ``data`` plane by plane; yield the fraction done, return a :class:`PlaneResult`.
 
     Each yield is a point where a Qt worker may stop (cancel between tiles).
     Non-finite pixels are filled with the plane median for the model and put
     back afterwards; planes with no finite pixel are passed through and listed
-    in ``skipped``.
+    in ``skipped``. ``offset`` is the engine's black level (a number, ``"auto"``
+    or None), applied to every plane.
     """
     dtype = output_dtype(data.dtype)
     out = np.empty(plan.out_shape, dtype=dtype)
@@ -193,7 +200,7 @@ def iter_denoise(
             plane_in = plane
         result = None
         for item in denoiser.denoise_iter(
-            plane_in, channel_axis=plan.plane_channel_axis, tile=tile or None
+            plane_in, channel_axis=plan.plane_channel_axis, tile=tile or None, offset=offset
         ):
             if isinstance(item, np.ndarray):
                 result = item

@@ -33,6 +33,7 @@ class DenoiseJob:
     tile: int | None = None
     fixed: dict[int, int] = field(default_factory=dict)  # preview: loop axis -> index
     with_noise: bool = False
+    offset: float | str | None = None  # black level: a value, "auto" or None (engine default)
 
 
 @dataclass
@@ -80,7 +81,12 @@ def denoise_job(job: DenoiseJob) -> Generator[float, None, DenoiseOutcome]:
             fixed=job.fixed,
         )
         result = yield from iter_denoise(
-            denoiser, job.inp.data, plan, tile=job.tile, with_noise=job.with_noise
+            denoiser,
+            job.inp.data,
+            plan,
+            tile=job.tile,
+            with_noise=job.with_noise,
+            offset=job.offset,
         )
     except MemoryError:
         return DenoiseOutcome(

@@ -7,10 +7,13 @@ identical seeded noisy inputs for every method), speed (Mpix/s) and peak memory
 (an 8192² image in a fresh process) are measured for our models, optionally the
 paper's BF-DnCNN (``--reference``), and BM3D/CBM3D and NLM read from a committed
 cache (``--compute-baselines`` fills it). ``--quick`` runs a small subset for CI.
+``--micro`` (or ``micro`` in ``--sections``) adds real fluorescence microscopy
+(FMD, W2S; :mod:`src_models.bench_micro`), scored after an affine fit.
 
 Outputs in ``--out``: ``results.csv`` (long format), ``per_image.csv``,
 ``results.md``, ``meta.json``, ``psnr_vs_sigma_<dataset>.png`` and
-``crops_<dataset>.png``.
+``crops_<dataset>.png``; with microscopy also ``per_image_micro.csv``,
+``psnr_micro.png`` and ``crops_micro_<set>.png``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 CROP_SIGMA = 25.0
 QUICK_IMAGES = 3
+QUICK_MICRO_IMAGES = 2  # channel images per microscopy set in --quick
+SECTIONS = ("quality", "speed", "memory", "micro")
 CROP_MARGIN = 32  # BM3D's search window is smaller: its crop output matches the full image's
 
 
@@ -117,11 +122,21 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compute the baselines missing from the cache (slow: BM3D ~35 us/pixel)",
     )
+    p.add_argument(
+        "--micro-baselines-csv",
+        default=None,
+        help="microscopy baseline cache (default: src_models/bench_baselines_micro.csv)",
+    )
     p.add_argument("--workers", type=int, default=1, help="processes for --compute-baselines")
     p.add_argument(
         "--sections",
         default="quality,speed,memory",
-        help="comma-separated subset of quality,speed,memory",
+        help="comma-separated subset of quality,speed,memory,micro",
+    )
+    p.add_argument(
+        "--micro",
+        action="store_true",
+        help="add the microscopy section (FMD, W2S real noisy/clean pairs)",
     )
     p.add_argument(
         "--datasets",
@@ -129,7 +144,12 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated test sets (default: BSD68,Set12,CBSD68,McMaster)",
     )
     p.add_argument("--sigmas", default=None, help="comma-separated noise sigmas (8-bit scale)")
-    p.add_argument("--limit", type=int, default=None, help="first N images of each set")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="first N images of each set (microscopy: channel images)",
+    )
     p.add_argument(
         "--gray-on-color",
         action="store_true",
@@ -204,11 +224,11 @@ def run(argv: list[str] | None = None) -> Path:
 
     args = _parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
-    sections = set(_csv_list(args.sections))
-    unknown = sections - {"quality", "speed", "memory"}
+    sections = set(_csv_list(args.sections)) | ({"micro"} if args.micro else set())
+    unknown = sections - set(SECTIONS)
     if unknown:
         raise SystemExit(
-            f"--sections: unknown section(s) {sorted(unknown)}; expected quality, speed, memory"
+            f"--sections: unknown section(s) {sorted(unknown)}; expected {', '.join(SECTIONS)}"
         )
     if args.write_docs and args.quick:
         raise SystemExit("--write-docs: a --quick run's subset numbers do not go into the docs")
@@ -222,6 +242,7 @@ def run(argv: list[str] | None = None) -> Path:
     limit = args.limit if args.limit is not None else (QUICK_IMAGES if args.quick else None)
     crop = args.crop or (128 if args.quick else 256)
     cache_path = Path(args.baselines_csv) if args.baselines_csv else DEFAULT_CACHE
+    command = "python -m src_models.bench " + shlex.join(argv)
 
     # ------------------------------------------------------------------ methods
     if args.models is None:
@@ -296,6 +317,30 @@ def run(argv: list[str] | None = None) -> Path:
         rows += published_rows(datasets, sigmas)
         _figures(rows, kept, datasets, out, crop)
 
+    # ------------------------------------------------------------------ microscopy
+    micro_counts: dict[str, int] = {}
+    micro_cache = None
+    if "micro" in sections:
+        from .bench_micro import MICRO_CACHE
+        from .bench_micro_report import run_micro_section
+
+        micro_cache = Path(args.micro_baselines_csv) if args.micro_baselines_csv else MICRO_CACHE
+        micro_rows, micro_counts = run_micro_section(
+            data,
+            [den for _, den in models],
+            out,
+            limit=args.limit
+            if args.limit is not None
+            else (QUICK_MICRO_IMAGES if args.quick else None),
+            cache_path=micro_cache,
+            compute=args.compute_baselines,
+            workers=args.workers,
+            command=command,
+            crop=crop,
+            log=_log,
+        )
+        rows += micro_rows
+
     # ------------------------------------------------------------------ speed and memory
     denoisers = [den for _, den in models + refs]
     if "speed" in sections and denoisers:
@@ -320,13 +365,15 @@ def run(argv: list[str] | None = None) -> Path:
 
     # ------------------------------------------------------------------ outputs
     meta = {
-        "command": "python -m src_models.bench " + shlex.join(argv),
+        "command": command,
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "hardware": hardware_summary(),
         "quick": bool(args.quick),
         "sigmas": sigmas,
         "datasets": {d: len(s) for d, s in samples.items()},
         "baselines_csv": _shown_path(cache_path),
+        "micro": micro_counts,
+        "micro_baselines_csv": _shown_path(micro_cache) if micro_cache else "",
         "models": meta_models,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))

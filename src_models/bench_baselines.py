@@ -29,6 +29,7 @@ __all__ = [
     "baseline_label",
     "cached_scores",
     "compute_baselines",
+    "estimated_sigma",
     "read_cache",
     "run_baseline",
 ]
@@ -50,7 +51,7 @@ def baseline_label(method: str, color: bool) -> str:
     return labels[method]
 
 
-def _estimated_sigma(noisy01: np.ndarray, color: bool) -> float:
+def estimated_sigma(noisy01: np.ndarray, color: bool) -> float:
     """Noise sigma in [0, 1] units by skimage's wavelet estimator (channel average)."""
     from skimage.restoration import estimate_sigma
 
@@ -78,7 +79,7 @@ def run_baseline(method: str, noisy: np.ndarray, sigma: float, color: bool) -> n
     if method == "nlm":
         from skimage.restoration import denoise_nl_means
 
-        est = _estimated_sigma(y, color)
+        est = estimated_sigma(y, color)
         out = denoise_nl_means(
             y,
             h=0.8 * est,
@@ -91,7 +92,7 @@ def run_baseline(method: str, noisy: np.ndarray, sigma: float, color: bool) -> n
         return np.asarray(out, dtype=np.float64) * 255.0
     import bm3d
 
-    s = max(float(sigma), 1e-3) / 255.0 if method == "bm3d" else _estimated_sigma(y, color)
+    s = max(float(sigma), 1e-3) / 255.0 if method == "bm3d" else estimated_sigma(y, color)
     out = bm3d.bm3d_rgb(y, s) if color else bm3d.bm3d(y, s)
     return np.asarray(out, dtype=np.float64).reshape(y.shape) * 255.0
 

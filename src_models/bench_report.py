@@ -61,12 +61,12 @@ PUBLISHED = {
 class Row:
     """One line of ``results.csv``: a quality score, a speed or a memory figure."""
 
-    section: str  # "quality", "speed" or "memory"
+    section: str  # "quality", "speed", "memory" or "micro"
     dataset: str = ""
     method: str = ""
     kind: str = ""
     sigma: float | None = None
-    psnr: float | None = None
+    psnr: float | None = None  # "micro": after the affine fit to the clean image
     ssim: float | None = None
     n_images: int | None = None
     n_total: int | None = None
@@ -77,9 +77,19 @@ class Row:
     peak_rss_mb: float | None = None
     loaded_rss_mb: float | None = None  # the memory run's process after loading the model
     note: str = ""
+    psnr_plain: float | None = None  # "micro": without the fit (pairs on one scale only)
 
 
-_FLOAT_FIELDS = {"sigma", "psnr", "ssim", "seconds", "mpix_s", "peak_rss_mb", "loaded_rss_mb"}
+_FLOAT_FIELDS = {
+    "sigma",
+    "psnr",
+    "ssim",
+    "seconds",
+    "mpix_s",
+    "peak_rss_mb",
+    "loaded_rss_mb",
+    "psnr_plain",
+}
 _INT_FIELDS = {"n_images", "n_total", "channels"}
 
 
@@ -343,7 +353,9 @@ def results_markdown(rows: Sequence[Row], meta: dict) -> str:
     out = ["# Benchmark results", ""] + _provenance(meta)
     if meta.get("quick"):
         out.append("- **Quick run** (small subset): not for the docs.")
-    out += ["", PROTOCOL, ""]
+    out.append("")
+    if result_datasets(rows):
+        out += [PROTOCOL, ""]
     for dataset in result_datasets(rows):
         out += [
             f"## {dataset_title(dataset, rows)}",
@@ -357,6 +369,11 @@ def results_markdown(rows: Sequence[Row], meta: dict) -> str:
             quality_table(rows, dataset, "ssim"),
             "",
         ]
+    from .bench_micro_report import micro_markdown
+
+    micro = micro_markdown(rows, meta)
+    if micro:
+        out += [micro, ""]
     sp = speed_table(rows)
     if sp:
         out += ["## Speed and memory", "", SPEED_NOTE, "", sp, ""]
@@ -380,12 +397,14 @@ def results_markdown(rows: Sequence[Row], meta: dict) -> str:
 
 def _coverage(rows: Sequence[Row]) -> str:
     b = [r for r in rows if r.section == "quality" and r.kind == "baseline"]
-    if not b and not any(r.kind == "noisy" for r in rows):
+    if not b and not any(r.section == "quality" and r.kind == "noisy" for r in rows):
         return ""
     lines = ["| dataset | method | images per σ |", "|---|---|---|"]
     for dataset in result_datasets(rows):
-        sigmas = sorted({r.sigma for r in rows if r.dataset == dataset and r.kind == "noisy"})
-        total = max((r.n_total or 0) for r in rows if r.dataset == dataset and r.kind == "noisy")
+        noisy = [r for r in rows if r.section == "quality" and r.dataset == dataset]
+        noisy = [r for r in noisy if r.kind == "noisy"]
+        sigmas = sorted({r.sigma for r in noisy})
+        total = max((r.n_total or 0) for r in noisy)
         methods = list(dict.fromkeys(r.method for r in b if r.dataset == dataset))
         if not methods:
             lines.append(f"| {dataset} | (none cached) | 0/{total} |")

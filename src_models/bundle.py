@@ -18,9 +18,22 @@ import numpy as np
 
 from .registry import BUNDLED_DIR
 
-__all__ = ["bundle_model"]
+__all__ = ["bundle_model", "portable_data_path"]
 
 MAX_BYTES = 10 * 1024 * 1024  # the package promise: each bundled model <= 10 MB
+
+
+def portable_data_path(path: str) -> str:
+    """``.../data/train/gray400`` (any machine's copy) as ``../shared/data/train/gray400``.
+
+    Why: a card must name the data the way a reader of the repository finds it, not
+    the folder of the (GPU) machine that happened to train the model.
+    """
+    parts = Path(path).parts
+    if "train" in parts:
+        i = len(parts) - 1 - parts[::-1].index("train")
+        return "/".join(("..", "shared", "data", *parts[i:]))
+    return path
 
 
 def bundle_model(source: str | Path, name: str | None = None, dest: Path = BUNDLED_DIR) -> Path:
@@ -37,9 +50,14 @@ def bundle_model(source: str | Path, name: str | None = None, dest: Path = BUNDL
     model, card = load_keras_model(source)
     name = name or card.name
     rf = receptive_field(model, card.size_multiple)
-    card = card.model_copy(
-        update={"name": name, "receptive_field": rf, "parameters": parameter_count(model)}
-    )
+    update = {"name": name, "receptive_field": rf, "parameters": parameter_count(model)}
+    update["training_data"] = [portable_data_path(p) for p in card.training_data]
+    if card.recipe is not None:
+        recipe = card.recipe.model_copy(deep=True)
+        recipe.data.train = [portable_data_path(p) for p in recipe.data.train]
+        recipe.name = name
+        update["recipe"] = recipe
+    card = card.model_copy(update=update)
     rng = np.random.default_rng(0)
     side = max(64, 4 * card.size_multiple)
     y = rng.uniform(0, 1, size=(1, side, side, card.channels)).astype("float32")

@@ -15,10 +15,14 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Files, globs and folders (non-recursive) -> image files, plus what matched nothing."""
-    from .files import SUFFIXES
+def _expand_inputs(inputs: Sequence[str], lazy: bool = False) -> tuple[list[Path], list[str]]:
+    """Files, globs and folders (non-recursive) -> image files, plus what matched nothing.
 
+    ``lazy``: ``.zarr`` folders count as images (the denoise command reads them chunk by chunk).
+    """
+    from .files import LAZY_SUFFIXES, SUFFIXES
+
+    kinds = SUFFIXES + LAZY_SUFFIXES if lazy else SUFFIXES
     files: list[Path] = []
     missing: list[str] = []
     for item in inputs:
@@ -27,8 +31,8 @@ def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
             missing.append(item)
         for m in matches:
             p = Path(m)
-            if p.is_dir():
-                files += sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES)
+            if p.is_dir() and not (lazy and p.suffix.lower() in LAZY_SUFFIXES):
+                files += sorted(q for q in p.iterdir() if q.suffix.lower() in kinds)
             elif p.exists():
                 files.append(p)
             else:
@@ -39,51 +43,9 @@ def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from .denoise_cmd import run
 
-    from .files import read_image_file, write_image_file
-    from .registry import default_model, load_model
-
-    files, missing = _expand_inputs(args.inputs)
-    failed = len(missing)
-    for m in missing:
-        print(f"error: {m}: no such file or folder", file=sys.stderr)
-    if not files:
-        print("error: no input images found", file=sys.stderr)
-        return 1
-    out_dir = Path(args.out)
-    bar = tqdm(files, unit="file", disable=args.quiet)
-    for path in bar:
-        bar.set_description(path.name)
-        target = out_dir / f"{path.stem}{args.suffix}{path.suffix}"
-        try:
-            if target.resolve() == path.resolve() and not args.overwrite:
-                raise ValueError("output would overwrite the input (use --overwrite)")
-            if target.exists() and not args.overwrite:
-                raise ValueError(f"{target} exists (use --overwrite to replace it)")
-            image = read_image_file(path)
-            axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-            channels = 1 if axis is None else image.data.shape[axis]
-            rgb = axis is not None and axis == image.data.ndim - 1 and channels in (3, 4)
-            name = args.model or default_model(1 if not rgb else 3, rgb=rgb)
-            denoiser = load_model(name)
-            data = image.data
-            alpha = None
-            if rgb and channels == 4:  # RGBA: the alpha channel is passed through untouched
-                data, alpha = data[..., :3], data[..., 3:]
-            result = denoiser.denoise(data, channel_axis=axis, tile=args.tile or None)
-            if alpha is not None:
-                import numpy as np
-
-                result = np.concatenate([result, alpha.astype(result.dtype)], axis=-1)
-            written = write_image_file(target, image, result)
-            bar.write(f"{path} -> {written} ({denoiser.name})")
-        except Exception as err:  # one bad file must not stop the batch
-            failed += 1
-            bar.write(f"error: {path}: {err}")
-    if failed:
-        print(f"{failed} input(s) failed", file=sys.stderr)
-    return 1 if failed else 0
+    return run(args)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -190,21 +152,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command's argument parser (subcommands denoise, train, finetune, models, bench)."""
+    """The command's parser (subcommands denoise, train, finetune, models, bench, export)."""
     parser = argparse.ArgumentParser(
         prog="napari-bfcnn", description="Bias-free CNN denoising from the shell."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("denoise", help="denoise image files (TIFF, PNG, JPEG) into a folder")
-    d.add_argument("inputs", nargs="+", help="files, globs or folders")
-    d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--model", help="model name or .keras path (default: gray / color by image)")
-    d.add_argument("--tile", type=int, default=0, help="tile size in pixels (default: automatic)")
-    d.add_argument("--suffix", default="_denoised", help="added to output file names")
-    d.add_argument("--channel-axis", type=int, help="axis holding channels (default: guessed)")
-    d.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d = sub.add_parser(
+        "denoise", help="denoise image files (TIFF, PNG, JPEG, zarr) into a folder"
+    )
+    from .denoise_cmd import add_arguments as denoise_arguments
+
+    denoise_arguments(d)
     d.set_defaults(func=_cmd_denoise)
 
     from .train import build_parser as train_parser
@@ -244,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run the benchmark (arguments as python -m src_models.bench)")
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
     b.set_defaults(func=_cmd_bench)
+
+    from .export import add_export_parser  # light: TensorFlow loads only when an export runs
+
+    add_export_parser(sub)
     return parser
 
 

@@ -13,9 +13,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageFile", "SUFFIXES", "read_image_file", "write_image_file"]
+__all__ = [
+    "LAZY_SUFFIXES",
+    "LAZY_TIFF_BYTES",
+    "ImageFile",
+    "LazyImage",
+    "SUFFIXES",
+    "open_lazy",
+    "read_image_file",
+    "tiff_nbytes",
+    "write_image_file",
+    "write_tiff_lazy",
+    "write_zarr_lazy",
+]
 
 SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+LAZY_SUFFIXES = (".zarr",)  # folders read and written chunk by chunk
+LAZY_TIFF_BYTES = 1 << 30  # TIFFs with more pixel bytes than this are read chunk by chunk
+TIFF_TILE = 512  # tile side of TIFFs written chunk by chunk (a multiple of 16)
 
 
 @dataclass
@@ -67,24 +82,56 @@ def _read_tiff(path: Path) -> ImageFile:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         data = series.asarray()
-        axes = series.axes
-        kwargs: dict[str, Any] = {}
-        page = tif.pages[0]
-        res = page.tags.get("XResolution"), page.tags.get("YResolution")
-        if all(res):
-            kwargs["resolution"] = (res[0].value, res[1].value)
-            unit = page.tags.get("ResolutionUnit")
-            if unit is not None:
-                kwargs["resolutionunit"] = unit.value
-        if tif.is_imagej and tif.imagej_metadata:
-            keep = {k: v for k, v in tif.imagej_metadata.items() if k in ("spacing", "unit", "axes")}
-            kwargs["imagej"] = True
-            kwargs["metadata"] = keep
-        elif tif.is_ome:
-            kwargs["ome"] = True
-            kwargs["metadata"] = {"axes": axes}
+        axes, kwargs = _tiff_meta(tif)
     axes_clean = axes.replace("Q", "")
     return ImageFile(data, _guess_channel_axis(data.shape, axes_clean), axes, kwargs)
+
+
+_OME_PIXELS = tuple(
+    f"{name}{unit}" for name in ("PhysicalSizeX", "PhysicalSizeY", "PhysicalSizeZ", "TimeIncrement")
+    for unit in ("", "Unit")
+)
+
+
+def _ome_pixels(xml: str) -> dict[str, Any]:
+    """Physical pixel sizes and time step of the first OME image (what tifffile writes back)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    for el in root.iter():
+        if el.tag.rsplit("}", 1)[-1] == "Pixels":
+            out: dict[str, Any] = {}
+            for key in _OME_PIXELS:
+                if key in el.attrib:
+                    value = el.attrib[key]
+                    out[key] = value if key.endswith("Unit") else float(value)
+            return out
+    return {}
+
+
+def _tiff_meta(tif: Any) -> tuple[str, dict[str, Any]]:
+    """Series axes and the ``tifffile.imwrite`` arguments that keep resolution and axes."""
+    axes = tif.series[0].axes
+    kwargs: dict[str, Any] = {}
+    page = tif.pages[0]
+    res = page.tags.get("XResolution"), page.tags.get("YResolution")
+    if all(res):
+        kwargs["resolution"] = (res[0].value, res[1].value)
+        unit = page.tags.get("ResolutionUnit")
+        if unit is not None:
+            kwargs["resolutionunit"] = unit.value
+    if tif.is_imagej and tif.imagej_metadata:
+        wanted = ("spacing", "unit", "finterval")
+        keep = {k: v for k, v in tif.imagej_metadata.items() if k in wanted}
+        kwargs["imagej"] = True
+        kwargs["metadata"] = {"axes": axes, **keep}
+    elif tif.is_ome:
+        kwargs["ome"] = True
+        kwargs["metadata"] = {"axes": axes, **_ome_pixels(tif.ome_metadata or "")}
+    return axes, kwargs
 
 
 def write_image_file(path: str | Path, image: ImageFile, data: np.ndarray) -> Path:
@@ -112,4 +159,215 @@ def write_image_file(path: str | Path, image: ImageFile, data: np.ndarray) -> Pa
         import imageio.v3 as iio
 
         iio.imwrite(path, data)
+    return path
+
+
+# --------------------------------------------------------------------------- chunk by chunk
+
+
+@dataclass
+class LazyImage:
+    """A zarr array or TIFF opened as a dask array, with what is needed to write the result.
+
+    Why: images larger than memory are denoised and written chunk by chunk; the
+    source file stays closed, and each task reopens it (worker processes too).
+    """
+
+    data: Any  # dask.array.Array
+    channel_axis: int | None
+    kind: str  # "zarr" or "tiff"
+    axes: str = ""
+    tiff_kwargs: dict[str, Any] = field(default_factory=dict)
+    zarr_chunks: tuple[int, ...] | None = None
+    zarr_attrs: dict[str, Any] = field(default_factory=dict)
+    zarr_format: int | None = None  # written back in the same format (2 or 3)
+
+
+def tiff_nbytes(path: str | Path) -> int:
+    """Uncompressed size of a TIFF's first series in bytes, read from its header only."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        return int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
+
+
+def _open_zarr(path: Path) -> Any:
+    """The array in a ``.zarr`` folder: the array itself, or level 0 of an OME-Zarr group."""
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if hasattr(node, "shape"):
+        return node
+    scales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    if scales:
+        return node[scales[0]["datasets"][0]["path"]]
+    arrays = [name for name, _ in node.arrays()]
+    if len(arrays) == 1:
+        return node[arrays[0]]
+    raise ValueError(
+        f"{path} is a zarr group with {len(arrays)} arrays ({', '.join(arrays) or 'none'}): "
+        "give the array's own folder, e.g. " + str(path / (arrays[0] if arrays else "0"))
+    )
+
+
+def _ome_zarr_channel_axis(path: Path) -> int | None:
+    """Channel axis from OME-Zarr ``multiscales`` axes (type ``channel``), if any."""
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+        scales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+        axes = scales[0]["axes"]
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        return None
+    kinds = [a.get("type") if isinstance(a, dict) else None for a in axes]
+    return kinds.index("channel") if "channel" in kinds else None
+
+
+def _tiff_block(path: str, block_info: dict | None = None) -> np.ndarray:
+    """Read one chunk of a TIFF's first series (opened per task: picklable, no open handles)."""
+    import tifffile
+    import zarr
+
+    region = tuple(slice(a, b) for a, b in block_info[None]["array-location"])
+    with tifffile.TiffFile(path) as tif:
+        store = tif.series[0].aszarr(level=0)
+        try:
+            return np.asarray(zarr.open(store, mode="r")[region])
+        finally:
+            store.close()
+
+
+def open_lazy(path: str | Path, chunk: int = 1024) -> LazyImage:
+    """Open a ``.zarr`` folder or a TIFF as a dask array without reading its pixels.
+
+    Parameters
+    ----------
+    path : str or Path
+    chunk : int
+        TIFF spatial chunk side (zarr keeps its own chunks); one plane per chunk.
+
+    Raises
+    ------
+    ValueError
+        The file cannot be opened; the message names it and the reason.
+    """
+    import dask.array as da
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() in LAZY_SUFFIXES:
+            arr = _open_zarr(path)
+            axis = _ome_zarr_channel_axis(path)
+            if axis is None:
+                axis = _guess_channel_axis(tuple(arr.shape))
+            return LazyImage(
+                da.from_zarr(arr), axis, "zarr",
+                zarr_chunks=tuple(arr.chunks), zarr_attrs=dict(arr.attrs),
+                zarr_format=getattr(getattr(arr, "metadata", None), "zarr_format", None),
+            )
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+            axes, kwargs = _tiff_meta(tif)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ValueError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+    axis = _guess_channel_axis(shape, axes.replace("Q", ""))
+    spatial = [a for a in range(len(shape)) if a != axis][-2:]
+    chunks = tuple(
+        min(chunk, n) if a in spatial else (n if a == axis else 1) for a, n in enumerate(shape)
+    )
+    data = da.map_blocks(
+        _tiff_block, chunks=da.core.normalize_chunks(chunks, shape), dtype=dtype,
+        meta=np.empty((0,) * len(shape), dtype), path=str(path.resolve()),
+    )
+    return LazyImage(data, axis, "tiff", axes, kwargs)
+
+
+def write_zarr_lazy(path: str | Path, image: LazyImage, data: Any) -> Any:
+    """A delayed write of ``data`` (dask) to a new zarr array at ``path`` (fails if it exists).
+
+    Keeps the source's chunk shape (when it was zarr) and its attributes. Why
+    ``store`` and not ``to_zarr``: ``to_zarr`` into an existing array re-chunks to
+    dask's "auto" size (and warns); here every dask chunk is exactly one zarr
+    chunk, which is what makes parallel writes safe, with any dask version.
+    """
+    import dask.array as da
+    import zarr
+
+    chunks = image.zarr_chunks or tuple(c[0] for c in data.chunks)
+    chunks = tuple(min(c, n) for c, n in zip(chunks, data.shape, strict=True))
+    fmt = {"zarr_format": image.zarr_format} if image.zarr_format else {}  # zarr 3 only
+    out = zarr.open_array(
+        str(path), mode="w-", shape=data.shape, chunks=chunks, dtype=data.dtype, **fmt
+    )
+    if image.zarr_attrs:
+        out.attrs.update(image.zarr_attrs)
+    return da.store(data.rechunk(chunks), out, lock=False, compute=False)
+
+
+def write_tiff_lazy(
+    path: str | Path,
+    image: LazyImage,
+    data: Any,
+    progress: Any = None,
+) -> Path:
+    """Write ``data`` (dask) to a TIFF band by band, keeping the source's TIFF metadata.
+
+    Why bands: one row of tiles is computed at a time (in parallel across its
+    chunks), so memory stays at one band. ImageJ files cannot be tiled and are
+    written a page (one plane) at a time.
+
+    Parameters
+    ----------
+    progress : callable, optional
+        Called with the number of pixels of each band written.
+    """
+    import tifffile
+
+    path = Path(path)
+    kwargs = dict(image.tiff_kwargs)
+    if kwargs.get("imagej") and data.dtype not in (np.uint8, np.uint16, np.float32):
+        kwargs.pop("imagej")
+    rgb = (
+        image.channel_axis == data.ndim - 1 and data.shape[-1] in (3, 4) and data.ndim >= 3
+        and not kwargs.get("imagej")
+    )
+    if rgb:
+        kwargs.setdefault("photometric", "rgb")
+    page_ndim = 3 if rgb else 2
+    lead = data.shape[: data.ndim - page_ndim]
+    height = data.shape[data.ndim - page_ndim]
+    t = TIFF_TILE
+
+    def pages():
+        for idx in np.ndindex(*lead):
+            page = np.asarray(data[idx])
+            if progress is not None:
+                progress(page.shape[0] * page.shape[1])
+            yield page
+
+    def tiles():
+        rows = data.chunks[data.ndim - page_ndim]  # bands follow the chunks: each computed once
+        for idx in np.ndindex(*lead):
+            buffer, y = None, 0
+            for n in rows:
+                band = np.asarray(data[idx][y : y + n])
+                y += n
+                if progress is not None:
+                    progress(band.shape[0] * band.shape[1])
+                buffer = band if buffer is None else np.concatenate([buffer, band])
+                while buffer.shape[0] >= t or (y == height and len(buffer)):
+                    for x in range(0, buffer.shape[1], t):
+                        yield buffer[:t, x : x + t]
+                    buffer = buffer[t:]
+
+    tiled = not kwargs.get("imagej")
+    source = tiles() if tiled else pages()
+    if tiled:
+        kwargs["tile"] = (t, t)
+    tifffile.imwrite(path, source, shape=data.shape, dtype=data.dtype, **kwargs)
     return path

@@ -6,12 +6,17 @@ Why it looks like this:
   margin ``M`` (at least the model's receptive field, a multiple of its size
   multiple) and cut into windows whose cores start at multiples of the size
   multiple, so every core pixel sees the same inputs it would in one pass.
-* **Scale and offset.** Bias-free nets satisfy ``D(a*y) = a*D(y)`` for ``a > 0``
-  but are not offset-equivariant, and were trained on non-negative intensities.
-  Each plane is shifted by an offset (its minimum when negative, else 0, or the
-  value given) and divided by its largest magnitude, denoised in float32, then
-  scaled and shifted back. Scaling is exact by homogeneity and keeps float
-  ranges from 1e-30 to 1e30 inside float32.
+* **Scale and offset (black level).** Bias-free nets satisfy ``D(a*y) = a*D(y)``
+  for ``a > 0`` but are not offset-equivariant, and were trained on non-negative
+  intensities whose zero is "no signal". A camera adds a constant black level
+  (offset, e.g. 100 counts), which the net would take for signal. Each plane is
+  shifted by an offset and divided by its largest magnitude, denoised in float32,
+  then scaled and shifted back. The offset is ``offset=`` when given (a camera's
+  known black level); ``"auto"``: the plane's black level from
+  :func:`~src_models.noise_model.black_level` (0.5th percentile of the plane after
+  a 1-px Gaussian), so ``D(y + c) == D(y) + c`` for any constant ``c``; None: the
+  plane minimum when negative, else 0. Scaling is exact by homogeneity and keeps
+  float ranges from 1e-30 to 1e30 inside float32.
 * **Non-finite pixels** (NaN, inf) are replaced by the median of the finite
   values of their plane and channel before denoising, with a warning, so the
   output never holds NaN.
@@ -35,7 +40,7 @@ if TYPE_CHECKING:  # keras is imported lazily: importing this module stays cheap
 
     from .config import ModelCard
 
-__all__ = ["Cancelled", "Denoiser", "Progress", "estimate_sigma"]
+__all__ = ["AUTO_OFFSET", "Cancelled", "Denoiser", "Progress", "estimate_sigma"]
 
 MAX_CORE = 1024  # automatic tiling: cores at most this many pixels per side
 BATCH_PIXELS = 1 << 20  # windows per model call: about one large tile's worth of pixels
@@ -43,6 +48,8 @@ MIN_SIDE = 4  # smallest spatial size accepted
 _CHUNK = 1 << 18  # pixels per float64 chunk while normalising a plane
 
 TileArg = int | tuple[int, int] | None
+OffsetArg = float | str | None  # a black level, "auto", or None
+AUTO_OFFSET = "auto"
 
 
 @dataclass(frozen=True)
@@ -290,6 +297,19 @@ def _normalise_padded(
     return out
 
 
+def _check_offset(offset: Any) -> OffsetArg:
+    """A finite number, ``"auto"`` or None; raise naming the bad value."""
+    if offset is None or (isinstance(offset, str) and offset == AUTO_OFFSET):
+        return offset
+    try:
+        value = float(offset)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(offset, (bool, str)) or not math.isfinite(value):
+        raise ValueError(f"offset must be a finite number, 'auto' or None (got {offset!r})")
+    return value
+
+
 def _offset_and_scale(plane: np.ndarray, offset: float | None) -> tuple[float, float]:
     """The plane's offset (given, else its minimum if negative, else 0) and largest magnitude."""
     lo, hi = float(plane.min()), float(plane.max())
@@ -367,7 +387,7 @@ class Denoiser:
         *,
         channel_axis: int | None = None,
         tile: TileArg = None,
-        offset: float | None = None,
+        offset: OffsetArg = None,
         progress: Callable[[int, int], Any] | None = None,
         cancel: Callable[[], bool] | None = None,
     ) -> np.ndarray:
@@ -404,7 +424,7 @@ class Denoiser:
         *,
         channel_axis: int | None = None,
         tile: TileArg = None,
-        offset: float | None = None,
+        offset: OffsetArg = None,
     ) -> Iterator[Progress | np.ndarray]:
         """Denoise step by step: yield :class:`Progress` per batch, then the result array.
 
@@ -423,10 +443,12 @@ class Denoiser:
             Tile core size in pixels (rounded up to the size multiple). None
             chooses: the whole plane up to 1024 px per side, else near-equal
             cores of 512-1024 px.
-        offset : float, optional
-            Subtracted before and added back after denoising. None: 0 for planes
-            whose minimum is >= 0, else the plane minimum (negative images are
-            shifted to start at 0 and shifted back).
+        offset : float or "auto", optional
+            Black level, subtracted before and added back after denoising (in the
+            data's units, one value for all planes). ``"auto"``: estimated per
+            plane (see the module docstring), right for camera data with an
+            unknown offset. None: 0 for planes whose minimum is >= 0, else the
+            plane minimum (negative images are shifted to start at 0 and back).
 
         Returns
         -------
@@ -441,8 +463,7 @@ class Denoiser:
         # validated here, eagerly: a bad call fails when made, not at the first next()
         array = _as_array_like(array)
         layout = _layout(array, channel_axis)
-        if offset is not None and not math.isfinite(float(offset)):
-            raise ValueError(f"offset must be a finite number or None (got {offset!r})")
+        offset = _check_offset(offset)
         tiling = _tiling(
             layout.height,
             layout.width,
@@ -455,7 +476,7 @@ class Denoiser:
     # ------------------------------------------------------------------ internals
 
     def _iterate(
-        self, array: Any, layout: _Layout, tiling: _Tiling, offset: float | None
+        self, array: Any, layout: _Layout, tiling: _Tiling, offset: OffsetArg
     ) -> Iterator[Progress | np.ndarray]:
         in_dtype = np.dtype(array.dtype)
         out_dtype = in_dtype if in_dtype.kind in "iu" else np.dtype(np.float32)
@@ -508,7 +529,7 @@ class Denoiser:
         lead: tuple[int, ...],
         chans: slice,
         repeat: int,
-        offset: float | None,
+        offset: OffsetArg,
     ) -> tuple[_Plane, int]:
         """Read one plane, fill non-finite pixels, normalise, pad once."""
         full = slice(None)
@@ -517,7 +538,11 @@ class Denoiser:
         if plane.dtype.kind == "f":
             where = f"plane {lead}" if lead else "the image"
             plane, bad = _fill_non_finite(plane, where)
-        off, scale = _offset_and_scale(plane, None if offset is None else float(offset))
+        if offset == AUTO_OFFSET:
+            from .noise_model import black_level
+
+            offset = black_level(plane)
+        off, scale = _offset_and_scale(plane, offset)
         m = tiling.margin
         pad = ((m, m + tiling.extra[0]), (m, m + tiling.extra[1]))
         return _Plane(lead, chans, _normalise_padded(plane, off, scale, pad), off, scale, repeat), bad

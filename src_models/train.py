@@ -193,6 +193,7 @@ def train(
     sampler: BatchSource | None = None,
     evaluator: Callable[[Any], dict[str, float]] | None = None,
     keep_initial: bool = False,
+    workers: int = 0,
 ) -> TrainResult:
     """Train (or fine-tune, or resume) a model described by ``recipe``.
 
@@ -226,6 +227,9 @@ def train(
     keep_initial : bool
         Count the starting model as a candidate for the best one, so fine-tuning never
         saves a model that validates worse than its base (default: the first validation wins).
+    workers : int
+        Processes that compute batches ahead (for GPUs, where numpy patches are the
+        bottleneck); the sampler must then be picklable. 0: batches on demand, here.
 
     Returns
     -------
@@ -236,6 +240,7 @@ def train(
     from .architectures import parameter_count, receptive_field, size_multiple
     from .data import PatchSampler, split_train_val, validation_set
     from .modelfile import save_model
+    from .prefetch import prefetched_batches
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -353,13 +358,14 @@ def train(
         if new_log:
             log.writerow(["step", "loss", "lr", "elapsed_s", *[f"psnr_{k}" for k in val_keys]])
         losses: list[float] = []
+        batches = prefetched_batches(sampler, step, t_cfg.steps, workers)
         while step < t_cfg.steps:
             if (should_stop and should_stop()) or (
                 max_seconds is not None and time.time() - t0 > max_seconds
             ):
                 stopped = True
                 break
-            noisy, clean = sampler.batch(step)
+            noisy, clean = next(batches)
             loss = model.train_on_batch(noisy, clean, sample_weight=weights(noisy, clean))
             losses.append(float(np.asarray(loss if np.ndim(loss) == 0 else loss[0])))
             step += 1
@@ -392,6 +398,7 @@ def train(
                     on_progress(prog)
             if step % t_cfg.checkpoint_every == 0:
                 checkpoint()
+        batches.close()
     checkpoint()
     return TrainResult(
         out_dir=out,
@@ -426,6 +433,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--steps", type=int, help="override training.steps")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long")
     p.add_argument("--data", help="replace the recipe's data root '../shared/data' by this folder")
+    p.add_argument(
+        "--workers", type=int, default=0, help="processes preparing batches ahead (GPU training)"
+    )
     return p
 
 
@@ -445,6 +455,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             resume=args.resume,
             on_progress=_print_progress,
             max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+            workers=args.workers,
         )
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tifffile
 from imageio import v3 as iio
 
@@ -58,3 +59,106 @@ def test_models_lists_installed_models(model_dir, capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "pyramid" in out and "multiscale" in out and "tiny random multiscale" in out
+
+
+def test_denoise_keeps_ome_tiff_metadata_and_writes_jpeg_as_png_without_overwriting(
+    model_dir, tmp_path, capsys
+):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    stack = (_noisy((2, 3, 24, 20)) * 100).astype("uint16")
+    tifffile.imwrite(src / "s.ome.tif", stack, ome=True,
+                     metadata={"axes": "ZCYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+    iio.imwrite(src / "p.jpg", _noisy((24, 24, 3)).astype("uint8"))
+    iio.imwrite(src / "q.jpg", _noisy((24, 24, 3), 1).astype("uint8"))
+    (out / "q_denoised.png").write_bytes(b"earlier result")
+
+    code = main(["denoise", str(src), "--out", str(out), "--model", "pyramid", "--quiet"])
+
+    assert code == 1
+    assert "q_denoised.png exists" in capsys.readouterr().out
+    assert (out / "q_denoised.png").read_bytes() == b"earlier result"
+    with tifffile.TiffFile(out / "s.ome_denoised.tif") as tif:
+        assert tif.series[0].axes == "ZCYX" and tif.series[0].shape == (2, 3, 24, 20)
+        assert 'PhysicalSizeX="0.25"' in tif.ome_metadata
+    p = iio.imread(out / "p_denoised.png")
+    assert p.dtype == np.uint8 and p.shape == (24, 24, 3)
+
+
+def test_denoise_zarr_chunk_by_chunk_equals_in_memory(model_dir, tmp_path, capsys):
+    zarr = pytest.importorskip("zarr", minversion="3")  # zarr_format=, .metadata
+    from src_models.registry import load_model
+
+    img = (_noisy((3, 70, 66)) * 100).astype("uint16")
+    src = zarr.open_array(str(tmp_path / "big.zarr"), mode="w", shape=img.shape,
+                          chunks=(1, 32, 32), dtype=img.dtype, zarr_format=2)
+    src[:] = img
+    src.attrs["scale"] = [2.0, 0.5, 0.5]
+    out = tmp_path / "out"
+
+    assert main(["denoise", str(tmp_path / "big.zarr"), "--out", str(out), "--model",
+                 "pyramid", "--quiet"]) == 0
+    res = zarr.open_array(str(out / "big_denoised.zarr"), mode="r")
+    assert res.dtype == np.uint16 and res.chunks == (1, 32, 32)
+    assert res.metadata.zarr_format == 2  # as the input
+    assert res.attrs["scale"] == [2.0, 0.5, 0.5]
+    ref = load_model("pyramid").denoise(img)
+    assert np.abs(res[:].astype(int) - ref).max() <= 1
+    assert not list(out.glob(".*partial"))
+
+    capsys.readouterr()
+    assert main(["denoise", str(tmp_path / "big.zarr"), "--out", str(out), "--model",
+                 "pyramid", "--quiet"]) == 1  # exists: refused
+    assert "big_denoised.zarr exists" in capsys.readouterr().out
+    assert main(["denoise", str(tmp_path / "big.zarr"), "--out", str(tmp_path), "--suffix", "",
+                 "--model", "pyramid", "--quiet", "--overwrite"]) == 1  # never over its input
+    assert np.array_equal(zarr.open_array(str(tmp_path / "big.zarr"), mode="r")[:], img)
+
+
+def test_large_tiff_goes_chunk_by_chunk_and_keeps_resolution(model_dir, tmp_path, monkeypatch):
+    from src_models import files
+    from src_models.registry import load_model
+
+    monkeypatch.setattr(files, "LAZY_TIFF_BYTES", 0)  # every TIFF counts as large
+    monkeypatch.setattr(files, "TIFF_TILE", 16)
+    img = (_noisy((2, 50, 40)) * 100).astype("uint16")
+    tifffile.imwrite(tmp_path / "big.tif", img, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"axes": "ZYX", "spacing": 3.0, "unit": "um"})
+    out = tmp_path / "out"
+    assert main(["denoise", str(tmp_path / "big.tif"), "--out", str(out), "--model", "pyramid",
+                 "--tile", "16", "--quiet"]) == 0
+    with tifffile.TiffFile(out / "big_denoised.tif") as tif:
+        res = tif.asarray()
+        assert tif.series[0].axes == "ZYX" and tif.imagej_metadata["spacing"] == 3.0
+        assert tif.pages[0].tags["XResolution"].value == (4, 1)
+    ref = load_model("pyramid").denoise(img)
+    assert res.dtype == np.uint16 and np.abs(res.astype(int) - ref).max() <= 1
+
+    tifffile.imwrite(tmp_path / "rgb.tif", _noisy((40, 36, 3)).astype("uint8"),
+                     photometric="rgb", resolution=(2.0, 2.0))
+    assert main(["denoise", str(tmp_path / "rgb.tif"), "--out", str(out), "--model", "color",
+                 "--quiet"]) == 0
+    with tifffile.TiffFile(out / "rgb_denoised.tif") as tif:
+        assert tif.pages[0].is_tiled and tif.series[0].shape == (40, 36, 3)
+        assert tif.pages[0].tags["XResolution"].value == (2, 1)
+
+
+def test_denoise_on_a_dask_scheduler_address(model_dir, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from src_models.registry import load_model
+
+    iio.imwrite(tmp_path / "a.png", _noisy((40, 44)).astype("uint8"))
+    tifffile.imwrite(tmp_path / "b.tif", (_noisy((2, 36, 30), 1) * 100).astype("uint16"))
+    out = tmp_path / "out"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        code = main(["denoise", str(tmp_path / "a.png"), str(tmp_path / "b.tif"), "--out",
+                     str(out), "--model", "pyramid", "--scheduler", cluster.scheduler_address,
+                     "--quiet"])
+    assert code == 0
+    den = load_model("pyramid")
+    a = iio.imread(out / "a_denoised.png")
+    assert np.abs(a.astype(int) - den.denoise(iio.imread(tmp_path / "a.png"))).max() <= 1
+    b = tifffile.imread(out / "b_denoised.tif")
+    assert np.abs(b.astype(int) - den.denoise(tifffile.imread(tmp_path / "b.tif"))).max() <= 1

@@ -104,6 +104,89 @@ def test_negative_images_are_shifted_to_start_at_zero_and_back(gray):
     assert np.abs(out - expected).max() < 1e-5
 
 
+@pytest.fixture(scope="module")
+def camera_plane() -> np.ndarray:
+    """A real image: skimage's camera, float64 in [0, 255], cropped to keep it quick."""
+    from skimage import data
+
+    return data.camera()[96:352, 96:352].astype(np.float64)
+
+
+def test_auto_offset_makes_denoising_equivariant_to_a_constant(gray, camera_plane):
+    base = gray.denoise(camera_plane, offset="auto")
+    for c in (-40.0, 100.0, 5000.0):
+        shifted = gray.denoise(camera_plane + c, offset="auto")
+        assert np.abs(shifted - (base + c)).max() < 1e-4 * (255.0 + abs(c))
+
+
+def test_without_a_black_level_a_constant_changes_the_result(gray, camera_plane):
+    """Why the option exists: the net itself is not offset-equivariant."""
+    base = gray.denoise(camera_plane)
+    shifted = gray.denoise(camera_plane + 100.0)
+    assert np.abs(shifted - (base + 100.0)).max() > 1.0
+
+
+def test_auto_offset_is_the_black_level_of_each_plane(gray, camera_plane):
+    from src_models.noise_model import black_level
+
+    stack = np.stack([camera_plane, camera_plane + 300.0])
+    out = gray.denoise(stack, offset="auto")
+    for z in range(2):
+        given = gray.denoise(stack[z], offset=black_level(stack[z]))
+        assert rel_err(out[z], given) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def identity():
+    """A bias-free 1x1 convolution with weight 1: D(y) = y, to check the plumbing exactly."""
+    import keras
+
+    from src_models.config import ModelCard
+
+    model = keras.Sequential(
+        [keras.Input((None, None, 1)), keras.layers.Conv2D(1, 1, use_bias=False)]
+    )
+    model.layers[-1].kernel.assign(np.ones((1, 1, 1, 1), np.float32))
+    return Denoiser(model, ModelCard(name="identity", channels=1))
+
+
+@pytest.mark.parametrize("offset", [None, "auto", 100.0])
+def test_uint16_round_trip_is_exact_up_to_the_top_of_the_range(identity, offset):
+    rng = np.random.default_rng(3)
+    img = rng.integers(100, 65536, size=(64, 80), dtype=np.uint16)
+    img[0, :8] = [65535, 65534, 65533, 65000, 100, 101, 102, 40000]
+    out = identity.denoise(img, offset=offset)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, img)  # nothing clipped, nothing quantised
+    assert len(np.unique(out)) > 4000  # far more levels than 8 bits hold
+
+
+def test_float_layers_keep_their_range_and_values(identity):
+    rng = np.random.default_rng(4)
+    for lo, hi in ((-3.2, 7.5), (1e-4, 2e-4), (1e5, 1e5 + 3.0)):
+        img = rng.uniform(lo, hi, (40, 44))
+        for offset in (None, "auto"):
+            out = identity.denoise(img, offset=offset)
+            assert out.dtype == np.float32
+            float32_step = 1.2e-7 * max(abs(lo), abs(hi))  # float32 resolution at this magnitude
+            np.testing.assert_allclose(out, img, rtol=0, atol=4 * float32_step)
+
+
+def test_uint16_with_a_camera_offset_keeps_its_background_level(gray):
+    """Background at the offset stays there, with the black level given or found."""
+    rng = np.random.default_rng(5)
+    signal = np.zeros((96, 96))
+    signal[24:72, 24:72] = 2000.0
+    img = np.rint(100.0 + 4.0 * rng.poisson(signal / 4.0) + rng.normal(0, 3, signal.shape))
+    img = img.astype(np.uint16)
+    for offset in (100.0, "auto"):
+        out = gray.denoise(img, offset=offset)
+        assert out.dtype == np.uint16
+        background = out[:16, :16].astype(np.float64)
+        assert abs(background.mean() - 100.0) < 3.0 * 3.0  # a random net: within the read noise
+        assert len(np.unique(out)) > 256
+
+
 # ------------------------------------------------------------------ dtypes
 
 
@@ -232,9 +315,10 @@ def test_bad_inputs_fail_when_the_generator_is_made(gray):
         gray.denoise_iter(np.zeros((8, 8), bool))
 
 
-def test_non_finite_offset_is_refused(gray):
-    with pytest.raises(ValueError, match=r"offset must be a finite number or None \(got nan\)"):
-        gray.denoise(np.ones((8, 8)), offset=float("nan"))
+@pytest.mark.parametrize("offset", [float("nan"), float("inf"), "median", True, [1.0]])
+def test_bad_offsets_are_refused_naming_the_value(gray, offset):
+    with pytest.raises(ValueError, match=r"offset must be a finite number, 'auto' or None \(got "):
+        gray.denoise_iter(np.ones((8, 8)), offset=offset)
 
 
 def test_nested_lists_are_accepted(gray):

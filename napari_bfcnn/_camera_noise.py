@@ -1,0 +1,163 @@
+"""Camera noise of a layer for the Denoise widget: model proposal, estimate, readout text.
+
+Why its own module: the widget only wires controls; the rules (which layers are
+offered the microscopy model, how the Poisson-Gaussian estimate reads, when it
+warns) are plain functions, testable without Qt. No napari import.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CAMERA_SIDE",
+    "MICROSCOPY_MODEL",
+    "CameraNoise",
+    "centre_crop_index",
+    "estimate_camera_noise",
+    "microscopy_reason",
+    "range_warning",
+    "readout_text",
+    "trained_photons_range",
+]
+
+log = logging.getLogger(__name__)
+
+MICROSCOPY_MODEL = "microscopy"  # bundled one-channel model trained on Poisson-Gaussian noise
+CAMERA_SIDE = 512  # the camera noise is estimated on a centre crop at most this big
+SHOT_MIN = 0.05  # below this share of shot noise at the median, the noise reads as Gaussian
+
+
+def microscopy_reason(layer: Any, channel_axis: int | None) -> str:
+    """Why the microscopy model suits ``layer``, or "" if it does not.
+
+    Why these layers: camera data come as 12- to 16-bit integers in one channel
+    per fluorophore; 8-bit gray and RGB layers are mostly photos.
+    """
+    data = getattr(layer, "data", None)
+    if data is None or getattr(layer, "rgb", False) or not hasattr(data, "dtype"):
+        return ""
+    dtype = np.dtype(data.dtype)
+    if dtype.kind not in "iu" or dtype.itemsize < 2:
+        return ""
+    kind = "single-channel" if channel_axis is None else "multichannel"
+    return f"{8 * dtype.itemsize}-bit {kind} data: {MICROSCOPY_MODEL} model proposed"
+
+
+def centre_crop_index(
+    shape: tuple[int, ...], plane_index: tuple, channel_axis: int | None, side: int
+) -> tuple:
+    """Index of a centre crop, at most ``side`` pixels per spatial axis, of one plane.
+
+    ``plane_index`` is a plane's index from :func:`~napari_bfcnn._planes.plan_planes`
+    (loop axes fixed, spatial axes ``slice(None)``).
+    """
+    index = list(plane_index)
+    spatial = [a for a in range(len(shape)) if a != channel_axis][-2:]
+    for ax in spatial:
+        n = int(shape[ax])
+        start = max(0, (n - side) // 2)
+        index[ax] = slice(start, start + min(n, side))
+    return tuple(index)
+
+
+@dataclass(frozen=True)
+class CameraNoise:
+    """A Poisson-Gaussian estimate of one crop and the crop's peak (data units)."""
+
+    estimate: Any  # src_models.noise_model.PoissonGaussian
+    peak: float  # the crop's largest value: what the engine scales to 1
+
+    @property
+    def photons_full_scale(self) -> float:
+        """Photons at the peak: the engine's full scale, in the units of a model's photons_range."""
+        return self.estimate.photons_at(self.peak)
+
+    @property
+    def shot_noise(self) -> bool:
+        """Whether shot noise is a real part of the noise at the median signal."""
+        return self.estimate.gain > 0 and self.estimate.shot_fraction >= SHOT_MIN
+
+
+def estimate_camera_noise(crop: np.ndarray, offset: float | None = None) -> CameraNoise | None:
+    """Estimate gain, read noise and black level of a 2-D crop; None if it cannot be done.
+
+    Why None, not an exception: it runs in a worker for a label; a crop that is too
+    small or all NaN just shows "-".
+    """
+    from src_models.noise_model import estimate_poisson_gaussian
+
+    try:
+        est = estimate_poisson_gaussian(crop, offset=offset)
+    except (ValueError, TypeError) as err:
+        log.debug("camera noise estimate failed: %s", err)
+        return None
+    finite = crop[np.isfinite(crop)] if crop.dtype.kind == "f" else crop
+    return CameraNoise(est, float(finite.max()))
+
+
+def readout_text(noise: CameraNoise | None) -> str:
+    """Two lines: the camera model (gain, read noise, black level), then SNR and photons."""
+    if noise is None:
+        return "-"
+    est = noise.estimate
+    snr = est.snr_median
+    if not noise.shot_noise:
+        return f"no shot noise: Gaussian, \u03c3 {est.read_sigma:.3g}\nSNR {snr:.3g} at median"
+    return (
+        f"gain {est.gain:.3g}/photon, read \u03c3 {est.read_sigma:.3g}, black {est.offset:.5g}\n"
+        f"SNR {snr:.3g} at median (\u2248 {est.photons_median:.3g} photons)"
+    )
+
+
+def range_warning(noise: CameraNoise | None, model: str, photons_range: Any) -> str:
+    """A warning when the photons at full scale lie outside the model's trained range, else ""."""
+    if noise is None or photons_range is None or not noise.shot_noise:
+        return ""
+    lo, hi = (float(v) for v in photons_range)
+    photons = noise.photons_full_scale
+    if not math.isfinite(photons) or lo <= photons <= hi:
+        return ""
+    side = "below" if photons < lo else "above"
+    return (
+        f"\u26a0 \u2248 {photons:.3g} photons at full scale: {side} {model}'s trained range "
+        f"({lo:g}\u2013{hi:g})"
+    )
+
+
+def trained_photons_range(path: str | Path | None) -> tuple[float, float] | None:
+    """``card.recipe.corruption.photons_range`` of a model file trained on Poisson-Gaussian noise.
+
+    None for models without a recipe or never trained on shot noise (their
+    photons_range is only a default), and for unreadable files.
+    """
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    return _photons_range(str(path), mtime)
+
+
+@functools.lru_cache(maxsize=32)
+def _photons_range(path: str, _mtime: int) -> tuple[float, float] | None:
+    from src_models.modelfile import ModelFileError, read_card
+
+    try:
+        card = read_card(path)
+    except ModelFileError:
+        return None
+    recipe = card.recipe
+    if recipe is None or recipe.corruption.poisson_gaussian_prob <= 0:
+        return None
+    lo, hi = recipe.corruption.photons_range
+    return float(lo), float(hi)

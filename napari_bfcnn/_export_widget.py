@@ -1,0 +1,178 @@
+"""The Export dock widget: a model to SavedModel, TFLite and/or a bioimage.io package.
+
+Why a widget: users who fine-tuned a model in napari should be able to hand it
+to ilastik, deepImageJ, a phone app or TF Serving without the shell. The work is
+the engine's :func:`src_models.export.iter_export` (each file reloaded and
+checked) in a napari thread worker; the result or a one-line error is a
+notification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from napari.utils.notifications import show_error, show_info
+
+from ._model_choices import decorate_model_combo, model_choices
+from ._model_events import model_events
+from ._workers import AUTO
+
+__all__ = ["ExportJob", "ExportOutcome", "ExportWidget", "export_job"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_LABELS = {
+    "saved_model": "TensorFlow SavedModel",
+    "tflite": "TFLite (builtin ops)",
+    "bioimageio": "bioimage.io package",
+}
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """One export: which model, which formats, where."""
+
+    model: str
+    formats: tuple[str, ...]
+    folder: Path
+    overwrite: bool = False
+
+
+@dataclass
+class ExportOutcome:
+    """The written files (format, path, max error), or a one-line message."""
+
+    results: list[Any] = field(default_factory=list)  # src_models.export.ExportResult
+    error: str | None = None
+
+
+def export_job(job: ExportJob) -> Generator[str, None, ExportOutcome]:
+    """Export format by format, yielding what is being done; never raises.
+
+    Returns
+    -------
+    ExportOutcome
+        ``error`` holds a one-line message if anything failed; the formats
+        finished before the failure are in ``results``.
+    """
+    outcome = ExportOutcome()
+    try:
+        from src_models.export import iter_export
+
+        yield f"exporting {job.model}: {', '.join(job.formats)}"
+        for result in iter_export(job.model, job.formats, job.folder, overwrite=job.overwrite):
+            outcome.results.append(result)
+            yield f"{result.format} written"
+    except (ValueError, OSError, RuntimeError) as err:  # ExportError, ModelFileError included
+        outcome.error = str(err)
+    except Exception as err:  # a bug: keep the traceback in the log, show one line
+        log.exception("export failed")
+        outcome.error = f"export failed: {type(err).__name__}: {err}"
+    return outcome
+
+
+class ExportWidget(Container):
+    """Dock widget that exports a model for use outside napari.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        Injected by napari (unused: exports need no layers).
+    """
+
+    def __init__(self, napari_viewer=None):
+        super().__init__()
+        self._viewer = napari_viewer
+        self._worker = None
+        self._models: dict[str, Any] = {}
+        self.model = ComboBox(label="model", choices=self._model_choices)
+        self.formats = {
+            f: CheckBox(text=label, value=True) for f, label in FORMAT_LABELS.items()
+        }
+        self.folder = FileEdit(label="folder", mode="d", value=str(Path.home()))
+        self.overwrite = CheckBox(text="replace existing files", value=False)
+        self.run_button = PushButton(text="Export")
+        self.status = Label(label="status", value="")
+        self.extend(
+            [self.model, *self.formats.values(), self.folder, self.overwrite, self.run_button,
+             self.status]
+        )
+        decorate_model_combo(self.model, self._models)
+        self.run_button.changed.connect(lambda *_: self.run())
+        model_events.changed.connect(self.reset_choices)
+        self.native.destroyed.connect(self._disconnect)
+
+    def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
+        self._models, choices = model_choices()
+        return [(label, value) for label, value in choices if value != AUTO]
+
+    def reset_choices(self, *_args) -> None:
+        """Refresh the model list (models were added, renamed or deleted)."""
+        super().reset_choices()
+        decorate_model_combo(self.model, self._models)
+
+    def _disconnect(self, *_args) -> None:
+        with contextlib.suppress(Exception):
+            model_events.changed.disconnect(self.reset_choices)
+        if self._worker is not None:
+            self._worker.quit()
+
+    @property
+    def running(self) -> bool:
+        """Whether an export is in progress."""
+        return self._worker is not None
+
+    def job(self) -> ExportJob | None:
+        """The export the controls describe, or None (with a notification) if incomplete."""
+        formats = tuple(f for f, box in self.formats.items() if box.value)
+        if not self.model.value:
+            show_error("no model to export: none is installed")
+            return None
+        if not formats:
+            show_error("choose at least one export format")
+            return None
+        return ExportJob(self.model.value, formats, Path(self.folder.value), self.overwrite.value)
+
+    def run(self):
+        """Start the export in a worker thread; returns the worker, or None if refused."""
+        if self._worker is not None:
+            show_info("an export is already running")
+            return None
+        job = self.job()
+        if job is None:
+            return None
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(export_job, job, _start_thread=False)
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.run_button.enabled = False
+        self.status.value = "exporting…"
+        worker.start()
+        return worker
+
+    def _on_yielded(self, message: str) -> None:
+        self.status.value = message
+
+    def _on_returned(self, outcome: ExportOutcome) -> None:
+        done = ", ".join(f"{r.format} ({r.path.name})" for r in outcome.results)
+        if outcome.error is not None:
+            self.status.value = "failed" + (f" after {done}" if done else "")
+            show_error(outcome.error)
+            return
+        folder = outcome.results[0].path.parent if outcome.results else ""
+        self.status.value = f"written to {folder}: {done}"
+        worst = max((r.max_error for r in outcome.results), default=0.0)
+        show_info(f"Exported {done} to {folder}; each matches the model to {worst:.1e}.")
+
+    def _on_finished(self, *_args) -> None:
+        self._worker = None
+        self.run_button.enabled = True

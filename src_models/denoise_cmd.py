@@ -1,0 +1,220 @@
+"""``napari-bfcnn denoise``: files, globs and folders in, denoised files out, never overwriting.
+
+Why its own module: the command has three routes that must agree, kept out of
+``cli.py`` (which only parses): small files are denoised in memory by
+:class:`Denoiser`; ``.zarr`` folders and large TIFFs are read and written chunk
+by chunk with :func:`denoise_dask`; with ``--workers`` or ``--scheduler`` every
+file is denoised on a dask.distributed cluster. One bad file is reported and
+skipped; the exit code is 1 if anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "output_path", "run"]
+
+
+def add_arguments(d: argparse.ArgumentParser) -> None:
+    """The denoise subcommand's arguments."""
+    d.add_argument("inputs", nargs="+", help="files, globs or folders (TIFF, PNG, JPEG, .zarr)")
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--model", help="model name or .keras path (default: gray / color by image)")
+    d.add_argument("--tile", type=int, default=0, help="tile / chunk size in px (default: auto)")
+    d.add_argument("--suffix", default="_denoised", help="added to output file names")
+    d.add_argument("--channel-axis", type=int, help="axis holding channels (default: guessed)")
+    d.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="run on a local dask.distributed cluster of N worker processes")
+    d.add_argument("--threads-per-worker", type=int, default=1, metavar="T",
+                   help="dask threads per local worker (default 1)")
+    d.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on an existing dask.distributed scheduler (e.g. tcp://host:8786)")
+
+
+def output_path(path: Path, out_dir: Path, suffix: str) -> Path:
+    """Where the result of ``path`` goes: same name plus ``suffix``; JPEG becomes PNG (lossless)."""
+    ext = path.suffix
+    if ext.lower() in (".jpg", ".jpeg"):
+        ext = ".png"
+    return out_dir / f"{path.stem}{suffix}{ext}"
+
+
+def _plan(
+    shape: tuple[int, ...], axis: int | None, model: str | None
+) -> tuple[int | None, str, bool]:
+    """Channel axis (non-negative), model name and whether the last channel is RGBA alpha."""
+    from .registry import default_model
+
+    if axis is not None:
+        axis = int(axis) % len(shape)
+    channels = 1 if axis is None else shape[axis]
+    rgb = axis is not None and axis == len(shape) - 1 and channels in (3, 4)
+    name = model or default_model(3 if rgb else 1, rgb=rgb)
+    return axis, name, rgb and channels == 4
+
+
+def _denoise_lazy(data: Any, axis: int | None, name: str, alpha: bool, tile: int | None) -> Any:
+    """dask in, dask out; RGBA alpha passed through untouched."""
+    import dask.array as da
+
+    from .dask_inference import denoise_dask
+
+    if alpha:
+        rgb = denoise_dask(data[..., :3], name, channel_axis=axis, tile=tile)
+        return da.concatenate([rgb, data[..., 3:].astype(rgb.dtype)], axis=-1)
+    return denoise_dask(data, name, channel_axis=axis, tile=tile)
+
+
+def _denoise_in_memory(data: Any, axis: int | None, name: str, alpha: bool, tile: int | None):
+    import numpy as np
+
+    from .registry import load_model
+
+    rgba = data
+    if alpha:
+        data = data[..., :3]
+    result = load_model(name).denoise(data, channel_axis=axis, tile=tile)
+    if alpha:
+        result = np.concatenate([result, rgba[..., 3:].astype(result.dtype)], axis=-1)
+    return result
+
+
+def _compute(delayed: Any, client: Any, label: str, quiet: bool) -> None:
+    """Compute with a progress bar: tqdm for local threads, dask's own for a cluster."""
+    if client is not None:
+        future = client.compute(delayed)
+        if not quiet:
+            from distributed import progress
+
+            progress(future)
+            print(file=sys.stdout)
+        future.result()
+        return
+    from tqdm.dask import TqdmCallback
+
+    with TqdmCallback(desc=label, leave=False, disable=quiet, unit="chunk"):
+        delayed.compute()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _one_lazy(path: Path, target: Path, args: argparse.Namespace, client: Any, bar: Any) -> str:
+    """A .zarr folder or a TIFF, chunk by chunk, written to a hidden file then renamed."""
+    from tqdm import tqdm
+
+    from .files import open_lazy, write_tiff_lazy, write_zarr_lazy
+
+    image = open_lazy(path, chunk=args.tile or 1024)
+    axis = image.channel_axis if args.channel_axis is None else args.channel_axis
+    axis, name, alpha = _plan(tuple(image.data.shape), axis, args.model)
+    image.channel_axis = axis
+    result = _denoise_lazy(image.data, axis, name, alpha, args.tile or None)
+    partial = target.with_name(f".{target.name}.partial")
+    _remove(partial)
+    try:
+        if image.kind == "zarr":
+            _compute(write_zarr_lazy(partial, image, result), client, path.name, args.quiet)
+        else:
+            pixels = result.size // (result.shape[-1] if axis == result.ndim - 1 else 1)
+            with tqdm(total=pixels, desc=path.name, unit="px", unit_scale=True, leave=False,
+                      disable=args.quiet) as px:
+                write_tiff_lazy(partial, image, result, progress=px.update)
+        _remove(target)  # only reached with --overwrite: checked before
+        os.replace(partial, target)
+    finally:
+        _remove(partial)
+    return name
+
+
+def _one_file(path: Path, target: Path, args: argparse.Namespace, client: Any) -> str:
+    """A TIFF, PNG or JPEG read whole; denoised in memory, or on the cluster when there is one."""
+    from .files import read_image_file, write_image_file
+
+    image = read_image_file(path)
+    axis = image.channel_axis if args.channel_axis is None else args.channel_axis
+    axis, name, alpha = _plan(tuple(image.data.shape), axis, args.model)
+    if client is not None:
+        result = _denoise_lazy(image.data, axis, name, alpha, args.tile or None).compute()
+    else:
+        result = _denoise_in_memory(image.data, axis, name, alpha, args.tile or None)
+    write_image_file(target, image, result)
+    return name
+
+
+def _is_lazy(path: Path, clustered: bool) -> bool:
+    from .files import LAZY_SUFFIXES, LAZY_TIFF_BYTES, tiff_nbytes
+
+    suffix = path.suffix.lower()
+    if suffix in LAZY_SUFFIXES:
+        return True
+    if suffix not in (".tif", ".tiff"):
+        return False
+    try:
+        return clustered or tiff_nbytes(path) > LAZY_TIFF_BYTES
+    except Exception:  # unreadable: the in-memory reader reports it with its reason
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the denoise subcommand; 0 if every input was written, else 1."""
+    from tqdm import tqdm
+
+    from .cli import _expand_inputs
+
+    files, missing = _expand_inputs(args.inputs, lazy=True)
+    failed = len(missing)
+    for m in missing:
+        print(f"error: {m}: no such file or folder", file=sys.stderr)
+    if not files:
+        print("error: no input images found", file=sys.stderr)
+        return 1
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    client = None
+    if args.workers or args.scheduler:
+        from .dask_inference import local_client
+
+        client = local_client(args.workers, args.scheduler, args.threads_per_worker)
+    bar = tqdm(files, unit="file", disable=args.quiet)
+    try:
+        for path in bar:
+            bar.set_description(path.name)
+            target = output_path(path, out_dir, args.suffix)
+            try:
+                lazy = _is_lazy(path, client is not None)
+                if target.resolve() == path.resolve() and (lazy or not args.overwrite):
+                    raise ValueError("output would overwrite the input (use another --suffix)"
+                                     if lazy else
+                                     "output would overwrite the input (use --overwrite)")
+                if target.exists() and not args.overwrite:
+                    raise ValueError(f"{target} exists (use --overwrite to replace it)")
+                if lazy:
+                    name = _one_lazy(path, target, args, client, bar)
+                else:
+                    name = _one_file(path, target, args, client)
+                bar.write(f"{path} -> {target} ({name})")
+            except Exception as err:  # one bad file must not stop the batch
+                failed += 1
+                bar.write(f"error: {path}: {err}")
+    finally:
+        bar.close()
+        if client is not None:
+            cluster = client.cluster if args.workers and not args.scheduler else None
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    if failed:
+        print(f"{failed} input(s) failed", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,70 @@
+"""Compute training batches ahead of the optimiser in worker processes.
+
+Why: on a GPU a small bias-free net trains a step in milliseconds while one
+numpy batch of corrupted patches takes tens of milliseconds, so the data, not
+the accelerator, sets the pace. Batches are pure functions of the step, so
+workers can compute them in any order and the run is identical to the serial
+one (and ``--resume`` stays exact). Workers are *spawned*, not forked: the
+parent may already run JAX or TensorFlow threads, which do not survive a fork.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+__all__ = ["prefetched_batches"]
+
+_SAMPLER: Any = None
+
+
+def _init_worker(sampler: Any) -> None:
+    global _SAMPLER
+    _SAMPLER = sampler
+
+
+def _batch(step: int) -> tuple[np.ndarray, np.ndarray]:
+    return _SAMPLER.batch(step)
+
+
+def prefetched_batches(
+    sampler: Any, start: int, stop: int, workers: int = 0, ahead: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``sampler.batch(step)`` for ``step`` in ``[start, stop)``, in order.
+
+    Parameters
+    ----------
+    sampler : object with ``batch(step)``, picklable
+        The batch source; each worker gets one copy.
+    start, stop : int
+        Step range.
+    workers : int
+        Worker processes; 0 computes batches in this process, on demand.
+    ahead : int, optional
+        Batches in flight at most (bounds memory); default ``2 * workers``.
+
+    Notes
+    -----
+    Closing the generator (or leaving the loop early) terminates the workers.
+    """
+    if workers <= 0:
+        for step in range(start, stop):
+            yield sampler.batch(step)
+        return
+    ahead = max(1, ahead or 2 * workers)
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(sampler,))
+    try:
+        pending: deque = deque()
+        nxt = start
+        for step in range(start, stop):
+            while nxt < stop and len(pending) < ahead:
+                pending.append(pool.apply_async(_batch, (nxt,)))
+                nxt += 1
+            yield pending.popleft().get()
+    finally:
+        pool.terminate()
+        pool.join()

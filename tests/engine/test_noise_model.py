@@ -1,0 +1,146 @@
+"""Poisson-Gaussian noise estimate and black level: known cameras are recovered from one image."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from src_models.noise_model import PoissonGaussian, black_level, estimate_poisson_gaussian
+
+OFFSET = 100.0
+FULL_SCALE = 4000.0  # counts of the brightest clean pixel
+
+
+@pytest.fixture(scope="module")
+def camera() -> np.ndarray:
+    """skimage's camera, lightly smoothed (its own noise out of the way), float in [0, 1]."""
+    from scipy import ndimage
+    from skimage import data
+
+    return ndimage.gaussian_filter(data.camera().astype(np.float64), 1.0) / 255.0
+
+
+def camera_counts(clean01: np.ndarray, gain: float, read: float, seed: int = 0) -> np.ndarray:
+    """uint16 camera counts: ``gain * Poisson(signal / gain) + N(0, read) + OFFSET``, rounded."""
+    rng = np.random.default_rng(seed)
+    signal = FULL_SCALE * clean01
+    counts = gain * rng.poisson(signal / gain) + rng.normal(0.0, read, signal.shape) + OFFSET
+    return np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
+
+
+# (gain in counts per photon, read noise in counts): from 4000 down to 200 photons at full scale
+CAMERAS = [(1.0, 5.0), (2.0, 10.0), (5.0, 20.0), (10.0, 30.0), (20.0, 30.0), (3.0, 50.0)]
+
+
+@pytest.mark.parametrize(("gain", "read"), CAMERAS)
+def test_known_gain_and_read_noise_are_recovered_within_10_percent(camera, gain, read):
+    # fluorescence-like: squaring makes a dark background, where read noise shows
+    image = camera_counts(camera**2, gain, read, seed=int(gain))
+    est = estimate_poisson_gaussian(image, offset=OFFSET)
+    assert est.gain == pytest.approx(gain, rel=0.1)
+    assert est.read_sigma == pytest.approx(read, rel=0.1)
+    assert est.offset == OFFSET
+
+
+@pytest.mark.parametrize(("gain", "read"), [(0.5, 3.0), (2.0, 10.0), (20.0, 30.0)])
+def test_gain_is_recovered_on_a_photo_with_texture_and_no_dark_background(camera, gain, read):
+    est = estimate_poisson_gaussian(camera_counts(camera, gain, read), offset=OFFSET)
+    assert est.gain == pytest.approx(gain, rel=0.1)
+
+
+@pytest.mark.parametrize(("gain", "read"), [(2.0, 10.0), (10.0, 30.0)])
+def test_unknown_offset_is_estimated_near_the_true_black_level(camera, gain, read):
+    est = estimate_poisson_gaussian(camera_counts(camera**2, gain, read))
+    assert est.gain == pytest.approx(gain, rel=0.1)
+    assert abs(est.offset - OFFSET) < 0.5 * read  # a low percentile: a little below
+    assert est.read_sigma == pytest.approx(read, rel=0.2)
+
+
+@pytest.mark.parametrize("sigma", [2.0, 10.0, 25.0])
+def test_pure_gaussian_noise_gives_zero_gain_and_its_sigma(camera, sigma):
+    rng = np.random.default_rng(int(sigma))
+    image = 255.0 * camera + rng.normal(0.0, sigma, camera.shape)
+    est = estimate_poisson_gaussian(image)
+    assert est.read_sigma == pytest.approx(sigma, rel=0.05)
+    assert est.shot_fraction < 0.02
+    assert est.gain * 255.0 < 0.02 * sigma**2  # shot variance at full scale: negligible
+
+
+def test_stack_planes_are_pooled(camera):
+    stack = np.stack([camera_counts(camera**2, 5.0, 20.0, seed=s) for s in range(3)])
+    est = estimate_poisson_gaussian(stack, offset=OFFSET)
+    assert est.gain == pytest.approx(5.0, rel=0.05)
+    assert est.read_sigma == pytest.approx(20.0, rel=0.1)
+    only_first = estimate_poisson_gaussian(stack, offset=OFFSET, max_planes=1)
+    assert only_first == estimate_poisson_gaussian(stack[0], offset=OFFSET)
+
+
+def test_nan_pixels_are_ignored(camera):
+    image = camera_counts(camera**2, 5.0, 20.0).astype(np.float32)
+    image[100:200, 50:300] = np.nan
+    image[::37, ::41] = np.inf
+    est = estimate_poisson_gaussian(image, offset=OFFSET)
+    assert est.gain == pytest.approx(5.0, rel=0.1)
+    assert est.read_sigma == pytest.approx(20.0, rel=0.1)
+    assert math.isfinite(est.median_signal)
+
+
+def test_snr_and_photons_follow_from_the_model():
+    est = PoissonGaussian(gain=4.0, read_sigma=6.0, offset=100.0, median_signal=80.0)
+    assert est.photons_at(180.0) == pytest.approx(20.0)
+    assert est.photons_median == pytest.approx(20.0)
+    assert est.variance(180.0) == pytest.approx(4.0 * 80.0 + 36.0)
+    assert est.snr_median == pytest.approx(80.0 / math.sqrt(356.0))
+    assert est.shot_fraction == pytest.approx(320.0 / 356.0)
+    assert est.variance(50.0) == pytest.approx(36.0)  # below the black level: read noise only
+    gaussian = PoissonGaussian(gain=0.0, read_sigma=5.0, offset=0.0, median_signal=100.0)
+    assert gaussian.photons_at(100.0) == math.inf
+    assert gaussian.snr_median == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [((10, 200), r"too small to estimate its noise"), ((20, 20), r"too few usable pixels")],
+)
+def test_tiny_images_are_refused_with_a_clear_error(shape, message):
+    image = np.random.default_rng(0).normal(100, 5, shape)
+    with pytest.raises(ValueError, match=message):
+        estimate_poisson_gaussian(image)
+
+
+def test_all_nan_and_bad_dtypes_are_refused():
+    with pytest.raises(ValueError, match="too few usable pixels"):
+        estimate_poisson_gaussian(np.full((64, 64), np.nan))
+    with pytest.raises(TypeError, match="dtype bool"):
+        estimate_poisson_gaussian(np.zeros((64, 64), bool))
+    with pytest.raises(ValueError, match=r"offset must be a finite number or None \(got nan\)"):
+        estimate_poisson_gaussian(np.zeros((64, 64)), offset=float("nan"))
+
+
+# ------------------------------------------------------------------ black level
+
+
+def test_black_level_moves_exactly_with_a_constant(camera):
+    image = camera_counts(camera**2, 5.0, 20.0).astype(np.float64)
+    base = black_level(image)
+    for c in (-250.0, 0.5, 1e4):
+        assert black_level(image + c) == pytest.approx(base + c, abs=1e-9 * (1 + abs(c)))
+
+
+def test_black_level_sits_at_the_dark_background_not_at_the_noise_floor(camera):
+    image = camera_counts(camera**2, 5.0, 20.0)
+    level = black_level(image)
+    assert OFFSET - 20.0 < level < OFFSET + 5.0  # within one read sigma below the true offset
+    assert level > float(np.percentile(image, 0.5)) + 20.0  # raw percentile: far in the noise
+
+
+def test_black_level_ignores_nan_and_shares_one_level_across_channels():
+    rng = np.random.default_rng(1)
+    plane = rng.normal(100.0, 5.0, (64, 64))
+    with_nan = plane.copy()
+    with_nan[:8] = np.nan
+    assert abs(black_level(with_nan) - black_level(plane[8:])) < 1.0
+    rgb = np.stack([plane, plane + 50.0, plane + 100.0], axis=-1)
+    assert black_level(rgb) == pytest.approx(black_level(plane), abs=1.0)

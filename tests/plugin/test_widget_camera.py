@@ -1,0 +1,234 @@
+"""Denoise widget on camera data: microscopy proposal, camera-noise readout, black level."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_bfcnn._denoise_widget import BLACK_AUTO, BLACK_NONE, BLACK_VALUE, DenoiseWidget
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT_MS = 60_000
+REASON = "16-bit single-channel data: microscopy model proposed"
+TRAINED_PHOTONS = (100.0, 2000.0)  # the test model's photons_range at full scale
+
+
+def _save_microscopy(folder, photons_range=TRAINED_PHOTONS) -> None:
+    """A tiny one-channel model named like the bundled microscopy model, with its recipe."""
+    from src_models.architectures import build_model, parameter_count, receptive_field
+    from src_models.config import (
+        CorruptionConfig,
+        DataConfig,
+        DnCNNConfig,
+        ModelCard,
+        RecipeConfig,
+    )
+    from src_models.modelfile import save_model
+
+    arch = DnCNNConfig(channels=1, depth=3, width=8)
+    model = build_model(arch, name="microscopy")
+    recipe = RecipeConfig(
+        name="microscopy",
+        architecture=arch,
+        corruption=CorruptionConfig(poisson_gaussian_prob=0.85, photons_range=photons_range),
+        data=DataConfig(color=False),
+    )
+    card = ModelCard(
+        name="microscopy",
+        description="tiny stand-in for the bundled microscopy model",
+        channels=1,
+        kind="dncnn",
+        parameters=parameter_count(model),
+        receptive_field=receptive_field(model),
+        recipe=recipe,
+    )
+    save_model(model, folder / "microscopy.keras", card)
+
+
+@pytest.fixture(scope="session")
+def microscopy_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bundled")
+    _save_microscopy(folder)
+    return folder
+
+
+@pytest.fixture
+def bundled_microscopy(microscopy_dir, monkeypatch):
+    """The bundled models are just the tiny microscopy model (whatever ships in the repo)."""
+    from src_models import registry
+
+    monkeypatch.setattr(registry, "BUNDLED_DIR", microscopy_dir)
+    registry.clear_cache()
+    yield microscopy_dir
+    registry.clear_cache()
+
+
+@pytest.fixture
+def no_bundled(tmp_path, monkeypatch):
+    """No bundled models at all: no microscopy model to propose."""
+    from src_models import registry
+
+    monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path)
+    registry.clear_cache()
+    yield
+    registry.clear_cache()
+
+
+def _widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = DenoiseWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Denoise")
+    return viewer, widget
+
+
+def _cell(**kwargs) -> np.ndarray:
+    from napari_bfcnn._sample_data import cell_sample
+
+    return cell_sample(**kwargs)[1][0]
+
+
+def _wait_for_camera_noise(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: not widget.camera_estimating, timeout=TIMEOUT_MS)
+
+
+# ------------------------------------------------------------------ proposal
+
+
+def test_uint16_layer_gets_the_microscopy_model_with_its_reason(
+    bundled_microscopy, make_napari_viewer, qtbot
+):
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(_cell(), name="cell")
+    assert widget.model.value == "microscopy"
+    assert widget.model_reason.value == REASON
+    assert widget.model_info.value.startswith("microscopy")
+    assert widget.black_level.value == BLACK_AUTO  # camera data: the offset is removed
+    _wait_for_camera_noise(qtbot, widget)
+
+
+@pytest.mark.parametrize(
+    ("data", "rgb"),
+    [
+        (np.zeros((32, 32), np.float32), False),
+        (np.zeros((32, 32), np.uint8), False),
+        (np.zeros((32, 32, 3), np.uint16), True),
+    ],
+    ids=["float", "uint8", "rgb16"],
+)
+def test_photos_and_rgb_layers_get_no_proposal(
+    bundled_microscopy, make_napari_viewer, qtbot, data, rgb
+):
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(data, rgb=rgb)
+    assert widget.model.value == "auto"
+    assert widget.model_reason.value == ""
+    assert widget.black_level.value == BLACK_NONE
+    _wait_for_camera_noise(qtbot, widget)
+
+
+def test_a_model_chosen_for_a_layer_is_not_overridden(
+    bundled_microscopy, make_napari_viewer, qtbot
+):
+    viewer, widget = _widget(make_napari_viewer)
+    photo = viewer.add_image(np.zeros((32, 32), np.float32), name="photo")
+    cell = viewer.add_image(_cell(), name="cell")
+    assert widget.model.value == "microscopy"
+    widget.model.value = "tiny-gray"  # the user's choice for this layer
+    assert widget.model_reason.value == ""
+    widget.image.value = photo
+    assert widget.model.value == "tiny-gray"  # kept when switching, as any setting
+    widget.image.value = cell
+    assert widget.model.value == "tiny-gray" and widget.model_reason.value == ""
+    other = viewer.add_image(_cell(photons=30.0), name="other cell")
+    assert widget.image.value is other
+    assert widget.model.value == "microscopy"  # a new camera layer: proposed again
+    widget.image.value = photo
+    assert widget.model.value == "tiny-gray"  # the proposal goes; what was there comes back
+    assert widget.black_level.value == BLACK_NONE
+    _wait_for_camera_noise(qtbot, widget)
+
+
+def test_without_a_microscopy_model_nothing_is_proposed(no_bundled, make_napari_viewer, qtbot):
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(_cell(), name="cell")
+    assert widget.model.value == "auto"
+    assert widget.model_reason.value == ""
+    _wait_for_camera_noise(qtbot, widget)
+
+
+# ------------------------------------------------------------------ readout
+
+
+def test_camera_noise_of_the_cell_sample_is_read_out_in_a_worker(
+    bundled_microscopy, make_napari_viewer, qtbot
+):
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(_cell(), name="cell")
+    assert widget.camera_estimating  # not computed on the UI thread
+    assert widget.camera_noise.value == "estimating\u2026"
+    _wait_for_camera_noise(qtbot, widget)
+    text = widget.camera_noise.value
+    assert text.startswith("gain ") and "read \u03c3" in text and "SNR" in text
+    est = widget.estimate_camera_noise().estimate  # the same numbers, synchronously
+    assert est.gain == pytest.approx(8.0, rel=0.1)  # the sample's 8 ADU per electron
+    assert f"gain {est.gain:.3g}/photon" in text
+    assert 8 < est.photons_median < 20  # 15 photons at the median, black level estimated
+    # 57 photons at the peak: below the model's trained 100-2000
+    assert widget.range_warning.value.startswith("\u26a0")
+    assert "below microscopy's trained range (100\u20132000)" in widget.range_warning.value
+
+
+def test_a_known_black_level_is_used_and_bright_data_give_no_warning(
+    bundled_microscopy, make_napari_viewer, qtbot
+):
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(_cell(photons=150.0), name="bright cell")  # about 570 photons at the peak
+    widget.black_level.value = BLACK_VALUE
+    widget.black_value.value = 100.0
+    _wait_for_camera_noise(qtbot, widget)
+    noise = widget.estimate_camera_noise()
+    assert noise.estimate.offset == 100.0
+    assert noise.estimate.read_sigma == pytest.approx(16.0, rel=0.25)  # 2 e- at 8 ADU/e-
+    assert noise.estimate.photons_median == pytest.approx(150.0, rel=0.1)
+    assert widget.range_warning.value == ""
+
+
+def test_gaussian_float_layer_reads_as_no_shot_noise(no_bundled, make_napari_viewer, qtbot):
+    from skimage import data
+
+    viewer, widget = _widget(make_napari_viewer)
+    clean = data.camera().astype(np.float32)
+    noisy = clean + np.random.default_rng(0).normal(0, 20, clean.shape).astype(np.float32)
+    viewer.add_image(noisy)
+    _wait_for_camera_noise(qtbot, widget)
+    assert widget.camera_noise.value.startswith("no shot noise: Gaussian, \u03c3 2")
+    assert widget.range_warning.value == ""
+
+
+# ------------------------------------------------------------------ black level
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "offset"), [(BLACK_AUTO, 0.0, "auto"), (BLACK_VALUE, 100.0, 100.0)]
+)
+def test_black_level_choice_reaches_the_engine(
+    no_bundled, make_napari_viewer, qtbot, mode, value, offset
+):
+    from src_models import load_model
+
+    viewer, widget = _widget(make_napari_viewer)
+    data = _cell()[200:264, 200:280].astype(np.float32)  # float: small differences show
+    viewer.add_image(data, name="crop")
+    widget.model.value = "tiny-gray"
+    widget.black_level.value = mode
+    widget.black_value.value = value
+    assert widget.chosen_offset == offset
+    assert widget.black_value.enabled == (mode == BLACK_VALUE)
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    out = viewer.layers["crop [denoised: tiny-gray]"].data
+    model = load_model("tiny-gray")
+    np.testing.assert_allclose(out, model.denoise(data, offset=offset), rtol=1e-6, atol=1e-3)
+    assert np.abs(out - model.denoise(data)).max() > 0.01  # the black level made a difference
+    _wait_for_camera_noise(qtbot, widget)
