@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 CROP_SIGMA = 25.0
 QUICK_IMAGES = 3
-QUICK_MICRO_IMAGES = 2  # channel images per microscopy set in --quick
+QUICK_MICRO_IMAGES = 1  # channel images per microscopy set in --quick
 SECTIONS = ("quality", "speed", "memory", "micro")
 CROP_MARGIN = 32  # BM3D's search window is smaller: its crop output matches the full image's
 

@@ -80,7 +80,7 @@ _FACTOR = {"bm3d_est": 1.0, "bm3d_x2": 2.0, "bm3d_x4": 4.0}
 _LABELS = {
     "nlm": "NLM (skimage, est. σ)",
     "bm3d_est": "BM3D (est. σ)",
-    "bm3d_best": "BM3D (best of est. σ ×1, ×2, ×4; oracle)",
+    "bm3d_best": "BM3D (best of three σ per image)",
     "bm3d_vst": "BM3D + GAT (est. gain, read noise)",
     "bm3d_x2": "BM3D (est. σ ×2)",
     "bm3d_x4": "BM3D (est. σ ×4)",
@@ -333,7 +333,8 @@ def run_micro_baseline(method: str, noisy: np.ndarray) -> tuple[np.ndarray, str]
         estimate of sigma times 1, 2 or 4) or "bm3d_vst" (BM3D with sigma 1 after the
         generalised Anscombe transform with gain, read noise and black level from
         :func:`src_models.noise_model.estimate_poisson_gaussian`, then the closed-form
-        unbiased inverse; plain BM3D with the read noise where the gain is 0).
+        unbiased inverse; plain BM3D with the read noise where the gain is 0, and with
+        the wavelet estimate where the noise model is not finite).
     noisy : ndarray
         (H, W) on the 8-bit scale.
 
@@ -360,6 +361,9 @@ def run_micro_baseline(method: str, noisy: np.ndarray) -> tuple[np.ndarray, str]
             warnings.simplefilter("ignore", RuntimeWarning)
             pg = estimate_poisson_gaussian(y)
         params = f"gain={pg.gain:.4f};read_sigma={pg.read_sigma:.4f};offset={pg.offset:.3f}"
+        if not all(math.isfinite(v) for v in (pg.gain, pg.read_sigma, pg.offset)):
+            sigma = _est_sigma(y)  # no usable noise model: BM3D with the wavelet estimate
+            return _bm3d(y, sigma), params + f";fallback sigma={sigma:.3f}"
         if pg.gain <= 1e-6 * max(pg.read_sigma, 1.0):
             return _bm3d(y, max(pg.read_sigma, 1e-3)), params + ";gaussian"
         d = gat_forward(y, pg.gain, pg.read_sigma, pg.offset)
@@ -566,12 +570,13 @@ def compute_micro_baselines(
 def model_runner(denoiser) -> Callable[[np.ndarray], np.ndarray]:
     """A Denoiser as ``run(noisy) -> estimate`` on a gray 8-bit-scale image.
 
-    The image goes in as float32 with the Denoiser's defaults (what a user gets);
-    colour models see the gray image repeated to their channels.
+    The image goes in as float32 with the black level estimated per plane
+    (``offset="auto"``, what the Denoise widget proposes for microscopy); colour
+    models see the gray image repeated to their channels.
     """
 
     def run(noisy: np.ndarray) -> np.ndarray:
-        return denoiser.denoise(noisy.astype(np.float32))
+        return denoiser.denoise(noisy.astype(np.float32), offset="auto")
 
     return run
 

@@ -149,9 +149,10 @@ def _documentation(den: Denoiser, model_file: Path, errors: dict[str, float], si
 
 Input `noisy`: float32 `[batch, y, x, channel]`, {card.channels} channel(s), in any intensity
 scale: the network is bias-free, hence positively homogeneous (`D(a·y) = a·D(y)`), so raw 8-bit,
-16-bit or float data go in as they are. Height and width must be multiples of {m}; tiles should be
-at least {min_size} pixels and overlap by the halo of {halo} pixels (receptive field
-±{card.receptive_field} px). Output `denoised`: same shape and units.
+16-bit or float data go in as they are. It is not offset-equivariant: intensities should be
+non-negative (subtract a negative offset first, add it back after). Height and width must be
+multiples of {m}; tiles should be at least {min_size} pixels and overlap by the halo of {halo}
+pixels (receptive field ±{card.receptive_field} px). Output `denoised`: same shape and units.
 
 The TensorFlow SavedModel (`tf_saved_model.zip`) has the float32 endpoint `serve` (signature
 `serving_default`) and a uint8 endpoint (`model(images)`, signature `serve_uint8`) that takes
@@ -237,7 +238,7 @@ def iter_export(
         Unknown format or model, an existing output without ``overwrite``, or a
         license or author that bioimage.io refuses; all raised before any work.
     """
-    from .export_tf import require_tensorflow
+    from .export_tf import exact_float32, require_tensorflow
     from .registry import load_model
 
     fmts = parse_formats(formats)
@@ -249,7 +250,7 @@ def iter_export(
     card, name = den.card, den.name
     m = card.size_multiple
     if tflite_size is not None and (tflite_size < m or tflite_size % m):
-        raise ValueError(f"--tflite-size must be a positive multiple of {m} for {name}")
+        raise ValueError(f"the TFLite size must be a positive multiple of {m} for {name}")
     out = Path(out)
     targets = {f: output_path(out, name, f) for f in fmts}
     existing = [str(p) for p in targets.values() if p.exists()]
@@ -260,9 +261,12 @@ def iter_export(
     _, min_size = halo_and_min_size(card)
     side = _round_up(max(64, min_size), m)
     x = test_image(card.channels, side)
-    reference = _numpy(den.model(x, training=False))
     errors: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix=f".{name}-export-", dir=out) as tmp:
+    with (
+        exact_float32(),
+        tempfile.TemporaryDirectory(prefix=f".{name}-export-", dir=out) as tmp,
+    ):
+        reference = _numpy(den.model(x, training=False))
         stage = Path(tmp)
         saved_model: Path | None = None
         for fmt in fmts:

@@ -32,9 +32,12 @@ if TYPE_CHECKING:  # keras and TensorFlow load only when an export runs
     import keras
 
 __all__ = [
+    "ExportError",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "TFLiteRunner",
+    "dynamic_upsampling",
+    "exact_float32",
     "load_tflite",
     "require_tensorflow",
     "run_saved_model",
@@ -60,6 +63,23 @@ def require_tensorflow() -> None:
             f"export needs Keras on TensorFlow (KERAS_BACKEND=tensorflow); "
             f"this process runs {keras.backend.backend()!r}"
         )
+
+
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """Run float32 convolutions in full float32 inside, not TF32 as recent GPUs do by default.
+
+    Why: exports are checked against the Keras model to 1e-4, and a TFLite file
+    always computes in float32 on the CPU; TF32 keeps 10 mantissa bits.
+    """
+    import tensorflow as tf
+
+    was = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    try:
+        yield
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(was)
 
 
 @contextlib.contextmanager

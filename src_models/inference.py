@@ -545,7 +545,8 @@ class Denoiser:
         off, scale = _offset_and_scale(plane, offset)
         m = tiling.margin
         pad = ((m, m + tiling.extra[0]), (m, m + tiling.extra[1]))
-        return _Plane(lead, chans, _normalise_padded(plane, off, scale, pad), off, scale, repeat), bad
+        padded = _normalise_padded(plane, off, scale, pad)
+        return _Plane(lead, chans, padded, off, scale, repeat), bad
 
     def _run(
         self,

@@ -112,6 +112,8 @@ def measure(model: str, repeats: int = 5, probes: int = 16) -> list[dict]:
     )
     from .registry import load_model
 
+    if repeats < 1 or probes < 1:
+        raise ValueError(f"repeats and probes must be >= 1 (got {repeats} and {probes})")
     den = load_model(model)
     name = getattr(den, "name", None) or den.card.name
     image = noisy_photo(den.channels)
@@ -179,6 +181,8 @@ def measure(model: str, repeats: int = 5, probes: int = 16) -> list[dict]:
 
 
 def _seconds(value: float) -> str:
+    if value < 0.1:
+        return f"{1000 * value:.0f} ms"
     if value >= 100:
         return f"{value:.0f} s ({value / 60:.1f} min)"
     return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
@@ -224,7 +228,7 @@ def _write(out: Path, rows: Sequence[dict], meta: dict) -> str:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: (f"{r[k]:.4f}" if "seconds" in k else r[k]) for k in FIELDS})
+            writer.writerow({k: (f"{float(r[k]):.4f}" if "seconds" in k else r[k]) for k in FIELDS})
     (out / "interpret_timing.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     block = readme_block(rows, meta)
     (out / "interpret_timing.md").write_text(block, encoding="utf-8")

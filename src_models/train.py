@@ -29,7 +29,7 @@ import numpy as np
 from . import losses as _losses  # noqa: F401  (registers HingeMAE for resume)
 from .config import ConfigError, ModelCard, RecipeConfig, load_recipe
 
-__all__ = ["BatchSource", "TrainProgress", "TrainResult", "train", "main"]
+__all__ = ["BatchSource", "TrainProgress", "TrainResult", "freeze_norm_statistics", "train", "main"]
 
 CHECKPOINT = "checkpoint.keras"
 STATE = "state.json"
@@ -179,6 +179,25 @@ def _build_or_load(recipe: RecipeConfig, ckpt: Path, resume: bool):
     return build_model(recipe.architecture, name=recipe.name), None, False
 
 
+def freeze_norm_statistics(model) -> int:
+    """Freeze the running std of every :class:`~src_models.layers.ScaleNorm`; returns their count.
+
+    Why: fine-tuning a trained model on a few small batches of new data must not
+    overwrite the normalisation statistics learnt on the original data set (see
+    ``ScaleNorm``); the scale ``gamma`` and all convolutions still train.
+    """
+    from .layers import ScaleNorm
+
+    count, stack = 0, list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, ScaleNorm):
+            layer.frozen_std = True
+            count += 1
+        stack.extend(getattr(layer, "layers", []))
+    return count
+
+
 def train(
     recipe: RecipeConfig,
     out_dir: str | Path,
@@ -196,6 +215,9 @@ def train(
     workers: int = 0,
 ) -> TrainResult:
     """Train (or fine-tune, or resume) a model described by ``recipe``.
+
+    Fine-tuning (``recipe.init_from``) keeps the base model's normalisation statistics
+    (:func:`freeze_norm_statistics`), also after a resume.
 
     Parameters
     ----------
@@ -269,6 +291,8 @@ def train(
         val_set = validation_set(list(val_images), t_cfg.val_sigmas, seed=t_cfg.seed, crop=256)
 
     model, base_card, resumed = _build_or_load(recipe, ckpt, resume)
+    if recipe.init_from:  # fine-tuning (or resuming a fine-tuning run): keep the base's statistics
+        freeze_norm_statistics(model)
     state = json.loads(state_path.read_text()) if resumed and state_path.is_file() else {}
     if not resumed:
         model.compile(optimizer=_optimizer(recipe), loss=make_loss(t_cfg.loss, t_cfg.hinge_margin))

@@ -150,6 +150,20 @@ def test_gat_stabilises_variance_and_its_inverse_is_unbiased():
         assert algebraic < back - 0.1 * gain
 
 
+def test_vst_baseline_falls_back_when_the_noise_model_is_not_finite(monkeypatch):
+    import src_models.noise_model as nm
+
+    seen = []
+    monkeypatch.setattr(bm, "_bm3d", lambda y, sigma: seen.append(sigma) or y)
+    for gain, read, tag in [(0.0, float("nan"), "fallback sigma="), (0.0, 2.0, "gaussian")]:
+        pg = nm.PoissonGaussian(gain=gain, read_sigma=read, offset=3.0)
+        monkeypatch.setattr(nm, "estimate_poisson_gaussian", lambda y, pg=pg: pg)
+        noisy = _noisy(_clean(0), 0)
+        est, params = bm.run_micro_baseline("bm3d_vst", noisy)
+        assert tag in params and np.array_equal(est, noisy)
+    assert seen[0] == pytest.approx(bm._est_sigma(noisy)) and seen[1] == 2.0
+
+
 # --- baseline cache ----------------------------------------------------------------------
 
 
@@ -251,7 +265,7 @@ def test_micro_rows_average_the_per_image_scores(micro_run, micro_dir):
             ("NLM (skimage, est. σ)", "baseline"),
             ("BM3D (est. σ)", "baseline"),
             ("BM3D + GAT (est. gain, read noise)", "baseline"),
-            ("BM3D (best of est. σ ×1, ×2, ×4; oracle)", "baseline"),
+            ("BM3D (best of three σ per image)", "baseline"),
         }
     with open(out / "per_image_micro.csv", newline="") as f:
         per = [r for r in csv.DictReader(f) if r["method"] == "noisy" and r["dataset"] == "W2S"]

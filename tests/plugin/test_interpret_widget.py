@@ -16,7 +16,6 @@ pytestmark = pytest.mark.gui
 
 TIMEOUT_MS = 60_000
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = ROOT / "docs" / "images" / "interpret_widget.png"
 MAPS = ("residual", "centre_weight", "energy", "width")
 
 
@@ -356,32 +355,39 @@ def test_widget_opens_through_the_plugin_menu(make_napari_viewer, qtbot, plugin)
     )
 
 
-def test_screenshot_of_two_filters_over_the_camera(make_napari_viewer, qtbot):
-    """Docs image: the bundled gray model's filters in the flat sky and on the tripod's leg."""
-    from napari_bfcnn import camera_sample
+def test_readme_screenshots_show_both_noise_levels_and_the_maps(make_napari_viewer, qtbot):
+    """The functions behind docs/images/interpret_*.png, with a tiny model (nothing written).
+
+    The README images come from ``python -m napari_bfcnn._interpret_screenshots``
+    with the default model (the maps take minutes on a CPU).
+    """
+    from napari_bfcnn._interpret_screenshots import (
+        MAPS_SHOWN,
+        PIXELS,
+        SIGMAS,
+        _grid,
+        filters_screenshot,
+        maps_screenshot,
+        noisy_camera,
+    )
 
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 900)
-    for data, kwargs, _ in camera_sample():
-        viewer.add_image(data, **kwargs)
-    widget = InterpretWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Interpret (adaptive filters)", area="right")
-    noisy = viewer.layers["camera (noisy)"]
-    widget.image.value = noisy
-    points = widget.pick_pixels()
-    points.data = np.array([[392.0, 293.0], [335.0, 385.0]])  # tripod's post; grass
-    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
-    overlay = next(lyr for lyr in viewer.layers if lyr.name.startswith("camera (noisy) [filter:"))
-    assert np.count_nonzero(overlay.data) > 100
-    viewer.reset_view()
-    noisy.opacity = 0.6  # a darker image: the filters' colours stand out
-    viewer.camera.center = (0, 362, 338)
-    viewer.camera.zoom = viewer.camera.zoom * 3.2
-    qtbot.wait(300)
-    shot = viewer.screenshot(canvas_only=False, flash=False)
-    assert shot.ndim == 3 and shot[..., :3].std() > 10
-    IMAGE.parent.mkdir(parents=True, exist_ok=True)
-    from skimage.io import imsave
+    shot = filters_screenshot(viewer, "tiny-gray")
+    assert shot.ndim == 3 and shot.shape[2] == 4 and shot[..., :3].std() > 10
+    overlays = [lyr for lyr in viewer.layers if "[filter:" in lyr.name]
+    assert [o.name for o in overlays] == [f"camera σ{s:g} [filter: tiny-gray]" for s in SIGMAS]
+    for sigma, overlay in zip(SIGMAS, overlays, strict=True):
+        plane = noisy_camera(sigma)
+        filters = [(p, _filter("tiny-gray", plane, p)) for p in PIXELS]
+        np.testing.assert_allclose(overlay.data, compose_overlay(plane.shape, filters), atol=1e-7)
+        lo, hi = overlay.contrast_limits
+        assert lo == -hi and hi == overlays[0].contrast_limits[1]  # one colour scale, zero centred
+        assert overlay.colorbar.visible
+    assert _grid(viewer).enabled and _grid(viewer).actual_shape(viewer.layers) == (1, len(SIGMAS))
 
-    imsave(IMAGE, shot, check_contrast=False)
-    assert IMAGE.stat().st_size > 10_000
+    viewer = make_napari_viewer(show=True)
+    shot = maps_screenshot(viewer, "tiny-gray", probes=1)
+    assert shot[..., :3].std() > 10
+    names = [lyr.name for lyr in viewer.layers]
+    assert names == ["camera σ25"] + [f"camera σ25 [{m}: tiny-gray]" for m in MAPS_SHOWN]
+    assert _grid(viewer).actual_shape(viewer.layers) == (2, 2)
