@@ -120,10 +120,13 @@ class DenoiseWidget(Container):
         self.tile = SpinBox(label="tile (0 = auto)", min=0, max=8192, step=64, value=0)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.export_button = PushButton(text="Export model…")
         self.progress = ProgressBar(label="progress", min=0, max=PROGRESS_STEPS, value=0)
         self.status = Label(label="", value="")
         buttons = Container(
-            widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+            widgets=[self.run_button, self.cancel_button, self.export_button],
+            layout="horizontal",
+            labels=False,
         )
         buttons.margins = (0, 0, 0, 0)
         black = Container(
@@ -163,6 +166,7 @@ class DenoiseWidget(Container):
         self.channel_axis.changed.connect(self._on_channel_axis_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.export_button.changed.connect(self.open_export)
         layers = napari_viewer.layers
         self._connections = [
             (layers.events.inserted, self._on_layers_changed),
@@ -281,6 +285,17 @@ class DenoiseWidget(Container):
         if mode == BLACK_VALUE:
             return float(self.black_value.value)
         return None
+
+    def open_export(self, *_args):
+        """Dock the Export widget with this widget's model chosen (saves finding it in the menu)."""
+        from ._export_widget import ExportWidget
+
+        widget = ExportWidget(self._viewer)
+        if self.model.value != AUTO:
+            with contextlib.suppress(ValueError):
+                widget.model.value = self.model.value
+        self._viewer.window.add_dock_widget(widget, name="Export model")
+        return widget
 
     def _on_layers_changed(self, *_args) -> None:
         alive = {layer_key(lyr) for lyr in self._viewer.layers}

@@ -36,6 +36,7 @@ __all__ = [
     "MICRO_CACHE_FIELDS",
     "MICRO_SETS",
     "PUBLISHED_MICRO",
+    "PUBLISHED_PREFIX",
     "SIGMA_FACTORS",
     "MicroSample",
     "MicroScore",
@@ -87,21 +88,12 @@ _LABELS = {
 }
 
 # Published fitted PSNR (dB), mean over channel images, on similar FMD / W2S pairs
-# (other frames and settings): for orientation only.
+# (other frames and settings), by the method they correspond to: for orientation only.
 PUBLISHED_MICRO = {
-    "FMD": {
-        "noisy input (published)": 27.5,
-        "BM3D, est. σ (published)": 28.2,
-        "BM3D, best of three σ (published)": 28.7,
-        "NLM (published)": 28.1,
-    },
-    "W2S": {
-        "noisy input (published)": 18.9,
-        "BM3D, est. σ (published)": 23.7,
-        "BM3D, best of three σ (published)": 27.5,
-        "NLM (published)": 23.9,
-    },
+    "FMD": {"noisy": 27.5, "bm3d_est": 28.2, "bm3d_best": 28.7, "nlm": 28.1},
+    "W2S": {"noisy": 18.9, "bm3d_est": 23.7, "bm3d_best": 27.5, "nlm": 23.9},
 }
+PUBLISHED_PREFIX = "published: "
 
 
 @dataclass(frozen=True)
@@ -144,8 +136,10 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _planes(arr: np.ndarray, path: Path) -> list[np.ndarray]:
-    """The gray planes of a file: itself (2-D), its colour channels (H, W, 3|4, alpha
-    dropped) or the planes of a short stack (C, H, W)."""
+    """The gray planes of a file: itself, its colours (alpha dropped) or a short stack's planes.
+
+    (H, W) is one plane; (H, W, 3|4) gives three; (C, H, W) with C <= 16 gives C.
+    """
     arr = np.squeeze(arr)
     if arr.ndim == 2:
         return [arr]

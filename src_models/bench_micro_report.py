@@ -16,9 +16,11 @@ from pathlib import Path
 from .bench_micro import (
     MICRO_SETS,
     PUBLISHED_MICRO,
+    PUBLISHED_PREFIX,
     SIGMA_FACTORS,
     MicroSample,
     MicroScore,
+    micro_baseline_label,
 )
 from .bench_report import KIND_ORDER, Row
 
@@ -83,18 +85,22 @@ def micro_rows(scores: Iterable[MicroScore], n_total: dict[str, int]) -> list[Ro
 
 
 def published_micro_rows(datasets: Iterable[str]) -> list[Row]:
-    """The published fitted PSNRs of :data:`PUBLISHED_MICRO` for the datasets in the run."""
+    """The published fitted PSNRs of :data:`PUBLISHED_MICRO` for the datasets in the run.
+
+    Each is labelled ``"published: <label of the measured row>"``.
+    """
     return [
         Row(
             section="micro",
             dataset=d,
-            method=method,
+            method=PUBLISHED_PREFIX
+            + ("noisy input" if key == "noisy" else micro_baseline_label(key)),
             kind="published",
             psnr=value,
             note="published on similar pairs (other frames)",
         )
         for d in datasets
-        for method, value in PUBLISHED_MICRO.get(d, {}).items()
+        for key, value in PUBLISHED_MICRO.get(d, {}).items()
     ]
 
 
@@ -233,13 +239,23 @@ def plot_micro_psnr(rows: Sequence[Row], path: str | Path) -> Path | None:
         label = "noisy input" if kind == "noisy" else method
         color = "0.6" if kind == "noisy" else cmap(i % 10)
         ax.bar(xs, ys, width * 0.9, label=label, color=color)
-    pub = [r for r in m if r.kind == "published"]
-    for j, d in enumerate(datasets):
-        vals = [r.psnr for r in pub if r.dataset == d]
-        if vals:
-            ax.hlines(vals, j - 0.45, j + 0.45, colors="k", linestyles=":", linewidth=1)
-    if pub:
-        ax.plot([], [], "k:", label="published (similar pairs)")
+    shown = False
+    for r in m:  # a published figure as a black bar over the bar of its measured method
+        if r.kind != "published" or r.dataset not in datasets:
+            continue
+        name = r.method.removeprefix(PUBLISHED_PREFIX)
+        match = [
+            i
+            for i, (kind, method) in enumerate(measured)
+            if method == name or (kind == "noisy" and name == "noisy input")
+        ]
+        if not match:
+            continue
+        x = datasets.index(r.dataset) - 0.4 + width * (match[0] + 0.5)
+        ax.hlines(r.psnr, x - width * 0.5, x + width * 0.5, colors="k", linewidth=2.5)
+        shown = True
+    if shown:
+        ax.plot([], [], "k-", linewidth=2.5, label="published figure (similar pairs)")
     lows = [r.psnr for r in m]
     ax.set_ylim(max(0.0, min(lows) - 3.0), max(lows) + 1.5)
     ax.set_xticks(range(len(datasets)), datasets)

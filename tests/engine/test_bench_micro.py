@@ -251,7 +251,8 @@ def test_micro_section_writes_its_files(micro_run):
     assert "## Microscopy (FMD, W2S)" in md and "Protocol: clean 8-bit" not in md
     assert "Channel images: FMD 4, W2S 3." in md
     assert "| method | FMD PSNR fit (dB) | FMD PSNR plain (dB) | FMD SSIM fit |" in md
-    assert "| noisy input (published) | 27.50 | – | – | 18.90 | – |" in md
+    assert "| published: noisy input | 27.50 | – | – | 18.90 | – |" in md
+    assert "| published: BM3D (best of three σ per image) | 28.70 | – | – | 27.50 | – |" in md
 
 
 def test_micro_rows_average_the_per_image_scores(micro_run, micro_dir):

@@ -23,6 +23,7 @@ from src_models.n2n import Neighbor2NeighborSampler, neighbor_pair
 from src_models.train import train
 
 GAUSS = CorruptionConfig(sigma_range=(0, 50), clean_prob=0.0)
+SIGMA_25 = CorruptionConfig(sigma_range=(25, 25), clean_prob=0.0)
 
 
 def _natural(name: str, size: int = 128) -> np.ndarray:
@@ -80,6 +81,27 @@ def user_dir(base_dir, tmp_path, monkeypatch):
     registry.clear_cache()
 
 
+@pytest.fixture
+def bundled_only(tmp_path, monkeypatch):
+    """An empty user-model folder: base names resolve to the bundled models."""
+    from src_models import registry
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(folder))
+    registry.clear_cache()
+    yield folder
+    registry.clear_cache()
+
+
+def _gray_settings(name="gray-cells", **kw) -> FinetuneSettings:
+    """The bundled gray model, Gaussian sigma 25, default learning rate, CI-sized."""
+    values = dict(name=name, base="gray", corruption=SIGMA_25, steps=200, val_every=50,
+                  patch_size=32, val_sigmas=(25.0,))
+    values.update(kw)
+    return FinetuneSettings(**values)
+
+
 def _settings(name="ft", steps=150, **kw) -> FinetuneSettings:
     values = dict(name=name, base="base", corruption=GAUSS, steps=steps, learning_rate=1e-3,
                   val_every=50, patch_size=32, val_sigmas=(25.0,))
@@ -87,25 +109,70 @@ def _settings(name="ft", steps=150, **kw) -> FinetuneSettings:
     return FinetuneSettings(**values)
 
 
-def test_finetuning_on_text_raises_validation_psnr_at_sigma_25_over_the_base(user_dir):
-    text = skdata.text()  # printed text: the photo-trained base handles it worse
-    previews = []
-    result = finetune(_settings(), [SourceImage("text", text)], on_preview=previews.append)
+def test_finetuning_the_bundled_gray_model_on_cells_gains_over_half_a_db_at_sigma_25(
+    bundled_only,
+):
+    """The photo-trained gray model denoises fluorescence-like cells worse than it could.
 
-    assert result.val_psnr_best["25"] >= result.val_psnr_initial["25"] + 0.5
-    assert result.model_path == user_dir / "ft.keras"
+    200 steps of 32-px patches lift the held-out PSNR at sigma 25 by 1.63, 1.94, 1.99,
+    1.94, 2.19 dB (seeds 0-4; 17-22 s of CPU on 2 cores), so 0.5 dB is a safe floor.
+    Before the base's normalisation statistics were frozen the gain was 0.2-0.4 dB.
+    """
+    from src_models.registry import load_model
+
+    cells = np.round(_cells((192, 256), n=60) * 4000).astype("uint16")  # camera-like counts
+    previews = []
+    result = finetune(_gray_settings(), [SourceImage("cells", cells)], on_preview=previews.append)
+
+    before, after = result.val_psnr_initial["25"], result.val_psnr_best["25"]
+    assert 31.0 < before < 34.5  # the bundled base denoises, but not as well as it could
+    assert after >= before + 0.5
+    assert result.model_path == bundled_only / "gray-cells.keras"
     card = read_card(result.model_path)
-    assert card.name == "ft" and card.base_model == "base" and card.steps_done > 0
-    assert card.training_data == ["text (172x448, uint8)"]
+    base = load_model("gray")
+    assert card.base_model == "gray" and card.steps_done > 0
+    assert (card.kind, card.size_multiple, card.receptive_field) == ("dncnn", 2, 25)
+    assert card.parameters == base.card.parameters
+    assert card.training_data == ["cells (192x256, uint16)"]
     notes = card.notes
-    assert notes["mode"] == "clean" and '"sigma_range":[0.0,50.0]' in notes["corruption"]
-    assert f'"25": {round(result.val_psnr_initial["25"], 3)}' in notes["val_psnr_before"]
-    assert f'"25": {round(result.val_psnr_best["25"], 3)}' in notes["val_psnr_after"]
-    assert '"rows": [136, 172]' in notes["validation_region"]
-    # one preview before training and one per validation, in the layer's units and crop size
-    assert [p.step for p in previews] == [0, 50, 100, 150]
-    assert previews[0].denoised.shape == result.region.shape == (36, 256)
-    assert previews[-1].noisy.max() > 100  # uint8 units, not [0, 1]
+    assert notes["mode"] == "clean" and '"sigma_range":[25.0,25.0]' in notes["corruption"]
+    assert f'"25": {round(before, 3)}' in notes["val_psnr_before"]
+    assert f'"25": {round(after, 3)}' in notes["val_psnr_after"]
+    assert '"rows": [152, 192]' in notes["validation_region"]  # trained on rows 0-151 only
+    assert [p.step for p in previews] == [0, 50, 100, 150, 200]
+    assert previews[0].denoised.shape == result.region.shape == (40, 256)
+    assert previews[-1].noisy.max() > 1000  # the layer's units, not [0, 1]
+
+    # another cell image with another noise draw: the saved model generalises
+    tuned = load_model("gray-cells")
+    other = _cells((192, 256), n=60, seed=1)
+    noisy = other + np.random.default_rng(7).normal(0, 25 / 255 * other.max(), other.shape)
+    assert psnr(other, tuned.denoise(noisy)) >= psnr(other, base.denoise(noisy)) + 0.5
+    # the base's normalisation statistics were kept (frozen), only the weights moved
+    stds = [[np.asarray(v) for v in m.model.weights if v.path.endswith("moving_std")]
+            for m in (base, tuned)]
+    assert len(stds[0]) == 10  # the 10 middle layers of 12
+    for a, b in zip(*stds, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_neighbor2neighbor_fine_tunes_the_bundled_gray_model_on_odd_sized_images(bundled_only):
+    from src_models.registry import load_model
+
+    clean = _cells((151, 203))  # odd sides: the base's size multiple is 2
+    noisy = poisson_gaussian(clean[..., None], 30.0, 5.0, np.random.default_rng(0))[..., 0]
+    settings = FinetuneSettings(name="gray-n2n", mode="noisy", base="gray", steps=10,
+                                val_every=5, patch_size=32)
+    result = finetune(settings, [SourceImage("noisy cells", noisy)])
+    assert result.steps_done == 10 and set(result.val_psnr_best) == {"n2n"}
+    assert result.val_psnr_best["n2n"] >= result.val_psnr_initial["n2n"]
+    assert result.region.shape == (32, 202)  # g1 sub-images of 16 x 101: padded for the model
+    card = read_card(result.model_path)
+    assert card.notes["mode"] == "noisy" and card.size_multiple == 2
+    assert tuple(card.sigma_range) == (0.0, 75.0)  # the base's
+    denoised = load_model("gray-n2n").denoise(noisy)
+    assert denoised.shape == noisy.shape
+    assert psnr(clean, denoised) > psnr(clean, noisy) + 5.0
 
 
 def test_saved_model_loads_and_is_positively_homogeneous(user_dir):

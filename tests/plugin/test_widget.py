@@ -343,3 +343,11 @@ def test_auto_model_follows_the_layer_kind(viewer_widget, qtbot):
     _run(qtbot, widget, rgb, model="auto")
     assert f"g [denoised: {default_model(1, False)}]" in viewer.layers
     assert f"c [denoised: {default_model(3, True)}]" in viewer.layers
+
+
+def test_export_button_docks_the_export_widget_with_the_chosen_model(viewer_widget):
+    _viewer, widget = viewer_widget
+    widget.model.value = "gray"
+    export = widget.open_export()
+    assert export.model.value == "gray"
+    assert export.native.parent() is not None  # docked in the viewer's window
