@@ -37,7 +37,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .inference import BATCH_PIXELS, MAX_CORE, _cast_like, _layout, _normalise, _offset_and_scale
+from .inference import (
+    AUTO_OFFSET,
+    BATCH_PIXELS,
+    MAX_CORE,
+    _cast_like,
+    _check_offset,
+    _layout,
+    _normalise,
+    _offset_and_scale,
+)
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -47,7 +56,6 @@ if TYPE_CHECKING:
 
 __all__ = ["denoise_dask", "measure_dask"]
 
-AUTO_OFFSET = "auto"  # as Denoiser.denoise: a black level estimated per plane
 _LIVE: weakref.WeakValueDictionary[str, Denoiser] = weakref.WeakValueDictionary()
 
 
@@ -107,19 +115,6 @@ class _ModelRef:
 
     def __dask_tokenize__(self) -> tuple:
         return ("bfcnn-model", self.path, self.key)
-
-
-def _check_offset(offset: Any) -> float | str | None:
-    """A finite number, ``"auto"`` or None (as :meth:`Denoiser.denoise` takes); else raise."""
-    if offset is None or (isinstance(offset, str) and offset == AUTO_OFFSET):
-        return offset
-    try:
-        value = float(offset)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(offset, (bool, str)) or not math.isfinite(value):
-        raise ValueError(f"offset must be a finite number, 'auto' or None (got {offset!r})")
-    return value
 
 
 # --------------------------------------------------------------------------- chunk geometry
