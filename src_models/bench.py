@@ -325,9 +325,13 @@ def run(argv: list[str] | None = None) -> Path:
         from .bench_micro_report import run_micro_section
 
         micro_cache = Path(args.micro_baselines_csv) if args.micro_baselines_csv else MICRO_CACHE
+        gray = [den for _, den in models if den.channels == 1]
+        for _, den in models:
+            if den.channels != 1:  # the gray image repeated: identical noise in every channel
+                _log(f"[micro] skipping {den.name}: colour models do not denoise gray channels")
         micro_rows, micro_counts = run_micro_section(
             data,
-            [den for _, den in models],
+            gray,
             out,
             limit=args.limit
             if args.limit is not None

@@ -95,6 +95,7 @@ def plot_crops(
     clean: np.ndarray,
     path: str | Path,
     title: str = "",
+    display_max: float = 255.0,
 ) -> Path:
     """Show crops side by side, each titled with its PSNR on the crop against ``clean``.
 
@@ -108,6 +109,9 @@ def plot_crops(
         The PNG to write.
     title : str
         Figure title.
+    display_max : float
+        The value shown as white (dim microscopy: a high percentile of ``clean``);
+        PSNR is always on the 8-bit scale.
     """
     from .data import psnr
 
@@ -116,7 +120,7 @@ def plot_crops(
     n = len(items)
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.3), squeeze=False)
     for ax, (label, img) in zip(axes[0], items, strict=True):
-        shown = np.clip(np.asarray(img, dtype=np.float64), 0, 255) / 255.0
+        shown = np.clip(np.asarray(img, dtype=np.float64) / max(display_max, 1e-12), 0, 1)
         gray = shown.ndim == 2
         ax.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest")
         sub = label if label == "clean" else f"{label}\n{psnr(clean, img, 255.0):.2f} dB"

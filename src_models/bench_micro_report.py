@@ -13,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from .bench_micro import (
     MICRO_SETS,
     PUBLISHED_MICRO,
@@ -41,8 +43,10 @@ MICRO_PROTOCOL = (
     "scale. Each output is clipped to [0, 255], fitted as a·output + b to the clean image by "
     "least squares and clipped again, then scored: PSNR (peak 255) and SSIM (Gaussian window "
     'σ=1.5) of the fitted output, averaged over channel images; "plain" is the PSNR without '
-    "the fit (FMD only: W2S stretched noisy and clean images separately). Models get the noisy "
-    'image with the black level estimated per plane (`offset="auto"`). Baselines: BM3D and '
+    "the fit (FMD only: W2S stretched noisy and clean images separately). One-channel models "
+    'get the noisy image with the black level estimated per plane (`offset="auto"`); colour '
+    "models are left out (a gray image repeated into three channels carries identical noise "
+    "in each, which they keep). Baselines: BM3D and "
     "skimage NLM given the wavelet estimate of σ (skimage `estimate_sigma`); BM3D best of "
     "three σ per image: the best (with the clean image: an oracle) of BM3D at the estimate "
     f"{', '.join(f'×{f:g}' for f in SIGMA_FACTORS)} (the estimate is low on these images, "
@@ -93,8 +97,7 @@ def published_micro_rows(datasets: Iterable[str]) -> list[Row]:
         Row(
             section="micro",
             dataset=d,
-            method=PUBLISHED_PREFIX
-            + ("noisy input" if key == "noisy" else micro_baseline_label(key)),
+            method=PUBLISHED_PREFIX + _published_name(key),
             kind="published",
             psnr=value,
             note="published on similar pairs (other frames)",
@@ -102,6 +105,11 @@ def published_micro_rows(datasets: Iterable[str]) -> list[Row]:
         for d in datasets
         for key, value in PUBLISHED_MICRO.get(d, {}).items()
     ]
+
+
+def _published_name(key: str) -> str:
+    """Published rows' names: the measured row's, but "NLM" (their NLM need not be skimage's)."""
+    return {"noisy": "noisy input", "nlm": "NLM"}.get(key) or micro_baseline_label(key)
 
 
 # --------------------------------------------------------------------------- markdown
@@ -244,11 +252,12 @@ def plot_micro_psnr(rows: Sequence[Row], path: str | Path) -> Path | None:
         if r.kind != "published" or r.dataset not in datasets:
             continue
         name = r.method.removeprefix(PUBLISHED_PREFIX)
-        match = [
-            i
-            for i, (kind, method) in enumerate(measured)
-            if method == name or (kind == "noisy" and name == "noisy input")
-        ]
+        keys = [k for k in PUBLISHED_MICRO.get(r.dataset, {}) if _published_name(k) == name]
+        if not keys:
+            continue
+        key = keys[0]
+        want = "noisy" if key == "noisy" else micro_baseline_label(key)
+        match = [i for i, (kind, method) in enumerate(measured) if want in (kind, method)]
         if not match:
             continue
         x = datasets.index(r.dataset) - 0.4 + width * (match[0] + 0.5)
@@ -293,7 +302,9 @@ def micro_crops(
             panels,
             clean[box],
             path,
-            title=f"{dataset} {image} (after the affine fit; PSNR on the crop)",
+            title=f"{dataset} {image} (after the affine fit; PSNR on the crop; "
+            "white: the clean crop's 99.5th percentile)",
+            display_max=float(np.percentile(clean[box], 99.5)),
         )
         written.append(path)
     return written
