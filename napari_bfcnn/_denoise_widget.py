@@ -536,6 +536,11 @@ class DenoiseWidget(Container):
         inp, index, crop_axis = request
         if inp.rgb or crop_axis is not None or inp.channel_axis is not None:
             return None
+        dtype = np.dtype(getattr(inp.data, "dtype", np.float64))
+        if not (np.issubdtype(dtype, np.integer) and dtype.itemsize >= 2):
+            # camera counts only (12/16-bit): 8-bit and float layers are photos or processed
+            # data, where a shot-noise readout means little and its worker is only a cost
+            return None
         offset = self.chosen_offset
         return inp.data, index, (offset if isinstance(offset, float) else None)
 

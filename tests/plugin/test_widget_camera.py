@@ -194,16 +194,26 @@ def test_a_known_black_level_is_used_and_bright_data_give_no_warning(
     assert widget.range_warning.value == ""
 
 
-def test_gaussian_float_layer_reads_as_no_shot_noise(no_bundled, make_napari_viewer, qtbot):
+def test_gaussian_uint16_layer_reads_as_no_shot_noise(no_bundled, make_napari_viewer, qtbot):
     from skimage import data
 
     viewer, widget = _widget(make_napari_viewer)
-    clean = data.camera().astype(np.float32)
+    clean = data.camera().astype(np.float32) + 1000.0
     noisy = clean + np.random.default_rng(0).normal(0, 20, clean.shape).astype(np.float32)
-    viewer.add_image(noisy)
+    viewer.add_image(np.round(noisy).astype(np.uint16))
     _wait_for_camera_noise(qtbot, widget)
     assert widget.camera_noise.value.startswith("no shot noise: Gaussian, \u03c3 2")
     assert widget.range_warning.value == ""
+
+
+def test_float_and_8bit_layers_get_no_camera_readout(no_bundled, make_napari_viewer):
+    from skimage import data
+
+    viewer, widget = _widget(make_napari_viewer)
+    for image in (data.camera(), data.camera().astype(np.float32)):
+        viewer.add_image(image)
+        assert widget._camera_request() is None  # photos: no shot-noise worker at all
+        assert not widget._camera_pending
 
 
 # ------------------------------------------------------------------ black level
