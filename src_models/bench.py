@@ -366,6 +366,19 @@ def run(argv: list[str] | None = None) -> Path:
             r["method"] = den.name
             rows.append(_speed_row("memory", r))
             _log(f"[memory] {den.name}: peak {r['peak_rss_mb']:.0f} MB, {r['mpix_s']:.3f} Mpix/s")
+        from .bench_speed import measure_dask_memory
+
+        gray = [spec for spec, den in models if den.name == "gray"]
+        for workers in (0, 2) if gray else ():  # out of core: the default model on dask
+            try:
+                r = measure_dask_memory(gray[0], args.memory_size, workers)
+            except (RuntimeError, OSError) as err:
+                _log(f"[memory] dask with {workers} workers failed: {err}")
+                continue
+            rows.append(_speed_row("memory", r))
+            _log(
+                f"[memory] {r['method']}: peak {r['peak_rss_mb']:.0f} MB, {r['mpix_s']:.3f} Mpix/s"
+            )
 
     # ------------------------------------------------------------------ outputs
     meta = {

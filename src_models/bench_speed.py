@@ -166,6 +166,41 @@ def measure_memory(spec: str, size: int = 8192, timeout: float | None = None) ->
     return json.loads(lines[-1])
 
 
+def measure_dask_memory(spec: str, size: int = 8192, workers: int = 0, timeout=None) -> dict:
+    """Peak memory and speed of the out-of-core path (zarr -> ``denoise_dask`` -> zarr).
+
+    Runs ``python -m src_models.dask_inference`` in a fresh process, as
+    :func:`measure_memory` does for the in-memory path, so both columns compare.
+    ``workers`` 0 is dask's threaded scheduler in that process; N a LocalCluster of N
+    single-threaded worker processes (peak = client + all workers).
+    """
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    cmd = [
+        sys.executable,
+        "-m",
+        "src_models.dask_inference",
+        spec,
+        "--size",
+        str(int(size)),
+        "--workers",
+        str(int(workers)),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(
+            f"dask run of {spec!r} failed (exit {proc.returncode}): " + " | ".join(tail)
+        )
+    r = json.loads(lines[-1])
+    r["method"] = f"{r['method']} (dask, " + (f"{workers} workers)" if workers else "threads)")
+    r.setdefault("channels", 1)
+    return r
+
+
 def _maxrss_mb() -> float:
     """Peak resident memory of this process in MB.
 

@@ -430,3 +430,11 @@ def test_memory_run_reports_peak_rss_from_a_fresh_process(model_files):
     assert r["shape"] == "256x256" and r["channels"] == 1
     assert r["peak_rss_mb"] >= r["loaded_rss_mb"] > 50  # TensorFlow alone takes more
     assert r["mpix_s"] > 0
+
+
+def test_dask_memory_run_reports_the_out_of_core_path_from_a_fresh_process(model_files):
+    from src_models.bench_speed import measure_dask_memory
+
+    r = measure_dask_memory(str(model_files["gray"]), size=256, workers=0, timeout=300)
+    assert r["method"].endswith("(dask, threads)") and r["shape"] == "256x256"
+    assert r["mpix_s"] > 0 and r["peak_rss_mb"] > 50  # TensorFlow alone is hundreds of MB
