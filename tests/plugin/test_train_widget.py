@@ -134,7 +134,8 @@ def test_second_training_is_refused_and_stop_ends_the_run_then_resume_finishes(
     train.steps.value = steps_done + 4
     assert train.run(resume=True) is not None
     qtbot.waitUntil(lambda: not train.running, timeout=TIMEOUT_MS)
-    assert train.status.value.startswith(f"saved 'long' ({steps_done + 4} steps)")
+    # the step count; "; kept the starting model" may follow when no validation beat the base
+    assert train.status.value.startswith(f"saved 'long' ({steps_done + 4} steps")
     assert notes["error"] == []
 
 
