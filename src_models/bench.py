@@ -366,6 +366,17 @@ def run(argv: list[str] | None = None) -> Path:
             r["method"] = den.name
             rows.append(_speed_row("memory", r))
             _log(f"[memory] {den.name}: peak {r['peak_rss_mb']:.0f} MB, {r['mpix_s']:.3f} Mpix/s")
+        micro = [spec for spec, den in models if den.name == "microscopy"]
+        if micro:  # a camera stack: 32 planes of 2048^2 uint16, as in the microscopy issue
+            _log("[memory] microscopy on a 32x2048² uint16 stack in a subprocess")
+            try:
+                r = measure_memory(micro[0], 2048, planes=32, dtype="uint16")
+            except (RuntimeError, OSError) as err:
+                _log(f"[memory] microscopy stack failed: {err}")
+            else:
+                r["method"] = "microscopy (uint16 stack)"
+                rows.append(_speed_row("memory", r))
+                _log(f"[memory] {r['method']}: peak {r['peak_rss_mb']:.0f} MB")
         from .bench_speed import measure_dask_memory
 
         gray = [spec for spec, den in models if den.name == "gray"]

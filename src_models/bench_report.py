@@ -279,15 +279,14 @@ def speed_table(rows: Sequence[Row], methods: Iterable[str] | None = None) -> st
     if not sp:
         return ""
     shapes = list(dict.fromkeys(r.shape for r in sp if r.section == "speed"))
-    mem = any(r.section == "memory" for r in sp)
+    mem_shapes = list(dict.fromkeys(r.shape for r in sp if r.section == "memory"))
     head = ["model"] + [f"{s} (Mpix/s)" for s in shapes]
-    if mem:
-        mem_shape = next(r.shape for r in sp if r.section == "memory")
-        head += [
-            f"{mem_shape} (Mpix/s)",
-            f"{mem_shape} peak RSS (MB)",
-            "RSS after loading (MB)",
-        ]
+    if len(mem_shapes) == 1:  # one memory-run input for all: named in the headers
+        head += [f"{mem_shapes[0]} (Mpix/s)", f"{mem_shapes[0]} peak RSS (MB)"]
+    elif mem_shapes:  # several (e.g. a uint16 stack): a column says which
+        head += ["memory run", "memory run (Mpix/s)", "peak RSS (MB)"]
+    if mem_shapes:
+        head += ["RSS after loading (MB)"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for method in dict.fromkeys(r.method for r in sp):
         mine = [r for r in sp if r.method == method]
@@ -295,8 +294,10 @@ def speed_table(rows: Sequence[Row], methods: Iterable[str] | None = None) -> st
         for s in shapes:
             r = next((r for r in mine if r.section == "speed" and r.shape == s), None)
             cells.append(_fmt(r.mpix_s if r else None, 3))
-        if mem:
+        if mem_shapes:
             r = next((r for r in mine if r.section == "memory"), None)
+            if len(mem_shapes) > 1:
+                cells.append(r.shape if r else "–")
             cells += [
                 _fmt(r.mpix_s if r else None, 3),
                 _fmt(r.peak_rss_mb if r else None, 0),

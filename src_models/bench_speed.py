@@ -52,15 +52,34 @@ def load_denoiser(spec: str):
     return load_model(spec)
 
 
-def _test_image(planes: int, height: int, width: int, channels: int, seed: int = 0) -> np.ndarray:
-    """A uint8 image (planes, H, W[, C]) of smooth structure plus noise; speed ignores content."""
+def _test_image(
+    planes: int, height: int, width: int, channels: int, seed: int = 0, dtype: str = "uint8"
+) -> np.ndarray:
+    """An image (planes, H, W[, C]) of smooth structure plus noise; speed ignores content.
+
+    ``dtype`` "uint8" (photos, 0-255) or "uint16" (camera-like: 12-bit counts above a
+    black level of 100).
+
+    Built a band of rows at a time: a whole-plane float64 noise draw of an 8192^2
+    image would take more memory than the denoising whose peak it is meant to measure.
+    """
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = 128 + 60 * np.sin(xx / 37.0) * np.cos(yy / 23.0)
     shape = (planes, height, width) + ((channels,) if channels > 1 else ())
-    noise = rng.normal(0.0, 20.0, size=shape).astype(np.float32)
-    img = (base[None, ..., None] if channels > 1 else base[None]) + noise
-    img = np.clip(img, 0, 255).astype(np.uint8)
+    if dtype not in ("uint8", "uint16"):
+        raise ValueError(f"test image dtype must be uint8 or uint16 (got {dtype!r})")
+    img = np.empty(shape, dtype=dtype)
+    gain, black, top = (1.0, 0.0, 255) if dtype == "uint8" else (16.0, 100.0, 65535)
+    xx = np.arange(width, dtype=np.float32)
+    band = max(1, (1 << 20) // max(1, width * channels))
+    for p in range(planes):
+        for y0 in range(0, height, band):
+            yy = np.arange(y0, min(height, y0 + band), dtype=np.float32)[:, None]
+            base = 128 + 60 * np.sin(xx / 37.0)[None, :] * np.cos(yy / 23.0)
+            if channels > 1:
+                base = base[..., None]
+            noise = rng.normal(0.0, 20.0, size=img[p, y0 : y0 + band].shape).astype(np.float32)
+            values = np.clip(base + noise, 0, 255) * gain + black
+            img[p, y0 : y0 + band] = np.clip(np.rint(values), 0, top).astype(dtype)
     return img[0] if planes == 1 else img
 
 
@@ -132,8 +151,10 @@ def measure_speed(
     return out
 
 
-def measure_memory(spec: str, size: int = 8192, timeout: float | None = None) -> dict:
-    """Peak memory and speed of one model on a ``size`` x ``size`` uint8 image, in a subprocess.
+def measure_memory(
+    spec: str, size: int = 8192, timeout: float | None = None, planes: int = 1, dtype: str = "uint8"
+) -> dict:
+    """Peak memory and speed of one model on a ``size`` x ``size`` image, in a subprocess.
 
     Parameters
     ----------
@@ -143,6 +164,10 @@ def measure_memory(spec: str, size: int = 8192, timeout: float | None = None) ->
         Side of the square image (RGB for colour models).
     timeout : float, optional
         Seconds before the child is killed.
+    planes : int
+        Planes of a stack (1: one image).
+    dtype : str
+        "uint8" (photos) or "uint16" (camera counts above a black level).
 
     Returns
     -------
@@ -155,6 +180,7 @@ def measure_memory(spec: str, size: int = 8192, timeout: float | None = None) ->
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     cmd = [sys.executable, "-m", "src_models.bench_speed", spec, "--size", str(int(size))]
+    cmd += ["--planes", str(int(planes)), "--dtype", dtype]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -225,22 +251,28 @@ def _child(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure one model's peak memory (internal).")
     parser.add_argument("spec", help="model name, .keras path or reference:<npz>")
     parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--planes", type=int, default=1)
+    parser.add_argument("--dtype", default="uint8", choices=("uint8", "uint16"))
     args = parser.parse_args(argv)
     den = load_denoiser(args.spec)
     loaded = _maxrss_mb()
     channels = int(den.channels)
-    img = _test_image(1, args.size, args.size, channels)
+    planes = max(1, args.planes)
+    img = _test_image(planes, args.size, args.size, channels, dtype=args.dtype)
     t0 = time.perf_counter()
     den.denoise(img, channel_axis=-1 if channels > 1 else None)
     sec = time.perf_counter() - t0
+    shape = f"{args.size}x{args.size}" if planes == 1 else f"{planes}x{args.size}x{args.size}"
+    if args.dtype != "uint8":
+        shape += f" {args.dtype}"
     print(
         json.dumps(
             {
                 "method": den.name,
-                "shape": f"{args.size}x{args.size}",
+                "shape": shape,
                 "channels": channels,
                 "seconds": sec,
-                "mpix_s": args.size * args.size / 1e6 / sec,
+                "mpix_s": planes * args.size * args.size / 1e6 / sec,
                 "peak_rss_mb": _maxrss_mb(),
                 "loaded_rss_mb": loaded,
                 "python": sys.version.split()[0],

@@ -318,9 +318,13 @@ def _robust_line(x: np.ndarray, v: np.ndarray, n: np.ndarray) -> tuple[float, fl
     the residual in standard errors (cut at 6, or 6 robust spreads when bins scatter
     more).
     """
-    a, b = _weighted_line(x, v, n / np.maximum(v, 1e-300) ** 2)
+    # a floor for the bins' variances: dark bins of integer data can hold one value
+    # (variance 0), whose weight 1/0 would swamp the fit and make it NaN
+    positive = v[v > 0]
+    floor = 1e-3 * float(np.median(positive)) if positive.size else 1e-300
+    a, b = _weighted_line(x, v, n / np.maximum(v, floor) ** 2)
     for _ in range(20):
-        pred = np.maximum(a * x + b, 1e-300)
+        pred = np.maximum(a * x + b, floor)
         se = pred * np.sqrt(2.72 / n)
         z = (v - pred) / se
         spread = max(1.0, _MAD * float(np.median(np.abs(z))))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,22 +50,26 @@ def prefetched_batches(
 
     Notes
     -----
-    Closing the generator (or leaving the loop early) terminates the workers.
+    Closing the generator (or leaving the loop early) cancels the batches not yet
+    started, waits for the few in progress and stops the workers. Why an executor
+    and not ``multiprocessing.Pool``: ``Pool.terminate()`` with tasks in flight can
+    hang on its result-handler thread (seen inside the full test suite).
     """
     if workers <= 0:
         for step in range(start, stop):
             yield sampler.batch(step)
         return
     ahead = max(1, ahead or 2 * workers)
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(sampler,))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(sampler,)
+    )
+    pending: deque = deque()
     try:
-        pending: deque = deque()
         nxt = start
-        for step in range(start, stop):
+        for _step in range(start, stop):
             while nxt < stop and len(pending) < ahead:
-                pending.append(pool.apply_async(_batch, (nxt,)))
+                pending.append(pool.submit(_batch, nxt))
                 nxt += 1
-            yield pending.popleft().get()
+            yield pending.popleft().result()
     finally:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)

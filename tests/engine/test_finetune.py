@@ -96,7 +96,7 @@ def bundled_only(tmp_path, monkeypatch):
 
 def _gray_settings(name="gray-cells", **kw) -> FinetuneSettings:
     """The bundled gray model, Gaussian sigma 25, default learning rate, CI-sized."""
-    values = dict(name=name, base="gray", corruption=SIGMA_25, steps=200, val_every=50,
+    values = dict(name=name, base="gray-dncnn", corruption=SIGMA_25, steps=200, val_every=50,
                   patch_size=32, val_sigmas=(25.0,))
     values.update(kw)
     return FinetuneSettings(**values)
@@ -129,8 +129,8 @@ def test_finetuning_the_bundled_gray_model_on_cells_gains_over_half_a_db_at_sigm
     assert after >= before + 0.5
     assert result.model_path == bundled_only / "gray-cells.keras"
     card = read_card(result.model_path)
-    base = load_model("gray")
-    assert card.base_model == "gray" and card.steps_done > 0
+    base = load_model("gray-dncnn")
+    assert card.base_model == "gray-dncnn" and card.steps_done > 0
     assert (card.kind, card.size_multiple, card.receptive_field) == ("dncnn", 2, 25)
     assert card.parameters == base.card.parameters
     assert card.training_data == ["cells (192x256, uint16)"]
@@ -161,7 +161,7 @@ def test_neighbor2neighbor_fine_tunes_the_bundled_gray_model_on_odd_sized_images
 
     clean = _cells((151, 203))  # odd sides: the base's size multiple is 2
     noisy = poisson_gaussian(clean[..., None], 30.0, 5.0, np.random.default_rng(0))[..., 0]
-    settings = FinetuneSettings(name="gray-n2n", mode="noisy", base="gray", steps=10,
+    settings = FinetuneSettings(name="gray-n2n", mode="noisy", base="gray-dncnn", steps=10,
                                 val_every=5, patch_size=32)
     result = finetune(settings, [SourceImage("noisy cells", noisy)])
     assert result.steps_done == 10 and set(result.val_psnr_best) == {"n2n"}

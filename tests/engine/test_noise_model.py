@@ -144,3 +144,20 @@ def test_black_level_ignores_nan_and_shares_one_level_across_channels():
     assert abs(black_level(with_nan) - black_level(plane[8:])) < 1.0
     rgb = np.stack([plane, plane + 50.0, plane + 100.0], axis=-1)
     assert black_level(rgb) == pytest.approx(black_level(plane), abs=1.0)
+
+
+def test_dark_integer_data_with_noise_free_background_gives_a_finite_estimate():
+    """Regression (FMD Confocal_BPAE channel 0): a background of one exact value.
+
+    A bin whose pixels all hold the same integer has variance 0; its weight 1/0
+    used to make the fit NaN. The estimate must stay finite and near the truth.
+    """
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:256, 0:256]
+    signal = np.where(xx < 96, 0.0, 40.0 * (1 + np.sin(yy / 40.0)) + 5.0)  # dark third: no light
+    gain = 3.0
+    noisy = 3.0 + gain * rng.poisson(signal / gain)  # no read noise: the background is exactly 3
+    noisy[::17, 100::13] = 2  # a few darker pixels, so the background is not a clipping floor
+    est = estimate_poisson_gaussian(noisy.astype(np.uint8))
+    assert math.isfinite(est.gain) and math.isfinite(est.read_sigma)
+    assert est.gain == pytest.approx(gain, rel=0.2)

@@ -1,6 +1,7 @@
 """Batches computed ahead in worker processes are exactly the serial ones, in order."""
 
 import numpy as np
+import pytest
 
 from src_models.config import CorruptionConfig
 from src_models.data import PatchSampler
@@ -23,7 +24,31 @@ def test_prefetched_batches_equal_serial_batches_in_step_order():
         np.testing.assert_array_equal(clean, ref_clean)
 
 
+def test_closing_early_stops_workers_without_computing_the_rest():
+    import time
+
+    sampler = _sampler()
+    gen = prefetched_batches(sampler, 0, 100_000, workers=1, ahead=2)
+    first = next(gen)
+    t0 = time.perf_counter()
+    gen.close()  # must not hang, nor compute the 99 999 batches never asked for
+    assert time.perf_counter() - t0 < 30
+    np.testing.assert_array_equal(first[0], sampler.batch(0)[0])
+
+
+def test_an_error_in_a_worker_reaches_the_caller():
+    with pytest.raises(ValueError, match="no batch 0"):
+        next(prefetched_batches(_PicklableBroken(), 0, 3, workers=1))
+
+
 def test_zero_workers_runs_inline():
     sampler = _sampler()
     inline = list(prefetched_batches(sampler, 0, 2, workers=0))
     np.testing.assert_array_equal(inline[1][1], sampler.batch(1)[1])
+
+
+class _PicklableBroken:
+    """A batch source whose every batch fails (module level: spawned workers unpickle it)."""
+
+    def batch(self, step):
+        raise ValueError(f"no batch {step}")
