@@ -129,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=1, help="processes for --compute-baselines")
     p.add_argument(
+        "--baselines",
+        default="bm3d,bm3d_est,nlm",
+        help="which baselines --compute-baselines fills (default: all three)",
+    )
+    p.add_argument(
         "--sections",
         default="quality,speed,memory",
         help="comma-separated subset of quality,speed,memory,micro",
@@ -297,7 +302,12 @@ def run(argv: list[str] | None = None) -> Path:
         if args.compute_baselines:
             _log(f"computing missing baselines into {cache_path} ({args.workers} worker(s))")
             added = compute_baselines(
-                all_samples, sigmas, cache_path, workers=args.workers, log=_log
+                all_samples,
+                sigmas,
+                cache_path,
+                workers=args.workers,
+                log=_log,
+                methods=[m.strip() for m in args.baselines.split(",") if m.strip()],
             )
             _log(f"added {added} baseline rows")
         first = {d: samples[d][0].name for d in datasets if samples[d]}

@@ -206,6 +206,7 @@ def compute_baselines(
     path: str | Path = DEFAULT_CACHE,
     workers: int = 1,
     log: Callable[[str], None] | None = None,
+    methods: Sequence[str] = BASELINES,
 ) -> int:
     """Compute the baseline rows missing from the cache and append them as they finish.
 
@@ -223,19 +224,24 @@ def compute_baselines(
         Worker processes (1: in this process).
     log : callable, optional
         Receives one line per finished image and sigma.
+    methods : sequence of str
+        Which of :data:`BASELINES` to compute (e.g. only ``bm3d_est`` at sigma 90).
 
     Returns
     -------
     int
         Rows added.
     """
+    unknown = sorted(set(methods) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; expected some of {', '.join(BASELINES)}")
     path = Path(path)
     cache = read_cache(path)
     tasks = []
     for sample in samples:
         for sigma in sigmas:
             todo = [
-                m for m in BASELINES if (sample.dataset, sample.name, float(sigma), m) not in cache
+                m for m in methods if (sample.dataset, sample.name, float(sigma), m) not in cache
             ]
             if todo:
                 tasks.append((sample, float(sigma), todo))
