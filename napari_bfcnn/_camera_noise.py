@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from src_models.registry import MICROSCOPY_MODEL, is_camera_data  # one rule for widget and CLI
+
 __all__ = [
     "CAMERA_SIDE",
     "MICROSCOPY_MODEL",
@@ -30,7 +32,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MICROSCOPY_MODEL = "microscopy"  # bundled one-channel model trained on Poisson-Gaussian noise
 CAMERA_SIDE = 512  # the camera noise is estimated on a centre crop at most this big
 SHOT_MIN = 0.05  # below this share of shot noise at the median, the noise reads as Gaussian
 
@@ -42,10 +43,10 @@ def microscopy_reason(layer: Any, channel_axis: int | None) -> str:
     per fluorophore; 8-bit gray and RGB layers are mostly photos.
     """
     data = getattr(layer, "data", None)
-    if data is None or getattr(layer, "rgb", False) or not hasattr(data, "dtype"):
+    if data is None or not hasattr(data, "dtype"):
         return ""
     dtype = np.dtype(data.dtype)
-    if dtype.kind not in "iu" or dtype.itemsize < 2:
+    if not is_camera_data(dtype, rgb=bool(getattr(layer, "rgb", False))):
         return ""
     kind = "single-channel" if channel_axis is None else "multichannel"
     return f"{8 * dtype.itemsize}-bit {kind} data: {MICROSCOPY_MODEL} model proposed"

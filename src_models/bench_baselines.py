@@ -12,10 +12,12 @@ the noise the benchmark draws is ignored, so a stale cache cannot slip in.
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ __all__ = [
     "BASELINES",
     "CACHE_FIELDS",
     "DEFAULT_CACHE",
+    "append_rows_resumably",
     "baseline_label",
     "cached_scores",
     "compute_baselines",
@@ -235,7 +238,6 @@ def compute_baselines(
     unknown = sorted(set(methods) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; expected some of {', '.join(BASELINES)}")
-    path = Path(path)
     cache = read_cache(path)
     tasks = []
     for sample in samples:
@@ -247,44 +249,102 @@ def compute_baselines(
                 tasks.append((sample, float(sigma), todo))
     # the published comparison points first, so a partial cache is useful early
     tasks.sort(key=lambda t: _PRIORITY.index(t[1]) if t[1] in _PRIORITY else len(_PRIORITY))
+
+    def logged(rows: list[dict], done: int, total: int) -> None:
+        r = rows[0]
+        txt = ", ".join(f"{x['method']} {float(x['psnr']):.2f}" for x in rows)
+        log(f"[baselines {done}/{total}] {r['dataset']} {r['image']} sigma {r['sigma']}: {txt}")
+
+    on_rows = None if log is None else logged
+    return append_rows_resumably(path, CACHE_FIELDS, _task, tasks, workers, on_rows)
+
+
+def append_rows_resumably(
+    path: str | Path,
+    fields: Sequence[str],
+    task: Callable[..., list[dict]],
+    tasks: Sequence[tuple],
+    workers: int = 1,
+    on_rows: Callable[[list[dict], int, int], None] | None = None,
+    provenance: str | None = None,
+) -> int:
+    """Run ``task(*args)`` for each ``args`` in ``tasks``, appending its rows to a CSV cache.
+
+    Why: baseline caches take hours to fill, so each task's rows are written and
+    flushed as soon as it finishes; a killed run keeps them, and a rerun (whose
+    caller leaves out the rows already present) resumes where it stopped. Shared by
+    :func:`compute_baselines` and :func:`src_models.bench_micro.compute_micro_baselines`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV; created (with its header) if missing or empty, untouched if ``tasks``
+        is empty.
+    fields : sequence of str
+        Its columns.
+    task : callable
+        Returns the rows (dicts keyed by ``fields``) of one task; module-level, since
+        it is sent to spawned worker processes.
+    tasks : sequence of tuple
+        The arguments of each call, in the order to start them.
+    workers : int
+        Worker processes, one thread each (1: in this process).
+    on_rows : callable, optional
+        Called as ``on_rows(rows, tasks_done, tasks_total)`` after each task's rows
+        are flushed.
+    provenance : str, optional
+        The command, written first as a ``# made by: <command> (<date>)`` comment
+        line (``resumed by`` when the file already had rows).
+
+    Returns
+    -------
+    int
+        Rows added.
+    """
     if not tasks:
         return 0
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not path.is_file() or path.stat().st_size == 0
     added = 0
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CACHE_FIELDS)
+        if provenance is not None:
+            date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+            f.write(f"# {'made' if new_file else 'resumed'} by: {provenance} ({date})\n")
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new_file:
             writer.writeheader()
-            f.flush()
-
-        def record(rows: list[dict], i: int) -> None:
-            nonlocal added
-            writer.writerows(rows)
-            f.flush()
-            added += len(rows)
-            if log is not None:
-                r = rows[0]
-                txt = ", ".join(f"{x['method']} {float(x['psnr']):.2f}" for x in rows)
-                log(
-                    f"[baselines {i}/{len(tasks)}] {r['dataset']} {r['image']} "
-                    f"sigma {r['sigma']}: {txt}"
-                )
-
-        if workers <= 1:
-            for i, t in enumerate(tasks, start=1):
-                record(_task(*t), i)
-            return added
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
-        ) as pool:
-            pending = {pool.submit(_task, *t) for t in tasks}
-            done_count = 0
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    done_count += 1
-                    record(fut.result(), done_count)
+        f.flush()
+        # closing: on an error here the pool is shut down now, not when collected
+        with closing(_run_tasks(task, tasks, workers)) as results:
+            for done, rows in enumerate(results, start=1):
+                writer.writerows(rows)
+                f.flush()
+                added += len(rows)
+                if on_rows is not None:
+                    on_rows(rows, done, len(tasks))
     return added
+
+
+def _run_tasks(
+    task: Callable[..., list[dict]], tasks: Sequence[tuple], workers: int
+) -> Iterator[list[dict]]:
+    """Yield the result of each ``task(*args)`` as it finishes (in order when serial).
+
+    Why a generator: the caller writes each result the moment it exists, whether it
+    came from this process or from a pool of spawned single-threaded workers.
+    """
+    if workers <= 1:
+        for args in tasks:
+            yield task(*args)
+        return
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
+    ) as pool:
+        pending = {pool.submit(task, *args) for args in tasks}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()

@@ -17,9 +17,7 @@ resumes) and read from there; the command that made them is recorded in the file
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import math
-import os
 import time
 import warnings
 import zlib
@@ -455,14 +453,14 @@ def _cached(s: MicroSample, label: str, row: dict) -> MicroScore:
     )
 
 
-def _micro_task(sample: MicroSample, method: str) -> dict:
-    """Compute one baseline on one channel image (runs in a worker process too)."""
+def _micro_task(sample: MicroSample, method: str) -> list[dict]:
+    """Compute one baseline on one channel image: its one cache row (runs in a worker too)."""
     noisy, clean = load_pair(sample)
     t0 = time.perf_counter()
     est, params = run_micro_baseline(method, noisy)
     dt = time.perf_counter() - t0
     p, raw, s = micro_score(clean, est, plain=sample.dataset == "FMD")
-    return {
+    row = {
         "dataset": sample.dataset,
         "image": sample.name,
         "method": method,
@@ -473,11 +471,7 @@ def _micro_task(sample: MicroSample, method: str) -> dict:
         "seconds": f"{dt:.3f}",
         "input_crc": _crc(noisy),
     }
-
-
-def _worker_init() -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
+    return [row]
 
 
 def compute_micro_baselines(
@@ -510,52 +504,25 @@ def compute_micro_baselines(
     int
         Rows added.
     """
-    path = Path(path)
+    from .bench_baselines import append_rows_resumably
+
     cache = read_micro_cache(path)
     tasks = [
         (s, m) for m in MICRO_BASELINES for s in samples if (s.dataset, s.name, m) not in cache
     ]
-    if not tasks:
-        return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not path.is_file() or path.stat().st_size == 0
-    added = 0
-    with open(path, "a", newline="") as f:
-        date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        f.write(f"# {'made' if new_file else 'resumed'} by: {command or '?'} ({date})\n")
-        writer = csv.DictWriter(f, fieldnames=MICRO_CACHE_FIELDS)
-        if new_file:
-            writer.writeheader()
-        f.flush()
 
-        def record(row: dict) -> None:
-            nonlocal added
-            writer.writerow(row)
-            f.flush()
-            added += 1
-            if log is not None:
-                log(
-                    f"[micro baselines {added}/{len(tasks)}] {row['dataset']} {row['image']} "
-                    f"{row['method']}: {float(row['psnr']):.2f} dB ({row['params']}, "
-                    f"{float(row['seconds']):.0f} s)"
-                )
+    def logged(rows: list[dict], done: int, total: int) -> None:
+        row = rows[0]
+        log(
+            f"[micro baselines {done}/{total}] {row['dataset']} {row['image']} "
+            f"{row['method']}: {float(row['psnr']):.2f} dB ({row['params']}, "
+            f"{float(row['seconds']):.0f} s)"
+        )
 
-        if workers <= 1:
-            for t in tasks:
-                record(_micro_task(*t))
-            return added
-        import multiprocessing as mp
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
-        ) as pool:
-            pending = {pool.submit(_micro_task, *t) for t in tasks}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    record(fut.result())
-    return added
+    on_rows = None if log is None else logged
+    return append_rows_resumably(
+        path, MICRO_CACHE_FIELDS, _micro_task, tasks, workers, on_rows, provenance=command or "?"
+    )
 
 
 # --------------------------------------------------------------------------- models

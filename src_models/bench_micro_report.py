@@ -8,8 +8,6 @@ README block, a PSNR bar chart and side-by-side crops.
 
 from __future__ import annotations
 
-import statistics
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from .bench_micro import (
     MicroScore,
     micro_baseline_label,
 )
-from .bench_report import KIND_ORDER, Row
+from .bench_report import KIND_ORDER, Row, _average_rows
 
 __all__ = [
     "MICRO_PROTOCOL",
@@ -63,29 +61,7 @@ MICRO_PROTOCOL = (
 
 def micro_rows(scores: Iterable[MicroScore], n_total: dict[str, int]) -> list[Row]:
     """Average per-image scores into "micro" rows, one per (dataset, method)."""
-    groups: dict[tuple, list[MicroScore]] = defaultdict(list)
-    for s in scores:
-        groups[(s.dataset, s.method, s.kind)].append(s)
-    rows = []
-    for (dataset, method, kind), items in groups.items():
-        n, total = len(items), n_total.get(dataset, len(items))
-        plain = [i.psnr_plain for i in items if i.psnr_plain is not None]
-        rows.append(
-            Row(
-                section="micro",
-                dataset=dataset,
-                method=method,
-                kind=kind,
-                psnr=statistics.fmean(i.psnr for i in items),
-                psnr_plain=statistics.fmean(plain) if len(plain) == n else None,
-                ssim=statistics.fmean(i.ssim for i in items),
-                n_images=n,
-                n_total=total,
-                seconds=statistics.fmean(i.seconds for i in items),
-                note="" if n == total else f"only {n} of {total} images",
-            )
-        )
-    return rows
+    return _average_rows(scores, n_total, "micro", ("dataset", "method", "kind"))
 
 
 def published_micro_rows(datasets: Iterable[str]) -> list[Row]:

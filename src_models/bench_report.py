@@ -103,20 +103,43 @@ def summarise(scores: Iterable, n_total: dict[str, int]) -> list[Row]:
         Images of each dataset in this run; a method covering fewer (a partly
         filled baseline cache) gets a note saying so.
     """
+    return _average_rows(scores, n_total, "quality", ("dataset", "method", "kind", "sigma"))
+
+
+def _average_rows(
+    scores: Iterable, n_total: dict[str, int], section: str, by: Sequence[str]
+) -> list[Row]:
+    """Average per-image scores into one ``section`` row per group of equal ``by`` fields.
+
+    Why shared: the quality and the microscopy sections average alike (PSNR, SSIM and
+    seconds; plain PSNR when every image has one; a note when a method covers fewer
+    than the ``n_total[dataset]`` images of the run).
+
+    Parameters
+    ----------
+    scores : iterable of ImageScore or MicroScore
+    n_total : dict
+        Images of each dataset in this run.
+    section : str
+        The rows' section.
+    by : sequence of str
+        Score attributes that make a group, copied into the row's fields of the same
+        names (must include "dataset").
+    """
     groups: dict[tuple, list] = defaultdict(list)
     for s in scores:
-        groups[(s.dataset, s.method, s.kind, s.sigma)].append(s)
+        groups[tuple(getattr(s, a) for a in by)].append(s)
     rows = []
-    for (dataset, method, kind, sigma), items in groups.items():
-        n, total = len(items), n_total.get(dataset, len(items))
+    for key, items in groups.items():
+        fixed = dict(zip(by, key, strict=True))
+        n, total = len(items), n_total.get(fixed["dataset"], len(items))
+        plain = [i.psnr_plain for i in items if getattr(i, "psnr_plain", None) is not None]
         rows.append(
             Row(
-                section="quality",
-                dataset=dataset,
-                method=method,
-                kind=kind,
-                sigma=sigma,
+                section=section,
+                **fixed,
                 psnr=statistics.fmean(i.psnr for i in items),
+                psnr_plain=statistics.fmean(plain) if len(plain) == n else None,
                 ssim=statistics.fmean(i.ssim for i in items),
                 n_images=n,
                 n_total=total,

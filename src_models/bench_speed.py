@@ -175,21 +175,9 @@ def measure_memory(
         Keys: method, shape, channels, seconds, mpix_s, peak_rss_mb (whole process),
         loaded_rss_mb (after loading the model, before the image), python.
     """
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     cmd = [sys.executable, "-m", "src_models.bench_speed", spec, "--size", str(int(size))]
     cmd += ["--planes", str(int(planes)), "--dtype", dtype]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(
-            f"memory run of {spec!r} on {size}x{size} failed (exit {proc.returncode}): "
-            + " | ".join(tail)
-        )
-    return json.loads(lines[-1])
+    return _run_json_child(cmd, f"memory run of {spec!r} on {size}x{size}", timeout)
 
 
 def measure_dask_memory(spec: str, size: int = 8192, workers: int = 0, timeout=None) -> dict:
@@ -200,10 +188,6 @@ def measure_dask_memory(spec: str, size: int = 8192, workers: int = 0, timeout=N
     ``workers`` 0 is dask's threaded scheduler in that process; N a LocalCluster of N
     single-threaded worker processes (peak = client + all workers).
     """
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     cmd = [
         sys.executable,
         "-m",
@@ -214,17 +198,44 @@ def measure_dask_memory(spec: str, size: int = 8192, workers: int = 0, timeout=N
         "--workers",
         str(int(workers)),
     ]
+    r = _run_json_child(cmd, f"dask run of {spec!r}", timeout)
+    r["method"] = f"{r['method']} (dask, " + (f"{workers} workers)" if workers else "threads)")
+    r.setdefault("channels", 1)
+    return r
+
+
+def _run_json_child(cmd: list[str], what: str, timeout: float | None) -> dict:
+    """Run ``cmd`` in a fresh Python and return the last JSON line it prints.
+
+    Why: a peak memory is only meaningful for a process that did nothing else, so
+    both memory measurements run a child with this checkout first on ``PYTHONPATH``
+    (and TensorFlow's C++ logging off, unless set).
+
+    Parameters
+    ----------
+    cmd : list of str
+        The command (``sys.executable -m ...``).
+    what : str
+        The run, for the error message (e.g. ``"dask run of 'gray'"``).
+    timeout : float, optional
+        Seconds before the child is killed (``subprocess.TimeoutExpired``).
+
+    Raises
+    ------
+    RuntimeError
+        If the child exits non-zero or prints no line starting with ``{``; the message
+        ends with the last five lines of its stderr (or stdout).
+    """
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(
-            f"dask run of {spec!r} failed (exit {proc.returncode}): " + " | ".join(tail)
-        )
-    r = json.loads(lines[-1])
-    r["method"] = f"{r['method']} (dask, " + (f"{workers} workers)" if workers else "threads)")
-    r.setdefault("channels", 1)
-    return r
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): " + " | ".join(tail))
+    return json.loads(lines[-1])
 
 
 def _maxrss_mb() -> float:

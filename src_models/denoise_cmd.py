@@ -17,14 +17,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "output_path", "run"]
+__all__ = ["add_arguments", "output_path", "parse_offset", "run"]
 
 
 def add_arguments(d: argparse.ArgumentParser) -> None:
     """The denoise subcommand's arguments."""
     d.add_argument("inputs", nargs="+", help="files, globs or folders (TIFF, PNG, JPEG, .zarr)")
     d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--model", help="model name or .keras path (default: gray / color by image)")
+    d.add_argument("--model", help="model name or .keras path (default: color for RGB, "
+                   "microscopy for 12/16-bit camera data, else gray)")
+    d.add_argument("--offset", default=None, metavar="auto|none|VALUE",
+                   help="black level subtracted before and added back after denoising: 'auto' "
+                   "(estimated per plane), 'none', or a number in the data's units (default: "
+                   "auto for 12/16-bit camera data, else none)")
     d.add_argument("--tile", type=int, default=0, help="tile / chunk size in px (default: auto)")
     d.add_argument("--suffix", default="_denoised", help="added to output file names")
     d.add_argument("--channel-axis", type=int, help="axis holding channels (default: guessed)")
@@ -47,32 +52,59 @@ def output_path(path: Path, out_dir: Path, suffix: str) -> Path:
 
 
 def _plan(
-    shape: tuple[int, ...], axis: int | None, model: str | None
+    shape: tuple[int, ...], axis: int | None, model: str | None, dtype=None
 ) -> tuple[int | None, str, bool]:
     """Channel axis (non-negative), model name and whether the last channel is RGBA alpha."""
     from .registry import default_model
 
     if axis is not None:
         axis = int(axis) % len(shape)
-    channels = 1 if axis is None else shape[axis]
-    rgb = axis is not None and axis == len(shape) - 1 and channels in (3, 4)
-    name = model or default_model(3 if rgb else 1, rgb=rgb)
-    return axis, name, rgb and channels == 4
+    rgb = _is_rgb(shape, axis)
+    name = model or default_model(3 if rgb else 1, rgb=rgb, dtype=dtype)
+    return axis, name, rgb and shape[axis] == 4
 
 
-def _denoise_lazy(data: Any, axis: int | None, name: str, alpha: bool, tile: int | None) -> Any:
+def parse_offset(text: str | None, dtype, rgb: bool) -> float | str | None:
+    """``--offset`` as the engine takes it: a number, "auto" or None (the default by data).
+
+    Why the default: camera data carry an offset the bias-free model must not see
+    (it is scale-, not shift-equivariant); the widget sets "auto" for them too.
+    """
+    from .registry import is_camera_data
+
+    if text is None:
+        return "auto" if is_camera_data(dtype, rgb) else None
+    low = text.strip().lower()
+    if low == "auto":
+        return "auto"
+    if low == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--offset must be 'auto', 'none' or a number (got {text!r})") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"--offset must be a finite number (got {text!r})")
+    return value
+
+
+def _denoise_lazy(
+    data: Any, axis: int | None, name: str, alpha: bool, tile: int | None, offset=None
+) -> Any:
     """dask in, dask out; RGBA alpha passed through untouched."""
     import dask.array as da
 
     from .dask_inference import denoise_dask
 
     if alpha:
-        rgb = denoise_dask(data[..., :3], name, channel_axis=axis, tile=tile)
+        rgb = denoise_dask(data[..., :3], name, channel_axis=axis, tile=tile, offset=offset)
         return da.concatenate([rgb, data[..., 3:].astype(rgb.dtype)], axis=-1)
-    return denoise_dask(data, name, channel_axis=axis, tile=tile)
+    return denoise_dask(data, name, channel_axis=axis, tile=tile, offset=offset)
 
 
-def _denoise_in_memory(data: Any, axis: int | None, name: str, alpha: bool, tile: int | None):
+def _denoise_in_memory(
+    data: Any, axis: int | None, name: str, alpha: bool, tile: int | None, offset=None
+):
     import numpy as np
 
     from .registry import load_model
@@ -80,7 +112,7 @@ def _denoise_in_memory(data: Any, axis: int | None, name: str, alpha: bool, tile
     rgba = data
     if alpha:
         data = data[..., :3]
-    result = load_model(name).denoise(data, channel_axis=axis, tile=tile)
+    result = load_model(name).denoise(data, channel_axis=axis, tile=tile, offset=offset)
     if alpha:
         result = np.concatenate([result, rgba[..., 3:].astype(result.dtype)], axis=-1)
     return result
@@ -103,6 +135,10 @@ def _compute(delayed: Any, client: Any, label: str, quiet: bool) -> None:
         delayed.compute()
 
 
+def _is_rgb(shape: tuple[int, ...], axis: int | None) -> bool:
+    return axis is not None and axis == len(shape) - 1 and shape[axis] in (3, 4)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -118,9 +154,11 @@ def _one_lazy(path: Path, target: Path, args: argparse.Namespace, client: Any, b
 
     image = open_lazy(path, chunk=args.tile or 1024)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    axis, name, alpha = _plan(tuple(image.data.shape), axis, args.model)
+    dtype = image.data.dtype
+    axis, name, alpha = _plan(tuple(image.data.shape), axis, args.model, dtype)
+    offset = parse_offset(args.offset, dtype, rgb=_is_rgb(image.data.shape, axis))
     image.channel_axis = axis
-    result = _denoise_lazy(image.data, axis, name, alpha, args.tile or None)
+    result = _denoise_lazy(image.data, axis, name, alpha, args.tile or None, offset)
     partial = target.with_name(f".{target.name}.partial")
     _remove(partial)
     try:
@@ -144,11 +182,14 @@ def _one_file(path: Path, target: Path, args: argparse.Namespace, client: Any) -
 
     image = read_image_file(path)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    axis, name, alpha = _plan(tuple(image.data.shape), axis, args.model)
+    dtype = image.data.dtype
+    axis, name, alpha = _plan(tuple(image.data.shape), axis, args.model, dtype)
+    offset = parse_offset(args.offset, dtype, rgb=_is_rgb(image.data.shape, axis))
+    tile = args.tile or None
     if client is not None:
-        result = _denoise_lazy(image.data, axis, name, alpha, args.tile or None).compute()
+        result = _denoise_lazy(image.data, axis, name, alpha, tile, offset).compute()
     else:
-        result = _denoise_in_memory(image.data, axis, name, alpha, args.tile or None)
+        result = _denoise_in_memory(image.data, axis, name, alpha, tile, offset)
     write_image_file(target, image, result)
     return name
 
@@ -173,6 +214,11 @@ def run(args: argparse.Namespace) -> int:
 
     from .cli import _expand_inputs
 
+    try:
+        parse_offset(args.offset, "float32", rgb=False)  # a typo fails before any work
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     files, missing = _expand_inputs(args.inputs, lazy=True)
     failed = len(missing)
     for m in missing:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np

@@ -26,8 +26,10 @@ __all__ = [
     "BUNDLED_DIR",
     "ENV_MODEL_DIR",
     "ModelInfo",
+    "MICROSCOPY_MODEL",
     "default_model",
     "delete_user_model",
+    "is_camera_data",
     "list_models",
     "load_model",
     "rename_user_model",
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 BUNDLED_DIR = Path(__file__).parent / "pretrained"
+MICROSCOPY_MODEL = "microscopy"  # the bundled model trained on Poisson-Gaussian (camera) noise
 ENV_MODEL_DIR = "NAPARI_BFCNN_MODEL_DIR"
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -183,13 +186,28 @@ def clear_cache() -> None:
     _load_cached.cache_clear()
 
 
-def default_model(channels: int, rgb: bool) -> str:
+def is_camera_data(dtype, rgb: bool = False) -> bool:
+    """Whether data of this dtype look like camera counts rather than a photo.
+
+    Why this rule: scientific cameras give 12- to 16-bit integers, one channel per
+    fluorophore; 8-bit and float data and RGB images are mostly photos or processed.
+    The plugin's proposal and the command line's default both follow it.
+    """
+    import numpy as np
+
+    dt = np.dtype(dtype)
+    return not rgb and dt.kind in "iu" and dt.itemsize >= 2
+
+
+def default_model(channels: int, rgb: bool, dtype=None) -> str:
     """Name of the model to offer first for an image.
 
-    ``"color"`` for RGB images, else ``"gray"``. If that one is not installed (or
-    broken), the first working model with the wanted channel count (3 for RGB,
-    else 1), else the first working model of any channel count (any model
-    denoises any image, channel by channel if needed).
+    ``"color"`` for RGB images; ``"microscopy"`` for camera data (see
+    :func:`is_camera_data`, when ``dtype`` is given); else ``"gray"``. If that
+    one is not installed (or broken): ``"gray"`` for camera data, then the first
+    working model with the wanted channel count (3 for RGB, else 1), else the
+    first working model of any channel count (any model denoises any image,
+    channel by channel if needed).
 
     Parameters
     ----------
@@ -197,12 +215,20 @@ def default_model(channels: int, rgb: bool) -> str:
         Channels of the image (used for the message only).
     rgb : bool
         Whether the channels are RGB colours.
+    dtype : numpy dtype, optional
+        The data's dtype; 12/16-bit integers get the microscopy model.
     """
-    wanted, want_channels = ("color", 3) if rgb else ("gray", 1)
+    if rgb:
+        wanted, want_channels = ["color"], 3
+    elif dtype is not None and is_camera_data(dtype):
+        wanted, want_channels = [MICROSCOPY_MODEL, "gray"], 1
+    else:
+        wanted, want_channels = ["gray"], 1
     models = [m for m in list_models() if m.error is None]
-    for m in models:
-        if m.name == wanted:
-            return m.name
+    names = {m.name for m in models}
+    for name in wanted:
+        if name in names:
+            return name
     for m in models:
         if m.channels == want_channels:
             return m.name

@@ -103,7 +103,7 @@ def test_denoise_zarr_chunk_by_chunk_equals_in_memory(model_dir, tmp_path, capsy
     assert res.dtype == np.uint16 and res.chunks == (1, 32, 32)
     assert res.metadata.zarr_format == 2  # as the input
     assert res.attrs["scale"] == [2.0, 0.5, 0.5]
-    ref = load_model("pyramid").denoise(img)
+    ref = load_model("pyramid").denoise(img, offset="auto")  # uint16: camera data
     assert np.abs(res[:].astype(int) - ref).max() <= 1
     assert not list(out.glob(".*partial"))
 
@@ -132,7 +132,7 @@ def test_large_tiff_goes_chunk_by_chunk_and_keeps_resolution(model_dir, tmp_path
         res = tif.asarray()
         assert tif.series[0].axes == "ZYX" and tif.imagej_metadata["spacing"] == 3.0
         assert tif.pages[0].tags["XResolution"].value == (4, 1)
-    ref = load_model("pyramid").denoise(img)
+    ref = load_model("pyramid").denoise(img, offset="auto")  # uint16: camera data
     assert res.dtype == np.uint16 and np.abs(res.astype(int) - ref).max() <= 1
 
     tifffile.imwrite(tmp_path / "rgb.tif", _noisy((40, 36, 3)).astype("uint8"),
@@ -161,4 +161,34 @@ def test_denoise_on_a_dask_scheduler_address(model_dir, tmp_path):
     a = iio.imread(out / "a_denoised.png")
     assert np.abs(a.astype(int) - den.denoise(iio.imread(tmp_path / "a.png"))).max() <= 1
     b = tifffile.imread(out / "b_denoised.tif")
-    assert np.abs(b.astype(int) - den.denoise(tifffile.imread(tmp_path / "b.tif"))).max() <= 1
+    b_ref = den.denoise(tifffile.imread(tmp_path / "b.tif"), offset="auto")  # uint16: camera data
+    assert np.abs(b.astype(int) - b_ref).max() <= 1
+
+
+def test_camera_data_default_to_an_automatic_black_level_so_an_offset_comes_back_unchanged(
+    model_dir, tmp_path, capsys
+):
+    """uint16 camera counts: without --offset the black level is estimated and removed."""
+    src, out_auto, out_none = tmp_path / "in", tmp_path / "auto", tmp_path / "none"
+    src.mkdir()
+    counts = (_noisy((48, 40)) * 10).astype("uint16") + 1000  # far from 0: nothing clips
+    tifffile.imwrite(src / "low.tif", counts + 100)
+    tifffile.imwrite(src / "high.tif", counts + 2100)  # the same frame, 2000 counts more offset
+    base = ["--model", "pyramid", "--quiet"]
+    assert main(["denoise", str(src), "--out", str(out_auto), *base]) == 0
+    assert main(["denoise", str(src), "--out", str(out_none), "--offset", "none", *base]) == 0
+    def read(folder):
+        return [tifffile.imread(folder / f"{n}_denoised.tif").astype(int) for n in ("low", "high")]
+
+    low, high = read(out_auto)
+    assert np.abs(high - low - 2000).max() <= 1  # the offset passed through (rounding only)
+    low, high = read(out_none)
+    assert np.abs(high - low - 2000).max() > 1  # without it the network sees the offset
+
+
+def test_a_bad_offset_is_refused_before_any_work(model_dir, tmp_path, capsys):
+    iio.imwrite(tmp_path / "x.png", _noisy((16, 16)).astype("uint8"))
+    code = main(["denoise", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
+                 "--offset", "dark", "--quiet"])
+    assert code == 2 and "--offset must be 'auto', 'none' or a number" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

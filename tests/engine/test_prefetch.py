@@ -18,7 +18,7 @@ def test_prefetched_batches_equal_serial_batches_in_step_order():
     sampler = _sampler()
     got = list(prefetched_batches(sampler, 5, 11, workers=2, ahead=3))
     assert len(got) == 6
-    for step, (noisy, clean) in zip(range(5, 11), got):
+    for step, (noisy, clean) in zip(range(5, 11), got, strict=True):
         ref_noisy, ref_clean = sampler.batch(step)
         np.testing.assert_array_equal(noisy, ref_noisy)
         np.testing.assert_array_equal(clean, ref_clean)

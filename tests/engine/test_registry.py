@@ -158,3 +158,16 @@ def test_package_exports_the_api_without_importing_tensorflow():
     wanted |= {"ModelInfo", "estimate_sigma", "build_model", "ModelCard", "ModelFileError"}
     assert wanted | {"ConfigError"} == set(src_models.__all__)
     assert all(hasattr(src_models, name) for name in src_models.__all__)
+
+
+def test_camera_data_get_the_microscopy_model_and_photos_the_gray_or_colour_one(user_models):
+    from src_models import registry
+
+    if not any(m.name == "microscopy" and m.builtin for m in registry.list_models()):
+        pytest.skip("no bundled microscopy model")
+    assert registry.is_camera_data("uint16") and registry.is_camera_data(np.int32)
+    assert not registry.is_camera_data("uint8") and not registry.is_camera_data("float32")
+    assert not registry.is_camera_data("uint16", rgb=True)
+    assert registry.default_model(1, rgb=False, dtype="uint16") == "microscopy"
+    assert registry.default_model(1, rgb=False, dtype="uint8") == "gray"
+    assert registry.default_model(3, rgb=True, dtype="uint16") == "color"
