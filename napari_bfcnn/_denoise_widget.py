@@ -41,6 +41,7 @@ from ._camera_noise import (
     readout_text,
     trained_photons_range,
 )
+from ._image_model_widget import ImageModelWidget
 from ._layers import (
     PROVENANCE_KEY,
     LayerError,
@@ -52,8 +53,7 @@ from ._layers import (
     preview_fixed,
     read_layer,
 )
-from ._model_choices import decorate_model_combo, model_choices, model_tooltip
-from ._model_events import model_events
+from ._model_choices import decorate_model_combo, model_tooltip
 from ._workers import AUTO, DenoiseJob, DenoiseOutcome, make_worker, resolve_model
 
 __all__ = ["BLACK_AUTO", "BLACK_NONE", "BLACK_VALUE", "NO_AXIS", "DenoiseWidget"]
@@ -66,7 +66,7 @@ PROGRESS_STEPS = 1000
 BLACK_NONE, BLACK_AUTO, BLACK_VALUE = "none", "auto", "value"  # black-level combo values
 
 
-class DenoiseWidget(Container):
+class DenoiseWidget(ImageModelWidget):
     """Dock widget that denoises an Image layer with a bias-free CNN.
 
     Parameters
@@ -76,9 +76,7 @@ class DenoiseWidget(Container):
     """
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
-        self._models: dict[str, Any] = {}
+        super().__init__(napari_viewer)
         self._worker = None
         self._pbar = None
         self._axis_memory: dict[int, int | None] = {}  # id(layer) -> channel axis the user chose
@@ -95,8 +93,6 @@ class DenoiseWidget(Container):
         self._camera_workers: set = set()
         self._closed = False
 
-        self.image = ComboBox(label="image", choices=self._image_choices)
-        self.model = ComboBox(label="model", choices=self._model_choices)
         self.model_info = Label(label="", value="")
         self.model_reason = Label(label="", value="")
         self.noise_level = Label(label="noise level", value="-")
@@ -167,27 +163,17 @@ class DenoiseWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.export_button.changed.connect(self.open_export)
-        layers = napari_viewer.layers
-        self._connections = [
-            (layers.events.inserted, self._on_layers_changed),
-            (layers.events.removed, self._on_layers_changed),
-            (layers.events.renamed, self._on_layers_changed),
-            (layers.selection.events.active, self._on_active_layer),
+        self._listen(
+            self._on_layers_changed,
+            self.reset_choices,  # a model was trained, renamed, deleted
             (napari_viewer.dims.events.current_step, self._schedule_estimate),
-            (model_events.changed, self.reset_choices),  # a model was trained, renamed, deleted
-        ]
-        for emitter, callback in self._connections:
-            emitter.connect(callback)
-        self.native.destroyed.connect(self._disconnect)
+        )
         self._follow_active()
         self._on_layer_changed()
 
     def _disconnect(self, *_args) -> None:
-        """Stop listening to the viewer once the dock widget is gone."""
-        for emitter, callback in self._connections:
-            with contextlib.suppress(Exception):
-                emitter.disconnect(callback)
-        self._connections = []
+        """Stop listening to the viewer and stop the workers once the dock widget is gone."""
+        super()._disconnect()
         self._closed = True
         if self._estimate_timer is not None:
             self._estimate_timer.stop()
@@ -196,11 +182,6 @@ class DenoiseWidget(Container):
 
     # ------------------------------------------------------------------ choices
 
-    def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
-        from napari.layers import Image
-
-        return [(lyr.name, lyr) for lyr in self._viewer.layers if isinstance(lyr, Image)]
-
     def _axis_choices(self, _widget=None) -> list[tuple[str, int | None]]:
         layer = self.image.value if hasattr(self, "image") else None
         axes = channel_axis_choices(layer)
@@ -208,10 +189,6 @@ class DenoiseWidget(Container):
         return [("none", NO_AXIS)] + [
             (f"{ax}  (size {shape[ax]})", ax) for ax in axes if ax is not None
         ]
-
-    def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
-        self._models, choices = model_choices()
-        return choices
 
     def _decorate(self) -> None:
         """Tooltips on model items and controls; models with errors disabled."""
@@ -303,18 +280,9 @@ class DenoiseWidget(Container):
         self._model_memory = {k: v for k, v in self._model_memory.items() if k in alive}
         self.reset_choices()
 
-    def _on_active_layer(self, *_args) -> None:
-        self._follow_active()
-
-    def _follow_active(self) -> None:
-        """Pick the selected layer, unless it is one of our outputs."""
-        active = self._viewer.layers.selection.active
-        if active is None or PROVENANCE_KEY in getattr(active, "metadata", {}):
-            return
-        for _name, lyr in self._image_choices():
-            if lyr == active and self.image.value != active:
-                self.image.value = lyr
-                return
+    def _follows(self, active, name: str, layer) -> bool:
+        """The selected layer itself, unless it is one of our outputs."""
+        return PROVENANCE_KEY not in getattr(active, "metadata", {}) and layer == active
 
     def _current_input(self) -> LayerInput | None:
         layer = self.image.value

@@ -17,11 +17,14 @@ import math
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._layers import LayerError, LayerInput
+
+if TYPE_CHECKING:
+    from src_models.interpret import Spectrum
 
 __all__ = [
     "JobOutcome",
@@ -207,13 +210,10 @@ def maps_job(
     cancel: Callable[[], bool] | None = None,
 ) -> JobOutcome:
     """All four filter maps of one plane (``src_models.interpret.filter_maps``)."""
-    from src_models import Cancelled, load_model
     from src_models.interpret import MAP_NAMES, filter_maps
 
-    t0 = time.perf_counter()
-    try:
-        denoiser = load_model(model)
-        maps = filter_maps(
+    def compute(denoiser) -> dict[str, np.ndarray]:
+        return filter_maps(
             denoiser,
             read_plane(inp, lead),
             MAP_NAMES,
@@ -222,11 +222,8 @@ def maps_job(
             progress=progress,
             cancel=cancel,
         )
-    except Cancelled:
-        return JobOutcome(model, cancelled=True)
-    except Exception as err:
-        return JobOutcome(model, error=_message("computing the filter maps failed", err))
-    return JobOutcome(model, maps, seconds=time.perf_counter() - t0)
+
+    return _run_job(model, "filter maps", compute)
 
 
 def spectrum_job(
@@ -239,24 +236,36 @@ def spectrum_job(
     cancel: Callable[[], bool] | None = None,
 ) -> JobOutcome:
     """The Jacobian spectrum of the crop ``box`` = (y0, y1, x0, x1) of one plane."""
-    from src_models import Cancelled, load_model
     from src_models.interpret import jacobian_spectrum
 
-    t0 = time.perf_counter()
     y0, y1, x0, x1 = box
-    try:
-        denoiser = load_model(model)
-        crop = read_plane(inp, lead)[y0:y1, x0:x1]
-        spectrum = jacobian_spectrum(
+
+    def compute(denoiser) -> Spectrum:
+        return jacobian_spectrum(
             denoiser,
-            crop,
+            read_plane(inp, lead)[y0:y1, x0:x1],
             int(k),
             channel_axis=channel_axis(inp),
             progress=progress,
             cancel=cancel,
         )
+
+    return _run_job(model, "Jacobian spectrum", compute)
+
+
+def _run_job(model: str, what: str, compute: Callable[[Any], Any]) -> JobOutcome:
+    """Load ``model``, run ``compute(denoiser)`` and time both, as a :class:`JobOutcome`.
+
+    Why: the long jobs run in thread workers, where an exception would be a
+    traceback dialog; cancelling and failing become outcomes instead.
+    """
+    from src_models import Cancelled, load_model
+
+    t0 = time.perf_counter()
+    try:
+        value = compute(load_model(model))
     except Cancelled:
         return JobOutcome(model, cancelled=True)
     except Exception as err:
-        return JobOutcome(model, error=_message("computing the Jacobian spectrum failed", err))
-    return JobOutcome(model, spectrum, seconds=time.perf_counter() - t0)
+        return JobOutcome(model, error=_message(f"computing the {what} failed", err))
+    return JobOutcome(model, value, seconds=time.perf_counter() - t0)

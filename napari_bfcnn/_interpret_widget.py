@@ -13,16 +13,16 @@ placement and provenance live in ``_interpret_layers``. Filters are cached per
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import Container, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ._image_model_widget import ImageModelWidget
 from ._interpret_jobs import (
     JobOutcome,
     compose_overlay,
@@ -59,8 +59,8 @@ from ._layers import (
     layer_key,
     read_layer,
 )
-from ._model_choices import decorate_model_combo, model_choices
-from ._model_events import model_events
+from ._model_choices import decorate_model_combo
+from ._model_events import Connection, connect_all, disconnect_all
 from ._workers import AUTO, resolve_model
 
 __all__ = ["InterpretWidget"]
@@ -117,7 +117,7 @@ class _Plot:
         ax.set_title(text, color=self.fg, fontsize=8)
 
 
-class InterpretWidget(Container):
+class InterpretWidget(ImageModelWidget):
     """Dock widget showing the adaptive filters of a bias-free denoiser.
 
     Parameters
@@ -127,14 +127,12 @@ class InterpretWidget(Container):
     """
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(napari_viewer)
         from qtpy.QtCore import QTimer
 
-        self._viewer = napari_viewer
-        self._models: dict[str, Any] = {}
         self._source = None  # the Image layer the points belong to
         self._points = None  # its filter-points layer
-        self._links: list[tuple[Any, Any]] = []  # event connections to source and points
+        self._links: list[Connection] = []  # event connections to source and points
         self._cache: OrderedDict[tuple, Any] = OrderedDict()  # (source key, model, pixel) -> filter
         self._wanted: list[tuple[int, tuple]] = []  # (point index, pixel) last asked for
         self._wanted_for: tuple | None = None  # (source key, model, shape) of that request
@@ -153,8 +151,6 @@ class InterpretWidget(Container):
         self.latest_filter = None  # the PixelFilter shown enlarged
         self.spectrum = None  # the last Spectrum computed
 
-        self.image = ComboBox(label="image", choices=self._image_choices)
-        self.model = ComboBox(label="model", choices=self._model_choices)
         self.pick_button = PushButton(text="Pick pixels")
         self.clear_button = PushButton(text="Clear points")
         self.readout = Label(label="", value=HINT)
@@ -204,17 +200,7 @@ class InterpretWidget(Container):
         self.maps_button.changed.connect(self.compute_maps)
         self.spectrum_button.changed.connect(self.compute_spectrum)
         self.cancel_button.changed.connect(self.cancel)
-        layers = napari_viewer.layers
-        self._connections = [
-            (layers.events.inserted, self._on_layers_changed),
-            (layers.events.removed, self._on_layers_changed),
-            (layers.events.renamed, self._on_layers_changed),
-            (layers.selection.events.active, self._on_active_layer),
-            (model_events.changed, self._on_models_changed),  # trained, renamed, deleted
-        ]
-        for emitter, callback in self._connections:
-            emitter.connect(callback)
-        self.native.destroyed.connect(self._disconnect)
+        self._listen(self._on_layers_changed, self._on_models_changed)
         self._follow_active()
         self._on_source_changed()
 
@@ -259,11 +245,8 @@ class InterpretWidget(Container):
         self.vectors.tooltip = "top singular vectors shown as a stack layer"
 
     def _disconnect(self, *_args) -> None:
-        """Stop listening to the viewer once the dock widget is gone."""
-        for emitter, callback in self._connections:
-            with contextlib.suppress(Exception):
-                emitter.disconnect(callback)
-        self._connections = []
+        """Stop listening to the viewer and layers, and stop the workers, once the dock is gone."""
+        super()._disconnect()
         self._unlink()
         self._timer.stop()
         self._poll.stop()
@@ -275,22 +258,17 @@ class InterpretWidget(Container):
 
     # ------------------------------------------------------------------ choices
 
-    def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
-        from napari.layers import Image
+    def _offers(self, layer) -> bool:
+        """Not our own outputs: the overlay, maps and vectors are not images to interpret."""
+        prov = layer.metadata.get(PROVENANCE_KEY)
+        return not (isinstance(prov, dict) and prov.get("kind") in OWN_KINDS)
 
-        def ours(lyr) -> bool:  # the overlay, maps and vectors are not images to interpret
-            prov = lyr.metadata.get(PROVENANCE_KEY)
-            return isinstance(prov, dict) and prov.get("kind") in OWN_KINDS
-
-        return [
-            (lyr.name, lyr)
-            for lyr in self._viewer.layers
-            if isinstance(lyr, Image) and not ours(lyr)
-        ]
-
-    def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
-        self._models, choices = model_choices()
-        return choices
+    def _follows(self, active, name: str, layer) -> bool:
+        """The selected image, or the image of a selected filter-points layer."""
+        if layer == active:
+            return True
+        prov = active.metadata.get(PROVENANCE_KEY)
+        return isinstance(prov, dict) and prov.get("kind") == POINTS and prov.get("source") == name
 
     def reset_choices(self, *_args) -> None:
         """Refresh layer and model lists (napari calls it when layers change)."""
@@ -322,21 +300,6 @@ class InterpretWidget(Container):
                 self._link(self._source, points)
                 self._schedule()
 
-    def _on_active_layer(self, *_args) -> None:
-        self._follow_active()
-
-    def _follow_active(self) -> None:
-        """Pick the selected image, or the image of a selected filter-points layer."""
-        active = self._viewer.layers.selection.active
-        if active is None:
-            return
-        prov = active.metadata.get(PROVENANCE_KEY)
-        name = prov.get("source") if isinstance(prov, dict) and prov.get("kind") == POINTS else None
-        for lyr_name, lyr in self._image_choices():
-            if (lyr == active or lyr_name == name) and self.image.value != lyr:
-                self.image.value = lyr
-                return
-
     def _on_source_changed(self, *_args) -> None:
         layer = self.image.value
         points = find_points(self._viewer.layers, layer.name) if layer is not None else None
@@ -366,7 +329,7 @@ class InterpretWidget(Container):
         self._source, self._points = source, points
         self._shown = None
         self._latest = None
-        links = []
+        links: list[Connection] = []
         if source is not None:
             links.append((source.events.data, self._on_source_data))
         if points is not None:
@@ -374,15 +337,10 @@ class InterpretWidget(Container):
                 (points.events.data, self._on_points_data),
                 (points.events.set_data, self._on_points_moved),
             ]
-        for emitter, callback in links:
-            emitter.connect(callback)
-        self._links = links
+        self._links = connect_all(links)
 
     def _unlink(self) -> None:
-        for emitter, callback in self._links:
-            with contextlib.suppress(Exception):
-                emitter.disconnect(callback)
-        self._links = []
+        disconnect_all(self._links)
 
     def _on_source_data(self, *_args) -> None:
         self._cache.clear()

@@ -36,18 +36,25 @@ def _gaussian(clean: np.ndarray, sigma: float, seed: int = SEED) -> np.ndarray:
     return (clean + rng.normal(0.0, sigma, clean.shape)).astype(np.float32)
 
 
+def _gaussian_pair(
+    name: str, clean: np.ndarray, sigma: float, note: str = "", **kwargs
+) -> list[tuple]:
+    """A 0-255 clean image and its copy with Gaussian noise (not clipped), as layers.
+
+    Why one place: the Gaussian samples describe their noise and set their
+    contrast the same way; ``note`` adds to the description.
+    """
+    noise = f"Gaussian, sigma {sigma:g} (0-255){note}"
+    return _pair(
+        name, clean, _gaussian(clean, sigma), noise, contrast_limits=(0.0, 255.0), **kwargs
+    )
+
+
 def camera_sample() -> list[tuple]:
     """Camera (gray, 512x512) with Gaussian noise, sigma 25 on the 0-255 scale (not clipped)."""
     from skimage import data
 
-    clean = data.camera().astype(np.float32)
-    return _pair(
-        "camera",
-        clean,
-        _gaussian(clean, 25.0),
-        "Gaussian, sigma 25 (0-255)",
-        contrast_limits=(0.0, 255.0),
-    )
+    return _gaussian_pair("camera", data.camera().astype(np.float32), 25.0)
 
 
 def astronaut_sample() -> list[tuple]:
@@ -55,14 +62,7 @@ def astronaut_sample() -> list[tuple]:
     from skimage import data
 
     clean = data.astronaut().astype(np.float32)
-    return _pair(
-        "astronaut",
-        clean,
-        _gaussian(clean, 25.0),
-        "Gaussian, sigma 25 (0-255), independent per channel",
-        rgb=True,
-        contrast_limits=(0.0, 255.0),
-    )
+    return _gaussian_pair("astronaut", clean, 25.0, ", independent per channel", rgb=True)
 
 
 def cell_sample(photons: float = 15.0, read_noise: float = 2.0) -> list[tuple]:
@@ -115,12 +115,6 @@ def zstack_sample(slices: int = 8, sigma: float = 20.0) -> list[tuple]:
         blurred = ndimage.gaussian_filter(base, sigma=0.3 + 0.7 * abs(z - mid))
         planes.append(ndimage.shift(blurred, (0.8 * (z - mid), -0.6 * (z - mid)), mode="nearest"))
     clean = np.stack(planes).astype(np.float32)
-    return _pair(
-        "coins z-stack",
-        clean,
-        _gaussian(clean, sigma),
-        f"Gaussian, sigma {sigma:g} (0-255)",
-        contrast_limits=(0.0, 255.0),
-        scale=(3.0, 1.0, 1.0),
-        axis_labels=("z", "y", "x"),
+    return _gaussian_pair(
+        "coins z-stack", clean, sigma, scale=(3.0, 1.0, 1.0), axis_labels=("z", "y", "x")
     )

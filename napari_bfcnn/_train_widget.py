@@ -35,7 +35,7 @@ from qtpy.QtWidgets import QScrollArea
 
 from ._layers import LayerError, current_index, read_layer
 from ._model_choices import decorate_model_combo, model_label
-from ._model_events import model_events, notify_models_changed
+from ._model_events import connect_all, disconnect_all, notify_models_changed, refresh_events
 from ._train_jobs import TrainJob, TrainOutcome, make_train_worker
 from ._train_plot import TrainingPlot
 
@@ -203,15 +203,8 @@ class TrainWidget(Container):
         self.user_models.changed.connect(self._on_user_model)
         self.rename_button.changed.connect(lambda *_: self.rename_model())
         self.delete_button.changed.connect(lambda *_: self.delete_model())
-        layers = napari_viewer.layers
-        self._connections = [
-            (layers.events.inserted, self.reset_choices),
-            (layers.events.removed, self.reset_choices),
-            (layers.events.renamed, self.reset_choices),
-            (model_events.changed, self.reset_choices),
-        ]
-        for emitter, callback in self._connections:
-            emitter.connect(callback)
+        events = refresh_events(napari_viewer, self.reset_choices, self.reset_choices)
+        self._connections = connect_all(events)
         self.native.destroyed.connect(self._disconnect)
 
     # ------------------------------------------------------------------ layout
@@ -342,10 +335,7 @@ class TrainWidget(Container):
         self._on_user_model()
 
     def _disconnect(self, *_args) -> None:
-        for emitter, callback in self._connections:
-            with contextlib.suppress(Exception):
-                emitter.disconnect(callback)
-        self._connections = []
+        disconnect_all(self._connections)
         if self._job is not None:
             self._job.stop.set()
 

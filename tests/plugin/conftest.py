@@ -49,3 +49,36 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _use_model_dir(model_dir, monkeypatch):
     monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(model_dir))
+
+
+@pytest.fixture
+def capture_notes(monkeypatch):
+    """A function that records the notifications a widget module shows, by kind.
+
+    Why: the widget tests check their errors and warnings as lists of messages,
+    not as pop-ups; ``capture_notes(module)`` patches that module's ``show_*``.
+    """
+
+    def capture(module, kinds: tuple[str, ...] = ("error", "warning", "info")) -> dict:
+        captured: dict[str, list[str]] = {kind: [] for kind in kinds}
+        for kind in kinds:
+            monkeypatch.setattr(module, f"show_{kind}", captured[kind].append)
+        return captured
+
+    return capture
+
+
+@pytest.fixture
+def docked(make_napari_viewer):
+    """A function that makes a viewer with one widget docked; returns (viewer, widget).
+
+    Why: every widget test starts from a fresh viewer with its widget in the dock.
+    """
+
+    def dock(widget_class, name: str) -> tuple:
+        viewer = make_napari_viewer()
+        widget = widget_class(viewer)
+        viewer.window.add_dock_widget(widget, name=name)
+        return viewer, widget
+
+    return dock

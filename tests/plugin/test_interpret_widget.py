@@ -37,20 +37,14 @@ def _denoise(model: str, plane) -> np.ndarray:
 
 
 @pytest.fixture
-def notes(monkeypatch):
+def notes(capture_notes):
     """Notifications the widget shows, by kind."""
-    captured = {"error": [], "warning": [], "info": []}
-    for kind in captured:
-        monkeypatch.setattr(iw, f"show_{kind}", captured[kind].append)
-    return captured
+    return capture_notes(iw)
 
 
 @pytest.fixture
-def viewer_widget(make_napari_viewer, notes):
-    viewer = make_napari_viewer()
-    widget = InterpretWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Interpret")
-    return viewer, widget
+def viewer_widget(docked, notes):
+    return docked(InterpretWidget, "Interpret")
 
 
 def _points(qtbot, widget, layer, coords, model="tiny-gray"):

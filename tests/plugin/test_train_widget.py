@@ -33,13 +33,10 @@ def user_models(model_dir, tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def notes(monkeypatch):
+def notes(capture_notes, monkeypatch):
     """Notifications the training widget shows, by kind; confirmation dialogs answer yes."""
-    captured = {"error": [], "warning": [], "info": []}
-    for kind in captured:
-        monkeypatch.setattr(tw, f"show_{kind}", captured[kind].append)
     monkeypatch.setattr(tw, "_confirm", lambda parent, question: True)
-    return captured
+    return capture_notes(tw)
 
 
 @pytest.fixture

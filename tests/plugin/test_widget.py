@@ -26,20 +26,14 @@ def _engine(model: str, data, channel_axis=None, offset=None) -> np.ndarray:
 
 
 @pytest.fixture
-def notes(monkeypatch):
+def notes(capture_notes):
     """Notifications the widget shows, by kind."""
-    captured = {"error": [], "warning": [], "info": []}
-    for kind in captured:
-        monkeypatch.setattr(dw, f"show_{kind}", captured[kind].append)
-    return captured
+    return capture_notes(dw)
 
 
 @pytest.fixture
-def viewer_widget(make_napari_viewer, notes):
-    viewer = make_napari_viewer()
-    widget = DenoiseWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Denoise")
-    return viewer, widget
+def viewer_widget(docked, notes):
+    return docked(DenoiseWidget, "Denoise")
 
 
 def _run(qtbot, widget, layer=None, model="tiny-gray"):
