@@ -11,6 +11,7 @@ skipped; the exit code is 1 if anything failed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -51,29 +52,33 @@ def output_path(path: Path, out_dir: Path, suffix: str) -> Path:
     return out_dir / f"{path.stem}{suffix}{ext}"
 
 
+BY_DATA = "by data"  # --offset not given: "auto" for camera data, else none
+
+
 def _plan(
-    shape: tuple[int, ...], axis: int | None, model: str | None, dtype=None
-) -> tuple[int | None, str, bool]:
-    """Channel axis (non-negative), model name and whether the last channel is RGBA alpha."""
-    from .registry import default_model
+    shape: tuple[int, ...], axis: int | None, model: str | None, dtype, offset
+) -> tuple[int | None, str, bool, float | str | None]:
+    """Channel axis (non-negative), model name, whether the last channel is RGBA alpha, and
+    the black level for the engine (``offset`` from :func:`parse_offset`, resolved by data).
+
+    Why the default by data: camera data carry an offset the bias-free model must not
+    see (it is scale-, not shift-equivariant); the widget sets "auto" for them too.
+    """
+    from .registry import default_model, is_camera_data
 
     if axis is not None:
         axis = int(axis) % len(shape)
-    rgb = _is_rgb(shape, axis)
+    rgb = axis is not None and axis == len(shape) - 1 and shape[axis] in (3, 4)
     name = model or default_model(3 if rgb else 1, rgb=rgb, dtype=dtype)
-    return axis, name, rgb and shape[axis] == 4
+    if offset == BY_DATA:
+        offset = "auto" if is_camera_data(dtype, rgb) else None
+    return axis, name, rgb and shape[axis] == 4, offset
 
 
-def parse_offset(text: str | None, dtype, rgb: bool) -> float | str | None:
-    """``--offset`` as the engine takes it: a number, "auto" or None (the default by data).
-
-    Why the default: camera data carry an offset the bias-free model must not see
-    (it is scale-, not shift-equivariant); the widget sets "auto" for them too.
-    """
-    from .registry import is_camera_data
-
+def parse_offset(text: str | None) -> float | str | None:
+    """``--offset`` as given: a number, "auto", None for "none", or :data:`BY_DATA` if absent."""
     if text is None:
-        return "auto" if is_camera_data(dtype, rgb) else None
+        return BY_DATA
     low = text.strip().lower()
     if low == "auto":
         return "auto"
@@ -83,7 +88,7 @@ def parse_offset(text: str | None, dtype, rgb: bool) -> float | str | None:
         value = float(text)
     except ValueError:
         raise ValueError(f"--offset must be 'auto', 'none' or a number (got {text!r})") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ValueError(f"--offset must be a finite number (got {text!r})")
     return value
 
@@ -135,10 +140,6 @@ def _compute(delayed: Any, client: Any, label: str, quiet: bool) -> None:
         delayed.compute()
 
 
-def _is_rgb(shape: tuple[int, ...], axis: int | None) -> bool:
-    return axis is not None and axis == len(shape) - 1 and shape[axis] in (3, 4)
-
-
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -146,7 +147,9 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _one_lazy(path: Path, target: Path, args: argparse.Namespace, client: Any, bar: Any) -> str:
+def _one_lazy(
+    path: Path, target: Path, args: argparse.Namespace, offset, client: Any, bar: Any
+) -> str:
     """A .zarr folder or a TIFF, chunk by chunk, written to a hidden file then renamed."""
     from tqdm import tqdm
 
@@ -154,9 +157,9 @@ def _one_lazy(path: Path, target: Path, args: argparse.Namespace, client: Any, b
 
     image = open_lazy(path, chunk=args.tile or 1024)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    dtype = image.data.dtype
-    axis, name, alpha = _plan(tuple(image.data.shape), axis, args.model, dtype)
-    offset = parse_offset(args.offset, dtype, rgb=_is_rgb(image.data.shape, axis))
+    axis, name, alpha, offset = _plan(
+        tuple(image.data.shape), axis, args.model, image.data.dtype, offset
+    )
     image.channel_axis = axis
     result = _denoise_lazy(image.data, axis, name, alpha, args.tile or None, offset)
     partial = target.with_name(f".{target.name}.partial")
@@ -176,15 +179,15 @@ def _one_lazy(path: Path, target: Path, args: argparse.Namespace, client: Any, b
     return name
 
 
-def _one_file(path: Path, target: Path, args: argparse.Namespace, client: Any) -> str:
+def _one_file(path: Path, target: Path, args: argparse.Namespace, offset, client: Any) -> str:
     """A TIFF, PNG or JPEG read whole; denoised in memory, or on the cluster when there is one."""
     from .files import read_image_file, write_image_file
 
     image = read_image_file(path)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    dtype = image.data.dtype
-    axis, name, alpha = _plan(tuple(image.data.shape), axis, args.model, dtype)
-    offset = parse_offset(args.offset, dtype, rgb=_is_rgb(image.data.shape, axis))
+    axis, name, alpha, offset = _plan(
+        tuple(image.data.shape), axis, args.model, image.data.dtype, offset
+    )
     tile = args.tile or None
     if client is not None:
         result = _denoise_lazy(image.data, axis, name, alpha, tile, offset).compute()
@@ -215,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     from .cli import _expand_inputs
 
     try:
-        parse_offset(args.offset, "float32", rgb=False)  # a typo fails before any work
+        offset = parse_offset(args.offset)  # once, so a typo fails before any work
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -247,9 +250,9 @@ def run(args: argparse.Namespace) -> int:
                 if target.exists() and not args.overwrite:
                     raise ValueError(f"{target} exists (use --overwrite to replace it)")
                 if lazy:
-                    name = _one_lazy(path, target, args, client, bar)
+                    name = _one_lazy(path, target, args, offset, client, bar)
                 else:
-                    name = _one_file(path, target, args, client)
+                    name = _one_file(path, target, args, offset, client)
                 bar.write(f"{path} -> {target} ({name})")
             except Exception as err:  # one bad file must not stop the batch
                 failed += 1
