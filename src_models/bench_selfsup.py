@@ -73,7 +73,7 @@ def selfsup_score(
     from .bench_micro import load_pair, micro_score, model_runner
     from .finetune import FinetuneSettings, finetune
     from .finetune_data import SourceImage
-    from .registry import clear_cache, list_models, load_model
+    from .registry import ENV_MODEL_DIR, clear_cache, list_models, load_model
 
     # by path: the run below points the user-model folder at a temporary one
     base_path = next((str(m.path) for m in list_models() if m.name == base), str(base))
@@ -82,9 +82,9 @@ def selfsup_score(
     p_noisy = micro_score(clean, noisy, plain=False)[0]
     p_base, _, s_base = micro_score(clean, before, plain=False)
     t0 = time.perf_counter()
-    old = os.environ.get("NAPARI_BFCNN_MODEL_DIR")
+    old = os.environ.get(ENV_MODEL_DIR)
     with tempfile.TemporaryDirectory() as tmp:  # the tuned model never lands in the user's folder
-        os.environ["NAPARI_BFCNN_MODEL_DIR"] = tmp
+        os.environ[ENV_MODEL_DIR] = tmp
         clear_cache()
         try:
             settings = FinetuneSettings(name="selfsup", mode="noisy", base=base_path,
@@ -99,9 +99,9 @@ def selfsup_score(
             after = model_runner(load_model(result.model_path))(noisy)
         finally:
             if old is None:
-                os.environ.pop("NAPARI_BFCNN_MODEL_DIR", None)
+                os.environ.pop(ENV_MODEL_DIR, None)
             else:
-                os.environ["NAPARI_BFCNN_MODEL_DIR"] = old
+                os.environ[ENV_MODEL_DIR] = old
             clear_cache()
     p_tuned, _, s_tuned = micro_score(clean, after, plain=False)
     return SelfsupScore(sample.dataset, sample.name, base, result.steps_done, p_noisy, p_base,
