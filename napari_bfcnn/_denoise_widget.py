@@ -30,6 +30,8 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from src_models.registry import is_camera_data
+
 from ._camera_noise import (
     CAMERA_SIDE,
     MICROSCOPY_MODEL,
@@ -504,8 +506,7 @@ class DenoiseWidget(ImageModelWidget):
         inp, index, crop_axis = request
         if inp.rgb or crop_axis is not None or inp.channel_axis is not None:
             return None
-        dtype = np.dtype(getattr(inp.data, "dtype", np.float64))
-        if not (np.issubdtype(dtype, np.integer) and dtype.itemsize >= 2):
+        if not is_camera_data(getattr(inp.data, "dtype", np.float64)):
             # camera counts only (12/16-bit): 8-bit and float layers are photos or processed
             # data, where a shot-noise readout means little and its worker is only a cost
             return None
