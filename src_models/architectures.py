@@ -12,6 +12,8 @@ import numpy as np
 
 from .config import DnCNNConfig, MultiscaleConfig, ResNetConfig, UNetConfig
 from .layers import (
+    BatchToChannels,
+    ChannelsToGuidedBatch,
     DepthToSpace,
     KernelRegularizer,
     LocalSqueezeExcite,
@@ -20,7 +22,13 @@ from .layers import (
     SpatialGate,
 )
 
-__all__ = ["build_model", "parameter_count", "receptive_field", "size_multiple"]
+__all__ = [
+    "build_model",
+    "init_guided_from_gray",
+    "parameter_count",
+    "receptive_field",
+    "size_multiple",
+]
 
 
 def size_multiple(config) -> int:
@@ -147,6 +155,12 @@ def _resnet(x, c: ResNetConfig):
 
 
 def _unet(x, c: UNetConfig):
+    if c.channel_mode == "guided":
+        # one shared one-channel trunk, the channel and the mean of all channels as its input;
+        # its layers are named exactly as a gray U-Net's, so gray weights can start it
+        trunk = c.model_copy(update={"channels": 1, "channel_mode": "joint"})
+        h = ChannelsToGuidedBatch(name="channels_to_batch")(x)
+        return BatchToChannels(c.channels, name="batch_to_channels")(_unet(h, trunk))
     o = _Ops(c)
     u = c.unshuffle
     h = SpaceToDepth(u, name=o._name("unshuffle"))(x) if u > 1 else x
@@ -216,6 +230,50 @@ def _multiscale(x, c: MultiscaleConfig):
     if c.residual:
         return keras.layers.Subtract(name="noise_estimate")([x, estimate])
     return estimate
+
+
+def init_guided_from_gray(guided: keras.Model, gray: keras.Model, unshuffle: int) -> int:
+    """Start a guided colour U-Net as the gray U-Net applied to each channel; returns layers set.
+
+    Why: the guided trunk is the gray U-Net with a second (guide) input. Copying the
+    gray weights and zeroing the guide's first-layer weights makes the new model
+    exactly "gray, per channel" before any training, so fine-tuning only has to learn
+    what the luminance guide adds, never re-learn denoising.
+
+    Parameters
+    ----------
+    guided : keras.Model
+        A model built from a ``UNetConfig`` with ``channel_mode="guided"``.
+    gray : keras.Model
+        A one-channel U-Net with the same scales, widths, convs and unshuffle.
+    unshuffle : int
+        Their pixel-unshuffle factor (the first convolution's input is ordered
+        (row offset, column offset, channel) after it).
+    """
+    by_name = {layer.name: layer for layer in guided.layers}
+    copied = 0
+    for layer in gray.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        target = by_name.get(layer.name)
+        if target is None or len(target.get_weights()) != len(weights):
+            raise ValueError(f"the gray model's layer {layer.name!r} has no match in {guided.name!r}")
+        new = []
+        for w_gray, w_new in zip(weights, target.get_weights()):
+            if w_gray.shape == w_new.shape:
+                new.append(w_gray)
+            elif w_gray.ndim == 4 and w_new.shape[2] == 2 * w_gray.shape[2] == 2 * unshuffle**2:
+                expanded = np.zeros_like(w_new)
+                expanded[:, :, 0::2] = w_gray  # the channel's own slots; the guide's stay zero
+                new.append(expanded)
+            else:
+                raise ValueError(
+                    f"layer {layer.name!r}: weights of shape {w_gray.shape} do not fit {w_new.shape}"
+                )
+        target.set_weights(new)
+        copied += 1
+    return copied
 
 
 def parameter_count(model: keras.Model) -> int:

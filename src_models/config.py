@@ -94,6 +94,14 @@ class UNetConfig(_ArchBase):
     convs: int = Field(2, ge=1, le=6, description="3x3 convolutions per level and side")
     norm: bool = False
     unshuffle: int = Field(1, description="pixel-unshuffle factor before the first level (1 or 2)")
+    channel_mode: Literal["joint", "guided"] = Field(
+        "joint",
+        description=(
+            "joint: one network sees all channels at once; guided: one shared one-channel "
+            "network per channel, given the mean of all channels as a second input "
+            "(can start from a gray model's weights)"
+        ),
+    )
 
     @field_validator("unshuffle")
     @classmethod
@@ -101,6 +109,15 @@ class UNetConfig(_ArchBase):
         if v not in (1, 2):
             raise ValueError(f"unshuffle must be 1 or 2 (got {v})")
         return v
+
+    @model_validator(mode="after")
+    def _guided_needs_channels(self):
+        if self.channel_mode == "guided" and self.channels < 2:
+            raise ValueError(
+                f"channel_mode='guided' needs channels >= 2 (got channels={self.channels}); "
+                "use channel_mode='joint' for one-channel models"
+            )
+        return self
 
 
 class MultiscaleConfig(_ArchBase):

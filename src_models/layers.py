@@ -208,6 +208,53 @@ class DepthToSpace(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
+class ChannelsToGuidedBatch(keras.layers.Layer):
+    """(N, H, W, C) -> (N*C, H, W, 2): each channel beside the mean of all channels.
+
+    Why: a colour image denoised one channel at a time by one shared network, each
+    channel guided by the luminance (whose noise is sqrt(C) times weaker and whose
+    edges every channel shares). Stacking and averaging are linear, so the network
+    stays homogeneous.
+    """
+
+    def call(self, x):
+        shape = ops.shape(x)
+        n, h, w, c = shape[0], shape[1], shape[2], x.shape[-1]
+        guide = ops.broadcast_to(ops.mean(x, axis=-1, keepdims=True), ops.shape(x))
+        pairs = ops.stack([x, guide], axis=-1)  # (N, H, W, C, 2)
+        pairs = ops.transpose(pairs, (0, 3, 1, 2, 4))
+        return ops.reshape(pairs, (n * c, h, w, 2))
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        return (None if n is None else n * c, h, w, 2)
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class BatchToChannels(keras.layers.Layer):
+    """(N*C, H, W, 1) -> (N, H, W, C), the inverse of :class:`ChannelsToGuidedBatch`'s stacking."""
+
+    def __init__(self, channels: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        if channels < 1:
+            raise ValueError(f"BatchToChannels expected channels >= 1. Received: channels={channels}")
+        self.channels = int(channels)
+
+    def call(self, x):
+        shape = ops.shape(x)
+        c = self.channels
+        x = ops.reshape(x, (shape[0] // c, c, shape[1], shape[2]))
+        return ops.transpose(x, (0, 2, 3, 1))
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, _ = input_shape
+        return (None if n is None else n // self.channels, h, w, self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
 class KernelRegularizer(keras.regularizers.Regularizer):
     """L1 + L2 + soft orthogonality ``||W^T W - I||_F^2`` on a convolution kernel."""
 

@@ -153,6 +153,26 @@ def _load_images(paths: Sequence[str], color: bool) -> list[np.ndarray]:
     return [load_image(p, color=color) for p in list_images(paths)]
 
 
+def _guided_from_gray(arch, base) -> bool:
+    """True when a guided colour U-Net starts from a one-channel U-Net of the same shape."""
+    if getattr(arch, "channel_mode", "joint") != "guided" or base.channels != 1:
+        return False
+    base_arch = base.card.recipe.architecture if base.card.recipe is not None else None
+    if base_arch is None or base_arch.kind != "unet":
+        raise ConfigError(
+            f"a guided colour U-Net starts from a one-channel U-Net with a recipe; {base.name!r} "
+            f"is {base.card.kind or 'of unknown kind'}"
+        )
+    shape = ("scales", "width", "max_width", "convs", "unshuffle", "kernel_size", "activation", "norm")
+    diff = [k for k in shape if getattr(arch, k) != getattr(base_arch, k)]
+    if diff:
+        raise ConfigError(
+            f"init_from={base.name!r} differs from the recipe's U-Net in {', '.join(diff)}; "
+            "a guided colour U-Net copies the gray weights, so they must match"
+        )
+    return True
+
+
 def _build_or_load(recipe: RecipeConfig, ckpt: Path, resume: bool):
     """The model to train: the checkpoint (resume), a base model (fine-tune) or a fresh build."""
     import keras
@@ -167,6 +187,12 @@ def _build_or_load(recipe: RecipeConfig, ckpt: Path, resume: bool):
         from .registry import load_model
 
         base = load_model(recipe.init_from)
+        if _guided_from_gray(recipe.architecture, base):
+            from .architectures import init_guided_from_gray
+
+            model = build_model(recipe.architecture, name=recipe.name)
+            init_guided_from_gray(model, base.model, recipe.architecture.unshuffle)
+            return model, base.card, False
         if base.channels != recipe.architecture.channels:
             raise ConfigError(
                 f"init_from={recipe.init_from!r} has {base.channels} channel(s) but the recipe "

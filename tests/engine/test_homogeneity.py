@@ -24,6 +24,9 @@ CONFIGS = {
     "resnet_plain_not_residual": ResNetConfig(blocks=1, width=8, expand=8, residual=False),
     "unet": UNetConfig(scales=3, width=8, convs=1, norm=True),
     "unet_unshuffle_color": UNetConfig(scales=2, width=8, convs=1, unshuffle=2, channels=3),
+    "unet_guided_color": UNetConfig(
+        scales=2, width=8, convs=1, unshuffle=2, channels=3, channel_mode="guided"
+    ),
     "multiscale_laplacian": MultiscaleConfig(levels=3, depth=3, width=8, pyramid="laplacian"),
     "multiscale_gaussian": MultiscaleConfig(levels=3, depth=3, width=8, pyramid="gaussian"),
 }
