@@ -258,9 +258,11 @@ def init_guided_from_gray(guided: keras.Model, gray: keras.Model, unshuffle: int
             continue
         target = by_name.get(layer.name)
         if target is None or len(target.get_weights()) != len(weights):
-            raise ValueError(f"the gray model's layer {layer.name!r} has no match in {guided.name!r}")
+            raise ValueError(
+                f"the gray model's layer {layer.name!r} has no match in {guided.name!r}"
+            )
         new = []
-        for w_gray, w_new in zip(weights, target.get_weights()):
+        for w_gray, w_new in zip(weights, target.get_weights(), strict=True):
             if w_gray.shape == w_new.shape:
                 new.append(w_gray)
             elif w_gray.ndim == 4 and w_new.shape[2] == 2 * w_gray.shape[2] == 2 * unshuffle**2:
@@ -269,7 +271,8 @@ def init_guided_from_gray(guided: keras.Model, gray: keras.Model, unshuffle: int
                 new.append(expanded)
             else:
                 raise ValueError(
-                    f"layer {layer.name!r}: weights of shape {w_gray.shape} do not fit {w_new.shape}"
+                    f"layer {layer.name!r}: weights of shape {w_gray.shape} "
+                    f"do not fit {w_new.shape}"
                 )
         target.set_weights(new)
         copied += 1
@@ -318,7 +321,9 @@ def receptive_field(model: keras.Model, multiple: int = 1, size: int | None = No
             y[0, c + phase, c + phase, :] = 1.0
             diff = np.abs(np.asarray(probe(y, training=False))).max(axis=(0, 3))
             ys, xs = np.nonzero(diff > 0)
-            radius = max(radius, int(np.abs(ys - c - phase).max()), int(np.abs(xs - c - phase).max()))
+            radius = max(
+                radius, int(np.abs(ys - c - phase).max()), int(np.abs(xs - c - phase).max())
+            )
         if radius < size // 2 - multiple - 2 or size >= 2048:
             return radius + _gate_extent(model)
         size *= 2

@@ -118,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
         help="baseline cache (default: src_models/bench_baselines.csv)",
     )
     p.add_argument(
+        "--reference-csv",
+        default=None,
+        help="cache of the --reference rows (default: src_models/bench_reference.csv); "
+        "a reference whose rows are not all there is run and its rows appended",
+    )
+    p.add_argument(
         "--compute-baselines",
         action="store_true",
         help="compute the baselines missing from the cache (slow: BM3D ~35 us/pixel)",
@@ -225,6 +231,7 @@ def run(argv: list[str] | None = None) -> Path:
     """Run the benchmark with command-line arguments; returns the output folder."""
     from . import bench_quality as bq
     from .bench_baselines import DEFAULT_CACHE, cached_scores, compute_baselines, read_cache
+    from .bench_reference import DEFAULT_REFERENCE_CACHE, file_sha256
     from .bench_report import published_rows, results_markdown, summarise, write_results
 
     args = _parser().parse_args(argv)
@@ -279,9 +286,13 @@ def run(argv: list[str] | None = None) -> Path:
             for _, den in models
             if den.channels == 1
         ]
-    for _, den in refs:
-        methods.append(bq.denoiser_method(den, color=False, kind="reference"))
-    _log(f"methods: {', '.join(m.label for m in methods) or '(none)'}")
+    ref_methods = [bq.denoiser_method(den, color=False, kind="reference") for _, den in refs]
+    ref_sha = {
+        m.label: file_sha256(spec.removeprefix("reference:"))
+        for m, (spec, _) in zip(ref_methods, refs, strict=True)
+    }
+    ref_cache_path = Path(args.reference_csv) if args.reference_csv else DEFAULT_REFERENCE_CACHE
+    _log(f"methods: {', '.join(m.label for m in methods + ref_methods) or '(none)'}")
 
     rows = []
     meta_models = {}
@@ -322,6 +333,13 @@ def run(argv: list[str] | None = None) -> Path:
             _, kept = bq.run_quality(extra, [CROP_SIGMA], methods, keep=lambda s, g: True)
         crcs = {(s.dataset, s.image, s.sigma): s.input_crc for s in scores if s.kind == "noisy"}
         scores += cached_scores(all_samples, sigmas, read_cache(cache_path), crcs, warn=_log)
+        if ref_methods:
+            ref_scores, ref_kept = _reference_scores(
+                ref_methods, ref_sha, ref_cache_path, all_samples, sigmas, crcs, keep, samples
+            )
+            scores += ref_scores
+            for key, outputs in ref_kept.items():
+                kept.setdefault(key, {}).update(outputs)
         _write_per_image(scores, out / "per_image.csv")
         rows += summarise(scores, {d: len(samples[d]) for d in datasets})
         rows += published_rows(datasets, sigmas)
@@ -412,6 +430,7 @@ def run(argv: list[str] | None = None) -> Path:
         "sigmas": sigmas,
         "datasets": {d: len(s) for d, s in samples.items()},
         "baselines_csv": _shown_path(cache_path),
+        "reference_csv": _shown_path(ref_cache_path) if refs else "",
         "micro": micro_counts,
         "micro_baselines_csv": _shown_path(micro_cache) if micro_cache else "",
         "models": meta_models,
@@ -434,6 +453,45 @@ def _shown_path(path: Path) -> str:
         return str(path.resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
+
+
+def _reference_scores(methods, sha_by_label, cache_path, samples, sigmas, crcs, keep, by_set):
+    """The reference rows: from the cache when complete for this run, else computed and cached.
+
+    Returns the scores and the kept outputs for the crop figures (for a cached
+    reference only the crop images are denoised: a few seconds, not half an hour).
+    """
+    from . import bench_quality as bq
+    from .bench_reference import (
+        append_reference_rows,
+        cached_reference_scores,
+        read_reference_cache,
+    )
+
+    cache = read_reference_cache(cache_path)
+    scores, kept = [], {}
+    for m in methods:
+        sha = sha_by_label[m.label]
+        cached = cached_reference_scores(samples, sigmas, m.label, sha, cache, crcs)
+        if cached is not None:
+            _log(f"{m.label}: {len(cached)} rows read from {_shown_path(cache_path)}")
+            scores += cached
+            firsts = [v[0] for v in by_set.values() if v and not v[0].color]
+            _, outputs_kept = bq.run_quality(firsts, [CROP_SIGMA], [m], keep=lambda s, g: True)
+        else:
+            _log(f"{m.label}: computing its rows (not all cached in {_shown_path(cache_path)})")
+            computed, outputs_kept = bq.run_quality(samples, sigmas, [m], log=_log, keep=keep)
+            if not outputs_kept:  # the run's sigmas miss the crops' sigma
+                firsts = [v[0] for v in by_set.values() if v and not v[0].color]
+                _, outputs_kept = bq.run_quality(firsts, [CROP_SIGMA], [m], keep=lambda s, g: True)
+            mine = [s for s in computed if s.kind == "reference"]
+            added = append_reference_rows(cache_path, mine, sha_by_label)
+            _log(f"{m.label}: {added} rows added to {_shown_path(cache_path)}")
+            scores += mine
+        for key, outputs in outputs_kept.items():
+            if m.label in outputs:
+                kept.setdefault(key, {})[m.label] = outputs[m.label]
+    return scores, kept
 
 
 def _load_reference(path: Path):

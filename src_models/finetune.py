@@ -7,7 +7,9 @@ of that gap. Three kinds of data are supported:
 * ``"clean"``: clean images, corrupted on the fly with the chosen noise;
 * ``"pairs"``: registered noisy / clean acquisitions (the noise is the data's own);
 * ``"noisy"``: noisy images only, self-supervised with Neighbor2Neighbor
-  (:mod:`src_models.n2n`), which needs no noise model.
+  (:mod:`src_models.n2n`, half-resolution sub-images, needs no noise model) or
+  Recorrupted-to-Recorrupted (:mod:`src_models.r2r`, full-resolution crops, with a
+  Poisson-Gaussian noise model estimated from each image).
 
 A deterministic band of the largest image is held out (:mod:`src_models.finetune_data`)
 and scored before and during training; the best model goes atomically into the
@@ -50,10 +52,12 @@ from .finetune_data import (
 )
 
 if TYPE_CHECKING:  # importing train loads Keras; the widget lists MODES and PRESETS without it
+    from .noise_model import PoissonGaussian
     from .train import TrainProgress
 
 __all__ = [
     "MODES",
+    "NOISY_METHODS",
     "PRESETS",
     "FinetuneResult",
     "FinetuneSettings",
@@ -68,7 +72,13 @@ __all__ = [
 MODES = {
     "clean": "clean images + synthetic noise",
     "pairs": "noisy / clean pairs",
-    "noisy": "noisy images only (Neighbor2Neighbor)",
+    "noisy": "noisy images only (self-supervised)",
+}
+
+# self-supervised methods of the "noisy" mode
+NOISY_METHODS = {
+    "n2n": "Neighbor2Neighbor",
+    "r2r": "Recorrupted-to-Recorrupted",
 }
 
 # fresh architectures, by how long the user is willing to wait
@@ -80,6 +90,7 @@ PRESETS: dict[str, Callable[[int], Any]] = {
 
 RUNS = ".runs"
 N2N_KEY = "n2n"
+R2R_KEY = "r2r"
 PAIR_KEY = "pair"
 
 
@@ -104,8 +115,14 @@ class FinetuneSettings:
         Steps between validations (default: a tenth of the run).
     val_sigmas : tuple of float, optional
         ``"clean"`` mode validation noise (default: 15, 25, 50 within the corruption's range).
+    noisy_method : {"n2n", "r2r"}
+        Self-supervised method of the ``"noisy"`` mode: Neighbor2Neighbor or
+        Recorrupted-to-Recorrupted (:data:`NOISY_METHODS`).
     n2n_gamma : float
         Final Neighbor2Neighbor regulariser weight (paper: 2; 0 switches it off).
+    r2r_alpha : float
+        Recorrupted-to-Recorrupted strength (> 0; paper: 0.5): training runs at
+        ``1 + alpha^2`` times the data's noise variance.
     seed : int
     description : str
     """
@@ -121,7 +138,9 @@ class FinetuneSettings:
     learning_rate: float | None = None
     val_every: int | None = None
     val_sigmas: tuple[float, ...] | None = None
+    noisy_method: str = "n2n"
     n2n_gamma: float = 2.0
+    r2r_alpha: float = 0.5
     seed: int = 0
     description: str = ""
 
@@ -145,8 +164,14 @@ class FinetuneSettings:
                 raise ConfigError(f"{key}={v!r} must be a positive integer (or None for auto)")
         if self.learning_rate is not None and not 0 < self.learning_rate <= 1:
             raise ConfigError(f"learning_rate={self.learning_rate!r} must be in (0, 1]")
+        if self.noisy_method not in NOISY_METHODS:
+            raise ConfigError(
+                f"noisy_method={self.noisy_method!r} is not one of {', '.join(NOISY_METHODS)}"
+            )
         if not (self.n2n_gamma >= 0 and np.isfinite(self.n2n_gamma)):
             raise ConfigError(f"n2n_gamma={self.n2n_gamma!r} must be >= 0")
+        if not (self.r2r_alpha > 0 and np.isfinite(self.r2r_alpha)):
+            raise ConfigError(f"r2r_alpha={self.r2r_alpha!r} must be > 0")
         if int(self.seed) != self.seed or self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} must be a non-negative integer")
 
@@ -231,10 +256,15 @@ def _floor_to(n: int, m: int) -> int:
     return (n // m) * m
 
 
-def _default_patch(train: Sequence[np.ndarray], multiple: int, mode: str) -> int:
+def _half_resolution(settings: FinetuneSettings) -> bool:
+    """Neighbor2Neighbor: crops of twice the patch are sub-sampled to the patch."""
+    return settings.mode == "noisy" and settings.noisy_method == "n2n"
+
+
+def _default_patch(train: Sequence[np.ndarray], multiple: int, half: bool) -> int:
     largest = max(train, key=lambda im: im.shape[0] * im.shape[1])
     side = min(largest.shape[:2])
-    if mode == "noisy":
+    if half:
         side //= 2  # crops of twice the patch are sub-sampled to the patch
     p = _floor_to(min(64, side), multiple)
     return max(p, _floor_to(8 + multiple - 1, multiple))
@@ -244,6 +274,13 @@ def _default_val_sigmas(corruption: CorruptionConfig) -> tuple[float, ...]:
     lo, hi = corruption.sigma_range
     inside = tuple(s for s in (15.0, 25.0, 50.0) if lo <= s <= hi)
     return inside or (round((lo + hi) / 2, 1),)
+
+
+def _mode_text(settings: FinetuneSettings) -> str:
+    """The kind of training data, with the self-supervised method for noisy-only data."""
+    if settings.mode == "noisy":
+        return f"noisy images only ({NOISY_METHODS[settings.noisy_method]})"
+    return MODES[settings.mode]
 
 
 def build_recipe(
@@ -272,7 +309,8 @@ def build_recipe(
         The base model's card and file (None for a fresh model).
     """
     settings.check()
-    patch = int(settings.patch_size or _default_patch(train, multiple, settings.mode))
+    half = _half_resolution(settings)
+    patch = int(settings.patch_size or _default_patch(train, multiple, half))
     if patch % multiple:
         raise ConfigError(
             f"patch_size={patch} must be a multiple of the model's size multiple {multiple}"
@@ -305,7 +343,7 @@ def build_recipe(
     origin = f"new {settings.architecture} model"
     if base_path:
         origin = f"fine-tuned from {settings.base}"
-    description = settings.description or f"{MODES[settings.mode]}; {origin}"
+    description = settings.description or f"{_mode_text(settings)}; {origin}"
     return parse_recipe(
         {
             "name": settings.name,
@@ -333,9 +371,13 @@ class _Evaluator:
     """Scores the held-out crop for :func:`~src_models.train.train` and reports a preview.
 
     Keys: the noise sigma for ``"clean"`` (PSNR against the clean crop), ``"pair"``
-    (PSNR of the denoised noisy crop against the clean one), ``"n2n"`` for noisy-only
-    data: the PSNR of ``D(g1)`` against ``g2`` on fixed neighbour sub-images of the
-    crop, a self-supervised score that rises as the true error falls.
+    (PSNR of the denoised noisy crop against the clean one); for noisy-only data a
+    self-supervised score that rises as the true error falls: ``"n2n"`` (Neighbor2Neighbor
+    runs), the PSNR of ``D(g1)`` against ``g2`` on fixed neighbour sub-images of the crop,
+    or ``"r2r"`` (Recorrupted-to-Recorrupted runs), the PSNR of ``D(y + alpha z)`` against
+    ``y - z / alpha`` over fixed full-resolution recorruptions of the crop
+    (:func:`~src_models.r2r.validation_pairs`), which scores the model at the scale it
+    is trained and used at.
     """
 
     def __init__(
@@ -349,12 +391,15 @@ class _Evaluator:
         region: ValidationRegion,
         sample: Sample,
         on_preview: Callable[[ValidationPreview], None] | None,
+        r2r: tuple[PoissonGaussian, float] | None = None,
     ) -> None:
         from .data import validation_set
         from .n2n import neighbor_pair
+        from .r2r import validation_pairs
 
         self.mode, self.multiple, self.region, self.sample = mode, multiple, region, sample
         self.on_preview = on_preview
+        self.groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         if mode == "clean":
             val = validation_set([crop], sigmas, seed, crop=None)
             self.pairs = [(n, c, f"{s:g}") for n, c, s in val]
@@ -362,6 +407,10 @@ class _Evaluator:
             self.shown = self.pairs[mid][0]
         elif mode == "pairs":
             self.pairs = [(crop, reference, PAIR_KEY)]
+            self.shown = crop
+        elif r2r is not None:  # noisy-only, Recorrupted-to-Recorrupted: (noise, alpha)
+            self.pairs = []
+            self.groups = {R2R_KEY: validation_pairs(crop, r2r[0], r2r[1], seed)}
             self.shown = crop
         else:
             g1, g2, _ = neighbor_pair(crop[None], np.random.default_rng([seed, 5]))
@@ -374,6 +423,14 @@ class _Evaluator:
         scores = {}
         for noisy, target, key in self.pairs:
             scores[key] = psnr(target, _predict(model, noisy, self.multiple))
+        for key, group in self.groups.items():  # PSNR of the mean squared error over the group
+            mse = np.mean(
+                [
+                    np.mean((np.clip(_predict(model, x, self.multiple), 0.0, 1.0) - t) ** 2)
+                    for x, t in group
+                ]
+            )
+            scores[key] = float(10.0 * np.log10(1.0 / mse)) if mse > 0 else float("inf")
         if self.on_preview is not None:
             denoised = _predict(model, self.shown, self.multiple)
             self.on_preview(
@@ -457,6 +514,7 @@ def finetune(
     from .data import PairSampler
     from .modelfile import copy_with_card, read_card
     from .n2n import Neighbor2NeighborSampler
+    from .r2r import Recorrupted2RecorruptedSampler
     from .train import CHECKPOINT, train
 
     settings.check()
@@ -489,10 +547,23 @@ def finetune(
         shutil.rmtree(out)
 
     sampler = None
+    r2r = None
     if settings.mode == "pairs":
         sampler = PairSampler(
             train_in, train_clean, recipe.data.patch_size, t_cfg.batch_size, seed=t_cfg.seed
         )
+    elif settings.mode == "noisy" and settings.noisy_method == "r2r":
+        # the noise of each training image, estimated once on the whole (normalised) image
+        sampler = Recorrupted2RecorruptedSampler(
+            train_in,
+            recipe.data.patch_size,
+            t_cfg.batch_size,
+            seed=t_cfg.seed,
+            alpha=settings.r2r_alpha,
+        )
+        # the held-out crop is a band of one sample: its training rows gave its noise
+        index = next(i for i, s in enumerate(inputs) if s is crop_sample)
+        r2r = (sampler.noise[index], settings.r2r_alpha)
     elif settings.mode == "noisy":
         sampler = Neighbor2NeighborSampler(
             train_in,
@@ -512,6 +583,7 @@ def finetune(
         region,
         crop_sample,
         on_preview,
+        r2r=r2r,
     )
     sources = [im.describe() for im in images]
     if targets:
@@ -544,10 +616,11 @@ def finetune(
     notes.update(
         {
             "mode": settings.mode,
+            "noisy_method": settings.noisy_method if settings.mode == "noisy" else "",
             "sources": json.dumps(sources),
             "corruption": recipe.corruption.model_dump_json() if settings.mode == "clean" else "",
             "validation_region": json.dumps(region.as_dict()),
-            "validation_score": _score_meaning(settings.mode),
+            "validation_score": _score_meaning(settings),
             "val_psnr_before": _json_scores(result.val_psnr_initial),
             "val_psnr_after": _json_scores(result.val_psnr_best),
             "steps_planned": str(t_cfg.steps),
@@ -560,6 +633,9 @@ def finetune(
             ),
         }
     )
+    if isinstance(sampler, Recorrupted2RecorruptedSampler):
+        notes["r2r_alpha"] = f"{settings.r2r_alpha:g}"
+        notes["r2r_noise"] = "per training image, normalised units: " + sampler.describe_noise()
     card = best.model_copy(update={"name": settings.name, "notes": notes})
     card = ModelCard.model_validate(card.model_dump())
     copy_with_card(result.model_path, target_path, card)
@@ -594,7 +670,8 @@ def _json_scores(scores: dict[str, float]) -> str:
     return json.dumps({k: round(float(v), 3) for k, v in scores.items()})
 
 
-def _score_meaning(mode: str) -> str:
+def _score_meaning(settings: FinetuneSettings) -> str:
+    mode = settings.mode
     if mode == "clean":
         return (
             "PSNR (dB) on the held-out crop with Gaussian noise of each sigma "
@@ -602,6 +679,13 @@ def _score_meaning(mode: str) -> str:
         )
     if mode == "pairs":
         return "PSNR (dB) of the denoised held-out noisy crop against its clean partner"
+    if settings.noisy_method == "r2r":
+        return (
+            "Recorrupted-to-Recorrupted self-supervised score: PSNR (dB) of D(y + alpha z) "
+            "against y - z / alpha over fixed recorruptions of the held-out crop (rises as the "
+            "true error at 1 + alpha^2 times the noise variance falls; not a PSNR against a "
+            "clean image)"
+        )
     return (
         "Neighbor2Neighbor self-supervised score: PSNR (dB) of D(g1) against g2 on the held-out "
         "crop (rises as the true error falls; not a PSNR against a clean image)"

@@ -237,7 +237,9 @@ class BatchToChannels(keras.layers.Layer):
     def __init__(self, channels: int = 3, **kwargs):
         super().__init__(**kwargs)
         if channels < 1:
-            raise ValueError(f"BatchToChannels expected channels >= 1. Received: channels={channels}")
+            raise ValueError(
+                f"BatchToChannels expected channels >= 1. Received: channels={channels}"
+            )
         self.channels = int(channels)
 
     def call(self, x):

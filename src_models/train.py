@@ -163,7 +163,9 @@ def _guided_from_gray(arch, base) -> bool:
             f"a guided colour U-Net starts from a one-channel U-Net with a recipe; {base.name!r} "
             f"is {base.card.kind or 'of unknown kind'}"
         )
-    shape = ("scales", "width", "max_width", "convs", "unshuffle", "kernel_size", "activation", "norm")
+    shape = (
+        "scales", "width", "max_width", "convs", "unshuffle", "kernel_size", "activation", "norm"
+    )
     diff = [k for k in shape if getattr(arch, k) != getattr(base_arch, k)]
     if diff:
         raise ConfigError(
