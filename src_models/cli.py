@@ -109,6 +109,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         if not files and not pairs:
             raise ConfigError("no training images: give IMAGES or --pairs NOISY:CLEAN")
         mode = "pairs" if pairs else ("noisy" if args.noisy_only else "clean")
+        if args.noisy_method and mode != "noisy":
+            raise ConfigError("--noisy-method applies to --noisy-only training only")
+        method = {"noisy_method": args.noisy_method} if args.noisy_method else {}
         corruption = CorruptionConfig(sigma_range=tuple(args.sigma)) if args.sigma else None
         settings = FinetuneSettings(
             name=args.name,
@@ -121,6 +124,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             steps=args.steps,
             learning_rate=args.lr,
             seed=args.seed,
+            **method,
         )
         images = [_source(n) for n, _ in pairs] if pairs else [_source(f) for f in files]
         targets = [_source(c) for _, c in pairs] or None
@@ -176,14 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune",
         help="fine-tune a model on your own images and save it as a user model",
         description="Fine-tune a model (or train a new one) on image files. Clean images get "
-        "synthetic noise; --noisy-only trains self-supervised (Neighbor2Neighbor); --pairs uses "
+        "synthetic noise; --noisy-only trains self-supervised (--noisy-method); --pairs uses "
         "registered noisy/clean acquisitions. The best model goes to the user-model folder.",
     )
     f.add_argument("inputs", nargs="*", metavar="IMAGES", help="files, globs or folders")
     f.add_argument("--name", required=True, help="name of the new model")
     f.add_argument("--base", default="gray", help="model name or .keras path to start from")
     f.add_argument("--new", choices=["tiny", "small", "medium"], help="train a new model instead")
-    f.add_argument("--noisy-only", action="store_true", help="IMAGES are noisy (Neighbor2Neighbor)")
+    f.add_argument("--noisy-only", action="store_true",
+                   help="IMAGES are noisy: self-supervised training (see --noisy-method)")
+    f.add_argument("--noisy-method", choices=["r2r", "n2n"], default=None,
+                   help="with --noisy-only: r2r (Recorrupted-to-Recorrupted, full resolution, "
+                   "Poisson-Gaussian noise estimated per image) or n2n (Neighbor2Neighbor, "
+                   "half-resolution sub-images, no noise model); default: "
+                   "the library's (FinetuneSettings.noisy_method)")
     f.add_argument("--pairs", action="append", metavar="NOISY:CLEAN", help="a noisy/clean pair")
     f.add_argument("--sigma", nargs=2, type=float, metavar=("LO", "HI"),
                    help="Gaussian training noise range, 8-bit scale (default 0 75)")

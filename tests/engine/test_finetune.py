@@ -353,6 +353,26 @@ def test_finetune_command_trains_on_an_image_file(user_dir, tmp_path, capsys):
     assert main(["finetune", "--name", "x", "--base", "base"]) == 2  # nothing to train on
 
 
+def test_finetune_command_trains_noisy_only_with_the_chosen_method(user_dir, tmp_path, capsys):
+    from imageio import v3 as iio
+
+    from src_models.cli import main
+
+    noisy = np.clip(skdata.camera()[:96, :96] + np.random.default_rng(0).normal(0, 20, (96, 96)),
+                    0, 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "noisy.png", noisy)
+    code = main(["finetune", str(tmp_path / "noisy.png"), "--base", "base", "--steps", "4",
+                 "--name", "r2r-cli", "--patch", "32", "--noisy-only", "--noisy-method", "r2r"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    card = read_card(user_dir / "r2r-cli.keras")
+    assert card.notes["noisy_method"] == "r2r" and "Recorrupted" in card.description
+    # the method only means something for noisy-only data
+    assert main(["finetune", str(tmp_path / "noisy.png"), "--base", "base", "--name", "y",
+                 "--noisy-method", "n2n"]) == 2
+    assert "--noisy-method applies to --noisy-only" in capsys.readouterr().err
+
+
 
 def test_train_hooks_take_any_sampler_and_evaluator_and_can_keep_the_initial_model(tmp_path):
     class ZeroTargets:  # a sampler that teaches the model to output black: it only gets worse
