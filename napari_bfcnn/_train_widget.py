@@ -49,7 +49,11 @@ PROGRESS_STEPS = 1000
 MODE_CHOICES = [
     ("clean + synthetic noise", "clean"),
     ("noisy / clean pairs", "pairs"),
-    ("noisy only (Neighbor2Neighbor)", "noisy"),
+    ("noisy only (self-supervised)", "noisy"),
+]
+NOISY_METHOD_CHOICES = [
+    ("Recorrupted-to-Recorrupted", "r2r"),
+    ("Neighbor2Neighbor", "n2n"),
 ]
 LR_CHOICES = [
     ("auto", 0.0),
@@ -67,6 +71,15 @@ SCORE_LABELS = {
 
 # one training per napari process: two would share (and halve) the same CPU or GPU
 _TRAINING = threading.Lock()
+
+
+def _default_noisy_method() -> str:
+    """The engine's default self-supervised method (one default for the widget and the CLI)."""
+    from dataclasses import fields
+
+    from src_models.finetune import FinetuneSettings
+
+    return next(f.default for f in fields(FinetuneSettings) if f.name == "noisy_method")
 
 
 class _VerticalScrollArea(QScrollArea):
@@ -146,6 +159,9 @@ class TrainWidget(Container):
 
         # data
         self.mode = ComboBox(label="training data", choices=MODE_CHOICES, value="clean")
+        self.noisy_method = ComboBox(
+            label="method", choices=NOISY_METHOD_CHOICES, value=_default_noisy_method()
+        )
         self.layers = Select(label="clean layers", choices=self._image_choices)
         self.noisy = ComboBox(label="noisy layer", choices=self._image_choices)
         self.clean = ComboBox(label="clean layer", choices=self._image_choices)
@@ -259,6 +275,7 @@ class TrainWidget(Container):
             widgets=[
                 header("Data"),
                 self.mode,
+                self.noisy_method,
                 self.layers,
                 self.noisy,
                 self.clean,
@@ -308,8 +325,13 @@ class TrainWidget(Container):
             label.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         self.mode.tooltip = (
             "clean layers: noise is added on the fly as set below; pairs: a noisy layer and its "
-            "registered clean version; noisy only: self-supervised Neighbor2Neighbor (no clean "
-            "image and no noise model needed; the noise must be independent pixel to pixel)"
+            "registered clean version; noisy only: self-supervised, no clean image needed (the "
+            "noise must be independent pixel to pixel)"
+        )
+        self.noisy_method.tooltip = (
+            "Recorrupted-to-Recorrupted: trains at full resolution with camera (Poisson-Gaussian) "
+            "noise estimated from each layer; Neighbor2Neighbor: needs no noise model, trains on "
+            "half-resolution sub-images"
         )
         self.base.tooltip = "model to fine-tune, or a new model trained from scratch"
         self.sigma_min.tooltip = self.sigma_max.tooltip = (
@@ -381,6 +403,7 @@ class TrainWidget(Container):
         self.layers.visible = mode != "pairs"
         self.layers.label = "clean layers" if mode == "clean" else "noisy layers"
         self.noisy.visible = self.clean.visible = mode == "pairs"
+        self.noisy_method.visible = mode == "noisy"
         for w in [*self._noise_widgets, *self._noise_rows]:
             w.visible = mode == "clean"
 
@@ -433,6 +456,7 @@ class TrainWidget(Container):
             batch_size=int(self.batch.value) or None,
             steps=int(self.steps.value) or None,
             learning_rate=float(self.learning_rate.value) or None,
+            noisy_method=str(self.noisy_method.value),
             seed=int(self.seed.value),
         )
         settings.check()

@@ -169,6 +169,18 @@ def test_bad_choices_are_reported_not_started(viewer_widgets, notes):
     assert not train.running and train.run_button.enabled
 
 
+def test_noisy_only_mode_shows_the_method_and_passes_it_to_the_settings(viewer_widgets):
+    viewer, train, _ = viewer_widgets
+    layer = viewer.add_image(_text(), name="text")
+    _setup(train, layer, mode="clean")
+    assert not train.noisy_method.visible
+    _setup(train, layer, mode="noisy")
+    assert train.noisy_method.visible and not train.sigma_min.visible
+    for method in ("n2n", "r2r"):
+        train.noisy_method.value = method
+        assert train.settings().noisy_method == method
+
+
 def test_preview_adds_a_corrupted_patch_with_the_chosen_noise(viewer_widgets, notes):
     viewer, train, _ = viewer_widgets
     flat = np.full((200, 200), 200, dtype=np.uint8)
