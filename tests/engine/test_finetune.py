@@ -161,8 +161,8 @@ def test_neighbor2neighbor_fine_tunes_the_bundled_gray_model_on_odd_sized_images
 
     clean = _cells((151, 203))  # odd sides: the base's size multiple is 2
     noisy = poisson_gaussian(clean[..., None], 30.0, 5.0, np.random.default_rng(0))[..., 0]
-    settings = FinetuneSettings(name="gray-n2n", mode="noisy", base="gray-dncnn", steps=10,
-                                val_every=5, patch_size=32)
+    settings = FinetuneSettings(name="gray-n2n", mode="noisy", noisy_method="n2n",
+                                base="gray-dncnn", steps=10, val_every=5, patch_size=32)
     result = finetune(settings, [SourceImage("noisy cells", noisy)])
     assert result.steps_done == 10 and set(result.val_psnr_best) == {"n2n"}
     assert result.val_psnr_best["n2n"] >= result.val_psnr_initial["n2n"]
@@ -280,8 +280,8 @@ def test_neighbor2neighbor_on_a_noisy_only_image_beats_the_noisy_input(user_dir)
 
     clean = _cells()
     noisy = poisson_gaussian(clean[..., None], 30.0, 5.0, np.random.default_rng(0))[..., 0]
-    settings = FinetuneSettings(name="n2n", mode="noisy", base=None, architecture="tiny",
-                                steps=150, learning_rate=3e-3, val_every=50, patch_size=32)
+    settings = FinetuneSettings(name="n2n", mode="noisy", noisy_method="n2n", base=None,
+                                architecture="tiny", steps=150, learning_rate=3e-3, val_every=50, patch_size=32)
     result = finetune(settings, [SourceImage("noisy cells", noisy)])
     assert set(result.val_psnr_best) == {"n2n"}
     assert result.val_psnr_best["n2n"] > result.val_psnr_initial["n2n"]
