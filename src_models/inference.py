@@ -42,7 +42,12 @@ if TYPE_CHECKING:  # keras is imported lazily: importing this module stays cheap
 
 __all__ = ["AUTO_OFFSET", "Cancelled", "Denoiser", "Progress", "estimate_sigma"]
 
-MAX_CORE = 1024  # automatic tiling: cores at most this many pixels per side
+MAX_CORE = 1024  # automatic tiling: cores at most this many pixels per side (at least, see below)
+# automatic tiling of denoise(): the largest window (core + both margins) whose pixels times
+# the model's channels stay within this. Gray U-Nets then denoise 2048^2 in one tile instead
+# of four (margins of 112 px made the four cost 1.5x the image, one costs 1.23x): about 10 %
+# faster, and an 8192^2 gray image still peaks under 1.9 GB (measured, bench memory run)
+WINDOW_PIXELS = 2304 * 2304
 BATCH_PIXELS = 1 << 20  # windows per model call: about one large tile's worth of pixels
 MIN_SIDE = 4  # smallest spatial size accepted
 _CHUNK = 1 << 18  # pixels per float64 chunk while normalising a plane
@@ -193,10 +198,17 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def _core_size(length: int, tile: int | None, multiple: int) -> int:
+def auto_core(receptive_field: int, multiple: int, channels: int) -> int:
+    """Largest automatic core side for a model: :data:`WINDOW_PIXELS`, never below MAX_CORE."""
+    margin = _round_up(receptive_field, multiple)
+    side = math.isqrt(WINDOW_PIXELS // max(1, int(channels))) - 2 * margin
+    return max(MAX_CORE, side)
+
+
+def _core_size(length: int, tile: int | None, multiple: int, max_core: int = MAX_CORE) -> int:
     """Core size along one axis of aligned length ``length`` (a multiple of ``multiple``)."""
     if tile is None:
-        n = math.ceil(length / MAX_CORE)
+        n = math.ceil(length / max_core)
         tile = math.ceil(length / n)
     return min(_round_up(max(int(tile), 1), multiple), length)
 
@@ -207,7 +219,14 @@ def _starts(length: int, core: int) -> tuple[int, ...]:
     return tuple(min(k * core, length - core) for k in range(n))
 
 
-def _tiling(height: int, width: int, tile: TileArg, receptive_field: int, multiple: int) -> _Tiling:
+def _tiling(
+    height: int,
+    width: int,
+    tile: TileArg,
+    receptive_field: int,
+    multiple: int,
+    max_core: int = MAX_CORE,
+) -> _Tiling:
     if tile is None or isinstance(tile, (int, np.integer)):
         tiles = (tile, tile)
     else:
@@ -220,7 +239,9 @@ def _tiling(height: int, width: int, tile: TileArg, receptive_field: int, multip
     margin = _round_up(receptive_field, multiple)
     extra = ((-height) % multiple, (-width) % multiple)
     lengths = (height + extra[0], width + extra[1])
-    core = tuple(_core_size(n, t, multiple) for n, t in zip(lengths, tiles, strict=True))
+    core = tuple(
+        _core_size(n, t, multiple, max_core) for n, t in zip(lengths, tiles, strict=True)
+    )
     return _Tiling(
         margin=margin,
         core=core,
@@ -441,8 +462,9 @@ class Denoiser:
             count and the outputs averaged (a 3-channel model on gray).
         tile : int or (int, int), optional
             Tile core size in pixels (rounded up to the size multiple). None
-            chooses: the whole plane up to 1024 px per side, else near-equal
-            cores of 512-1024 px.
+            chooses: the whole plane up to :func:`auto_core` px per side (2080 for
+            the bundled gray U-Nets, 1106 for RGB models; never below 1024), else
+            near-equal cores of at most that size.
         offset : float or "auto", optional
             Black level, subtracted before and added back after denoising (in the
             data's units, one value for all planes). ``"auto"``: estimated per
@@ -464,12 +486,14 @@ class Denoiser:
         array = _as_array_like(array)
         layout = _layout(array, channel_axis)
         offset = _check_offset(offset)
+        rf, multiple = int(self.card.receptive_field), int(self.card.size_multiple)
         tiling = _tiling(
             layout.height,
             layout.width,
             tile,
-            int(self.card.receptive_field),
-            int(self.card.size_multiple),
+            rf,
+            multiple,
+            auto_core(rf, multiple, self.channels),
         )
         return self._iterate(array, layout, tiling, offset)
 
