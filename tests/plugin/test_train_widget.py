@@ -173,9 +173,9 @@ def test_noisy_only_mode_shows_the_method_and_passes_it_to_the_settings(viewer_w
     viewer, train, _ = viewer_widgets
     layer = viewer.add_image(_text(), name="text")
     _setup(train, layer, mode="clean")
-    assert not train.noisy_method.visible
+    assert train.noisy_method.native.isHidden()  # hidden, whether or not the dock is shown
     _setup(train, layer, mode="noisy")
-    assert train.noisy_method.visible and not train.sigma_min.visible
+    assert not train.noisy_method.native.isHidden() and train.sigma_min.native.isHidden()
     for method in ("n2n", "r2r"):
         train.noisy_method.value = method
         assert train.settings().noisy_method == method
