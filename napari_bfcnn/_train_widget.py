@@ -51,10 +51,7 @@ MODE_CHOICES = [
     ("noisy / clean pairs", "pairs"),
     ("noisy only (self-supervised)", "noisy"),
 ]
-NOISY_METHOD_CHOICES = [
-    ("Recorrupted-to-Recorrupted", "r2r"),
-    ("Neighbor2Neighbor", "n2n"),
-]
+
 LR_CHOICES = [
     ("auto", 0.0),
     ("1e-3", 1e-3),
@@ -73,13 +70,14 @@ SCORE_LABELS = {
 _TRAINING = threading.Lock()
 
 
-def _default_noisy_method() -> str:
-    """The engine's default self-supervised method (one default for the widget and the CLI)."""
+def _noisy_methods() -> tuple[list[tuple[str, str]], str]:
+    """The engine's self-supervised methods as (label, value) choices, and its default one."""
     from dataclasses import fields
 
-    from src_models.finetune import FinetuneSettings
+    from src_models.finetune import NOISY_METHODS, FinetuneSettings
 
-    return next(f.default for f in fields(FinetuneSettings) if f.name == "noisy_method")
+    default = next(f.default for f in fields(FinetuneSettings) if f.name == "noisy_method")
+    return [(label, key) for key, label in NOISY_METHODS.items()], default
 
 
 class _VerticalScrollArea(QScrollArea):
@@ -159,9 +157,8 @@ class TrainWidget(Container):
 
         # data
         self.mode = ComboBox(label="training data", choices=MODE_CHOICES, value="clean")
-        self.noisy_method = ComboBox(
-            label="method", choices=NOISY_METHOD_CHOICES, value=_default_noisy_method()
-        )
+        choices, default = _noisy_methods()
+        self.noisy_method = ComboBox(label="method", choices=choices, value=default)
         self.layers = Select(label="clean layers", choices=self._image_choices)
         self.noisy = ComboBox(label="noisy layer", choices=self._image_choices)
         self.clean = ComboBox(label="clean layer", choices=self._image_choices)

@@ -476,21 +476,20 @@ def _reference_scores(methods, sha_by_label, cache_path, samples, sigmas, crcs, 
     for m in methods:
         sha = sha_by_label[m.label]
         cached = cached_reference_scores(samples, sigmas, m.label, sha, cache, crcs)
+        outputs_kept: dict = {}
         if cached is not None:
             _log(f"{m.label}: {len(cached)} rows read from {_shown_path(cache_path)}")
             scores += cached
-            firsts = [v[0] for v in by_set.values() if v and not v[0].color]
-            _, outputs_kept = bq.run_quality(firsts, [CROP_SIGMA], [m], keep=lambda s, g: True)
         else:
             _log(f"{m.label}: computing its rows (not all cached in {_shown_path(cache_path)})")
             computed, outputs_kept = bq.run_quality(samples, sigmas, [m], log=_log, keep=keep)
-            if not outputs_kept:  # the run's sigmas miss the crops' sigma
-                firsts = [v[0] for v in by_set.values() if v and not v[0].color]
-                _, outputs_kept = bq.run_quality(firsts, [CROP_SIGMA], [m], keep=lambda s, g: True)
             mine = [s for s in computed if s.kind == "reference"]
             added = append_reference_rows(cache_path, mine, sha_by_label)
             _log(f"{m.label}: {added} rows added to {_shown_path(cache_path)}")
             scores += mine
+        if not outputs_kept:  # cached, or the run's sigmas miss the crops' sigma: the crops only
+            firsts = [v[0] for v in by_set.values() if v and not v[0].color]
+            _, outputs_kept = bq.run_quality(firsts, [CROP_SIGMA], [m], keep=lambda s, g: True)
         for key, outputs in outputs_kept.items():
             if m.label in outputs:
                 kept.setdefault(key, {})[m.label] = outputs[m.label]

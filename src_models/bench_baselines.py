@@ -34,7 +34,9 @@ __all__ = [
     "compute_baselines",
     "estimated_sigma",
     "read_cache",
+    "read_csv_rows",
     "run_baseline",
+    "score_values",
 ]
 
 BASELINES = ("bm3d", "bm3d_est", "nlm")
@@ -100,26 +102,41 @@ def run_baseline(method: str, noisy: np.ndarray, sigma: float, color: bool) -> n
     return np.asarray(out, dtype=np.float64).reshape(y.shape) * 255.0
 
 
-def read_cache(path: str | Path) -> dict[Key, dict]:
-    """Rows of the baseline cache by (dataset, image, sigma, method); {} if the file is missing."""
+def read_csv_rows(path: str | Path, fields: Sequence[str], what: str) -> list[dict]:
+    """The rows of a score cache as dicts of strings; [] if the file is missing.
+
+    Lines starting with ``#`` (the commands that wrote the file) are skipped; a file
+    without one of ``fields`` raises, naming ``what`` cache it is. Shared by the
+    baseline, microscopy-baseline and reference caches.
+    """
     path = Path(path)
     if not path.is_file():
-        return {}
-    rows: dict[Key, dict] = {}
+        return []
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = set(CACHE_FIELDS) - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"baseline cache {path} lacks columns {sorted(missing)}")
-        for r in reader:
-            key = (r["dataset"], r["image"], float(r["sigma"]), r["method"])
-            rows[key] = {
-                "psnr": float(r["psnr"]),
-                "ssim": float(r["ssim"]),
-                "seconds": float(r["seconds"]),
-                "input_crc": int(r["input_crc"]),
-            }
-    return rows
+        lines = [ln for ln in f if ln.strip() and not ln.startswith("#")]
+    reader = csv.DictReader(lines)
+    missing = set(fields) - set(reader.fieldnames or ())
+    if missing:
+        raise ValueError(f"{what} cache {path} lacks columns {sorted(missing)}")
+    return list(reader)
+
+
+def score_values(row: dict) -> dict:
+    """The numbers of one cached image score: psnr, ssim, seconds (float), input_crc (int)."""
+    return {
+        "psnr": float(row["psnr"]),
+        "ssim": float(row["ssim"]),
+        "seconds": float(row["seconds"]),
+        "input_crc": int(row["input_crc"]),
+    }
+
+
+def read_cache(path: str | Path) -> dict[Key, dict]:
+    """Rows of the baseline cache by (dataset, image, sigma, method); {} if the file is missing."""
+    return {
+        (r["dataset"], r["image"], float(r["sigma"]), r["method"]): score_values(r)
+        for r in read_csv_rows(path, CACHE_FIELDS, "baseline")
+    }
 
 
 def cached_scores(

@@ -16,7 +16,6 @@ resumes) and read from there; the command that made them is recorded in the file
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 import warnings
@@ -368,17 +367,10 @@ def read_micro_cache(path: str | Path) -> dict[tuple[str, str, str], dict]:
 
     Lines starting with ``#`` (the commands that wrote the file) are skipped.
     """
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        lines = [ln for ln in f if ln.strip() and not ln.startswith("#")]
-    reader = csv.DictReader(lines)
-    missing = set(MICRO_CACHE_FIELDS) - set(reader.fieldnames or ())
-    if missing:
-        raise ValueError(f"microscopy baseline cache {path} lacks columns {sorted(missing)}")
+    from .bench_baselines import read_csv_rows
+
     rows = {}
-    for r in reader:
+    for r in read_csv_rows(path, MICRO_CACHE_FIELDS, "microscopy baseline"):
         rows[(r["dataset"], r["image"], r["method"])] = {
             "psnr": float(r["psnr"]),
             "psnr_plain": float(r["psnr_plain"]) if r["psnr_plain"] else None,

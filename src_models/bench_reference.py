@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .bench_baselines import read_csv_rows, score_values
 from .bench_quality import ImageScore, Sample
 
 __all__ = [
@@ -46,24 +47,11 @@ def file_sha256(path: str | Path) -> str:
 
 def read_reference_cache(path: str | Path) -> dict[Key, dict]:
     """Cached rows by (dataset, image, sigma, label, weights sha256); {} if the file is missing."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    rows: dict[Key, dict] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = set(REFERENCE_FIELDS) - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"reference cache {path} lacks columns {sorted(missing)}")
-        for r in reader:
-            key = (r["dataset"], r["image"], float(r["sigma"]), r["method"], r["weights_sha256"])
-            rows[key] = {
-                "psnr": float(r["psnr"]),
-                "ssim": float(r["ssim"]),
-                "seconds": float(r["seconds"]),
-                "input_crc": int(r["input_crc"]),
-            }
-    return rows
+    return {
+        (r["dataset"], r["image"], float(r["sigma"]), r["method"], r["weights_sha256"]):
+            score_values(r)
+        for r in read_csv_rows(path, REFERENCE_FIELDS, "reference")
+    }
 
 
 def cached_reference_scores(

@@ -31,7 +31,6 @@ __all__ = ["SelfsupScore", "selfsup_markdown", "selfsup_score", "main"]
 
 MARKS = ("<!-- selfsup:start -->", "<!-- selfsup:end -->")
 DEFAULT_IMAGES = ("W2S:0", "W2S:10", "W2S:20", "FMD:0")
-METHODS = ("r2r", "n2n")
 
 
 @dataclass
@@ -160,13 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m src_models.bench_selfsup``: noisy-only fine-tuning on real frames."""
     from .bench import hardware_summary
     from .bench_docs import _replace_block
+    from .finetune import NOISY_METHODS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data", help="shared data folder (holds eval/)")
     p.add_argument("--out", required=True, help="output folder (selfsup.csv, selfsup.md)")
     p.add_argument("--base", default="microscopy", help="model to fine-tune (default microscopy)")
     p.add_argument("--steps", type=int, default=300, help="self-supervised steps per frame")
-    p.add_argument("--method", choices=METHODS, default="r2r",
+    p.add_argument("--method", choices=list(NOISY_METHODS), default="r2r",
                    help="r2r: Recorrupted-to-Recorrupted, n2n: Neighbor2Neighbor (default r2r)")
     p.add_argument("--lr", type=float, default=None,
                    help="fine-tuning learning rate (default: the fine-tuning default, 2e-4)")

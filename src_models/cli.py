@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--new", choices=["tiny", "small", "medium"], help="train a new model instead")
     f.add_argument("--noisy-only", action="store_true",
                    help="IMAGES are noisy: self-supervised training (see --noisy-method)")
+    # finetune.NOISY_METHODS, spelt out: importing it here would load pydantic for every command
     f.add_argument("--noisy-method", choices=["r2r", "n2n"], default=None,
                    help="with --noisy-only: r2r (Recorrupted-to-Recorrupted, full resolution, "
                    "Poisson-Gaussian noise estimated per image) or n2n (Neighbor2Neighbor, "

@@ -19,6 +19,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "PairSampler",
     "PatchSampler",
+    "check_images",
     "list_images",
     "load_image",
     "psnr",
@@ -211,7 +212,8 @@ def split_train_val(
     return train, val
 
 
-def _check_images(images: Sequence[np.ndarray], name: str = "images") -> list[np.ndarray]:
+def check_images(images: Sequence[np.ndarray], name: str = "images") -> list[np.ndarray]:
+    """float32 contiguous (H, W, C) images, all with one channel count; raise naming the bad one."""
     if len(images) == 0:
         raise ValueError(f"{name} is empty: need at least one image")
     out = []
@@ -263,7 +265,7 @@ class PatchSampler:
             raise ValueError(f"patch_size must be >= 1 (got {patch_size})")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
-        imgs = _check_images(images)
+        imgs = check_images(images)
         areas = np.array([im.shape[0] * im.shape[1] for im in imgs], dtype=np.float64)
         self.images = [self._pad(im, patch_size) for im in imgs]
         self.weights = areas / areas.sum()
@@ -345,8 +347,8 @@ class PairSampler:
         seed: int = 0,
         augment: bool = True,
     ) -> None:
-        noisy = _check_images(noisy, "noisy")
-        clean = _check_images(clean, "clean")
+        noisy = check_images(noisy, "noisy")
+        clean = check_images(clean, "clean")
         if len(noisy) != len(clean):
             raise ValueError(f"{len(noisy)} noisy images but {len(clean)} clean ones: give pairs")
         for i, (n, c) in enumerate(zip(noisy, clean, strict=True)):
@@ -414,7 +416,7 @@ def validation_set(
         Image-major order: all sigmas of image 0, then of image 1, ...; noisy is not clipped.
         Empty when ``images`` is empty (e.g. a single training image left nothing to hold out).
     """
-    imgs = _check_images(images) if len(images) else []
+    imgs = check_images(images) if len(images) else []
     seed = check_seed(seed)
     if crop is not None and crop < 1:
         raise ValueError(f"crop must be >= 1 or None (got {crop})")

@@ -45,7 +45,7 @@ import numpy as np
 
 from .config import CorruptionConfig
 from .corruptions import check_seed
-from .data import PatchSampler
+from .data import PatchSampler, check_images
 from .noise_model import PoissonGaussian
 
 __all__ = [
@@ -254,12 +254,7 @@ class Recorrupted2RecorruptedSampler:
     ) -> None:
         if not (math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be > 0 (got {alpha})")
-        imgs = [np.asarray(im, dtype=np.float32) for im in images]
-        if not imgs:
-            raise ValueError("images is empty: need at least one image")
-        for i, im in enumerate(imgs):
-            if im.ndim != 3:
-                raise ValueError(f"images[{i}] must have shape (H, W, C), got shape {im.shape}")
+        imgs = check_images(images)
         self.seed = check_seed(seed)
         self.alpha = float(alpha)
         self.patch_size = int(patch_size)

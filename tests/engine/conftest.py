@@ -47,3 +47,16 @@ def user_models(model_dir, tmp_path, monkeypatch):
     registry.clear_cache()
     yield folder
     registry.clear_cache()
+
+
+@pytest.fixture
+def bundled_only(tmp_path, monkeypatch):
+    """An empty user-model folder: base names resolve to the bundled models."""
+    from src_models import registry
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(folder))
+    registry.clear_cache()
+    yield folder
+    registry.clear_cache()

@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
 from skimage import data as skdata
 from skimage.color import rgb2gray
 from skimage.transform import resize
+from synthetic import fluorescent_cells
 
 from src_models.config import CorruptionConfig, parse_recipe
 from src_models.corruptions import poisson_gaussian
@@ -30,18 +30,6 @@ def _natural(name: str, size: int = 128) -> np.ndarray:
     x = getattr(skdata, name)()
     x = rgb2gray(x) if x.ndim == 3 else x.astype("float32") / 255.0
     return resize(x, (size, size), anti_aliasing=True)[..., None].astype("float32")
-
-
-def _cells(shape=(160, 160), n=40, seed=0) -> np.ndarray:
-    """Synthetic fluorescence: blurred blobs on a dim background, in [0.05, 0.95]."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    img = np.zeros(shape)
-    for _ in range(n):
-        cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(3, 9)
-        img += rng.uniform(0.3, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-    img = ndi.gaussian_filter(img, 1.0)
-    return (0.05 + 0.9 * img / img.max()).astype("float32")
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +69,6 @@ def user_dir(base_dir, tmp_path, monkeypatch):
     registry.clear_cache()
 
 
-@pytest.fixture
-def bundled_only(tmp_path, monkeypatch):
-    """An empty user-model folder: base names resolve to the bundled models."""
-    from src_models import registry
-
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(folder))
-    registry.clear_cache()
-    yield folder
-    registry.clear_cache()
-
-
 def _gray_settings(name="gray-cells", **kw) -> FinetuneSettings:
     """The bundled gray model, Gaussian sigma 25, default learning rate, CI-sized."""
     values = dict(name=name, base="gray-dncnn", corruption=SIGMA_25, steps=200, val_every=50,
@@ -120,7 +95,8 @@ def test_finetuning_the_bundled_gray_model_on_cells_gains_over_half_a_db_at_sigm
     """
     from src_models.registry import load_model
 
-    cells = np.round(_cells((192, 256), n=60) * 4000).astype("uint16")  # camera-like counts
+    # camera-like counts
+    cells = np.round(fluorescent_cells((192, 256), n=60) * 4000).astype("uint16")
     previews = []
     result = finetune(_gray_settings(), [SourceImage("cells", cells)], on_preview=previews.append)
 
@@ -145,7 +121,7 @@ def test_finetuning_the_bundled_gray_model_on_cells_gains_over_half_a_db_at_sigm
 
     # another cell image with another noise draw: the saved model generalises
     tuned = load_model("gray-cells")
-    other = _cells((192, 256), n=60, seed=1)
+    other = fluorescent_cells((192, 256), n=60, seed=1)
     noisy = other + np.random.default_rng(7).normal(0, 25 / 255 * other.max(), other.shape)
     assert psnr(other, tuned.denoise(noisy)) >= psnr(other, base.denoise(noisy)) + 0.5
     # the base's normalisation statistics were kept (frozen), only the weights moved
@@ -159,7 +135,7 @@ def test_finetuning_the_bundled_gray_model_on_cells_gains_over_half_a_db_at_sigm
 def test_neighbor2neighbor_fine_tunes_the_bundled_gray_model_on_odd_sized_images(bundled_only):
     from src_models.registry import load_model
 
-    clean = _cells((151, 203))  # odd sides: the base's size multiple is 2
+    clean = fluorescent_cells((151, 203))  # odd sides: the base's size multiple is 2
     noisy = poisson_gaussian(clean[..., None], 30.0, 5.0, np.random.default_rng(0))[..., 0]
     settings = FinetuneSettings(name="gray-n2n", mode="noisy", noisy_method="n2n",
                                 base="gray-dncnn", steps=10, val_every=5, patch_size=32)
@@ -278,10 +254,11 @@ def test_existing_and_bundled_names_are_refused_unless_overwriting(user_dir):
 def test_neighbor2neighbor_on_a_noisy_only_image_beats_the_noisy_input(user_dir):
     from src_models.registry import load_model
 
-    clean = _cells()
+    clean = fluorescent_cells()
     noisy = poisson_gaussian(clean[..., None], 30.0, 5.0, np.random.default_rng(0))[..., 0]
     settings = FinetuneSettings(name="n2n", mode="noisy", noisy_method="n2n", base=None,
-                                architecture="tiny", steps=150, learning_rate=3e-3, val_every=50, patch_size=32)
+                                architecture="tiny", steps=150, learning_rate=3e-3, val_every=50,
+                                patch_size=32)
     result = finetune(settings, [SourceImage("noisy cells", noisy)])
     assert set(result.val_psnr_best) == {"n2n"}
     assert result.val_psnr_best["n2n"] > result.val_psnr_initial["n2n"]
@@ -380,7 +357,7 @@ def test_train_hooks_take_any_sampler_and_evaluator_and_can_keep_the_initial_mod
             x = np.random.default_rng(step).uniform(0.2, 1, (4, 16, 16, 1)).astype("float32")
             return x, np.zeros_like(x)
 
-    clean = _cells((32, 32))
+    clean = fluorescent_cells((32, 32))
     noisy = clean + np.random.default_rng(0).normal(0, 0.1, clean.shape).astype("float32")
 
     def evaluator(model):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
+from synthetic import fluorescent_cells
 
 from src_models.config import ConfigError
 from src_models.corruptions import poisson_gaussian
@@ -19,31 +19,6 @@ def _ramp(shape=(96, 96)) -> np.ndarray:
     """A smooth clean image in [0.2, 0.8], (H, W, 1)."""
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return (0.5 + 0.3 * np.sin(yy / 9.0) * np.cos(xx / 13.0))[..., None].astype("float32")
-
-
-def _cells(shape=(160, 160), n=40, seed=0) -> np.ndarray:
-    """Synthetic fluorescence: blurred blobs on a dim background, in [0.05, 0.95]."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    img = np.zeros(shape)
-    for _ in range(n):
-        cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(3, 9)
-        img += rng.uniform(0.3, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-    img = ndi.gaussian_filter(img, 1.0)
-    return (0.05 + 0.9 * img / img.max()).astype("float32")
-
-
-@pytest.fixture
-def empty_user_dir(tmp_path, monkeypatch):
-    """An empty user-model folder for one test."""
-    from src_models import registry
-
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(folder))
-    registry.clear_cache()
-    yield folder
-    registry.clear_cache()
 
 
 def test_gaussian_recorruption_gives_uncorrelated_input_and_target_noise_of_the_right_variance():
@@ -159,12 +134,12 @@ def test_validation_pairs_are_fixed_and_recorrupt_at_the_crop_noise():
 
 
 def test_r2r_fine_tuning_runs_scores_the_held_out_crop_and_names_the_method_on_the_card(
-    empty_user_dir,
+    bundled_only,
 ):
     from src_models.data import psnr
     from src_models.registry import load_model
 
-    clean = _cells()
+    clean = fluorescent_cells()
     noisy = poisson_gaussian(clean[..., None], 30.0, 5.0, np.random.default_rng(0))[..., 0]
     settings = FinetuneSettings(name="r2r", mode="noisy", noisy_method="r2r", base=None,
                                 architecture="tiny", steps=150, learning_rate=3e-3,
