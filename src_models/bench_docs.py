@@ -105,6 +105,11 @@ def _corruptions_text(recipe) -> str:
             f"{c.photons_range[0]:g}–{c.photons_range[1]:g}, read σ "
             f"{c.read_noise_range[0]:g}–{c.read_noise_range[1]:g})"
         )
+    if c.correlated_prob:
+        parts.append(
+            f"spatially correlated noise p={c.correlated_prob:g} (Gaussian width "
+            f"{c.correlated_sigma_range[0]:g}–{c.correlated_sigma_range[1]:g} px per axis)"
+        )
     if c.multiplicative_prob:
         parts.append(
             f"multiplicative p={c.multiplicative_prob:g} "

@@ -154,11 +154,28 @@ class CorruptionConfig(_Strict):
         (2.0, 200.0), description="photons at full scale (signal 1.0); lower is noisier"
     )
     read_noise_range: tuple[float, float] = Field((0.0, 10.0), description="read-noise sigma, 8-bit")
+    correlated_prob: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "spatially correlated noise: the drawn noise low-passed by a Gaussian (camera "
+            "resampling, scan-line amplifiers), at the same per-pixel variance"
+        ),
+    )
+    correlated_sigma_range: tuple[float, float] = Field(
+        (0.3, 1.2), description="Gaussian width of the noise correlation, pixels, per axis"
+    )
     clip: bool = False
     quantize: bool = False
 
     @field_validator(
-        "sigma_range", "multiplicative_range", "blur_sigma_range", "photons_range", "read_noise_range"
+        "sigma_range",
+        "multiplicative_range",
+        "blur_sigma_range",
+        "photons_range",
+        "read_noise_range",
+        "correlated_sigma_range",
     )
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:

@@ -23,6 +23,7 @@ __all__ = [
     "add_gaussian",
     "blur3x3",
     "check_seed",
+    "correlate_noise",
     "corrupt",
     "corrupt_batch",
     "poisson_gaussian",
@@ -140,6 +141,60 @@ def blur3x3(image: np.ndarray, sigma: float) -> np.ndarray:
     return k[0] * rows[:, :-2] + k[1] * rows[:, 1:-1] + k[2] * rows[:, 2:]
 
 
+def _gauss_kernel(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian of radius ceil(3 sigma); [1.] for sigma 0."""
+    if sigma <= 0:
+        return np.ones(1)
+    r = int(np.ceil(3.0 * sigma))
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    k = np.exp(-(x**2) / (2.0 * sigma**2))
+    return k / k.sum()
+
+
+def _filter_axis(x: np.ndarray, k: np.ndarray, axis: int) -> np.ndarray:
+    r = k.size // 2
+    if r == 0:
+        return x
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (r, r)
+    p = np.pad(x, pad, mode="symmetric")
+    n = x.shape[axis]
+    out = np.zeros_like(x)
+    for i, w in enumerate(k.astype(np.float32)):
+        out += w * np.take(p, np.arange(i, i + n), axis=axis)
+    return out
+
+
+def correlate_noise(noise: np.ndarray, sigma_y: float, sigma_x: float) -> np.ndarray:
+    """Low-pass a white noise field with a Gaussian, keeping its per-pixel variance.
+
+    Why: real cameras and scanners do not deliver white noise. Resampled widefield
+    frames and demosaiced photos correlate neighbouring pixels in both directions,
+    and point-scanning amplifiers along the scan line. A denoiser trained only on
+    white noise takes such noise for texture and leaves it.
+
+    Parameters
+    ----------
+    noise : ndarray
+        float (H, W, C) zero-mean noise.
+    sigma_y, sigma_x : float
+        Gaussian widths in pixels along rows and columns (>= 0; 0 keeps that axis white).
+
+    Returns
+    -------
+    ndarray
+        float32 (H, W, C). For white input the output variance equals the input's
+        (the filter is scaled by 1 / sum(k**2)); for signal-dependent noise, locally.
+    """
+    noise = _check_image(noise, "noise")
+    if not (np.isfinite(sigma_y) and np.isfinite(sigma_x) and sigma_y >= 0 and sigma_x >= 0):
+        raise ValueError(f"sigma_y and sigma_x must be >= 0 (got {sigma_y}, {sigma_x})")
+    ky, kx = _gauss_kernel(sigma_y), _gauss_kernel(sigma_x)
+    gain = 1.0 / np.sqrt(np.sum(ky**2) * np.sum(kx**2))
+    out = _filter_axis(_filter_axis(noise, ky, 0), kx, 1)
+    return (out * np.float32(gain)).astype(np.float32, copy=False)
+
+
 def _upsample_axis_linear(x: np.ndarray, factor: int, axis: int) -> np.ndarray:
     """Linear upsampling along one axis with half-pixel centres (like align_corners=False)."""
     n = x.shape[axis]
@@ -207,6 +262,8 @@ def corrupt(
     Poisson-Gaussian noise (photons log-uniform in ``photons_range``, read sigma uniform in
     ``read_noise_range``); otherwise Gaussian noise with sigma uniform in ``sigma_range``
     (one sigma for all channels, or with ``per_channel_prob`` one per channel); then, with
+    ``correlated_prob``, that noise is spatially correlated (:func:`correlate_noise`; widths
+    uniform in ``correlated_sigma_range``, isotropic or, half the time, one per axis); then, with
     ``multiplicative_prob``, speckle: ``signal * N(0, s)`` added, s uniform in
     ``multiplicative_range``, i.e. the degraded signal is multiplied by ``1 + N(0, s)``;
     (4) optional clip to [0, 1] and 8-bit quantisation. The target stays ``clean``.
@@ -228,7 +285,7 @@ def corrupt(
         ("clean", "gaussian" or "poisson_gaussian"), ``sigma`` (per-channel noise sigma,
         8-bit; for Poisson-Gaussian the effective sigma at the channel's mean signal), and
         ``blur_sigma``, ``subsample_factor``, ``upsample``, ``photons``, ``read_sigma``,
-        ``multiplicative_sigma`` when those steps were applied.
+        ``correlated_sigma`` ([y, x]), ``multiplicative_sigma`` when those steps were applied.
     """
     x = _check_image(clean, "clean")
     channels = x.shape[-1]
@@ -281,6 +338,14 @@ def corrupt(
         noisy = add_gaussian(signal, sig, rng)
         info["noise"] = "gaussian"
         info["sigma"] = sig
+
+    # Drawn only when enabled, so recipes without it keep their exact sample stream.
+    if config.correlated_prob > 0 and rng.random() < config.correlated_prob:
+        sy = float(rng.uniform(*config.correlated_sigma_range))
+        sx = sy if rng.random() < 0.5 else float(rng.uniform(*config.correlated_sigma_range))
+        noisy = signal + correlate_noise(noisy - signal, sy, sx)
+        info["kinds"].append("correlated")
+        info["correlated_sigma"] = [sy, sx]
 
     if rng.random() < config.multiplicative_prob:
         s = float(rng.uniform(*config.multiplicative_range))

@@ -9,6 +9,7 @@ from src_models.config import CorruptionConfig
 from src_models.corruptions import (
     add_gaussian,
     blur3x3,
+    correlate_noise,
     corrupt,
     corrupt_batch,
     poisson_gaussian,
@@ -210,6 +211,63 @@ def test_multiplicative_noise_scales_with_signal():
     high, _ = corrupt(_flat(0.8, 128), config, np.random.default_rng(0))
     assert low.std() == pytest.approx(0.1 * 0.2, rel=0.03)
     assert high.std() == pytest.approx(0.8 * 0.2, rel=0.03)
+
+
+def _lag1(noise: np.ndarray, axis: int) -> float:
+    a = noise[..., 0]
+    n = a.shape[axis]
+    x, y = np.take(a, np.arange(n - 1), axis=axis), np.take(a, np.arange(1, n), axis=axis)
+    return float((x * y).mean() / a.var())
+
+
+def test_correlated_noise_keeps_variance_and_correlates_neighbours_as_a_gaussian():
+    white = np.random.default_rng(0).standard_normal((512, 512, 1)).astype(np.float32)
+    out = correlate_noise(white, 0.7, 0.7)
+    assert out.std() == pytest.approx(1.0, rel=0.02)
+    # Gaussian-filtered white noise: lag-1 correlation exp(-1 / (4 sigma^2)) per axis.
+    expected = np.exp(-1.0 / (4 * 0.7**2))
+    assert _lag1(out, 0) == pytest.approx(expected, abs=0.03)
+    assert _lag1(out, 1) == pytest.approx(expected, abs=0.03)
+    assert abs(_lag1(white, 1)) < 0.02
+
+
+def test_correlated_noise_along_one_axis_only_leaves_the_other_white():
+    white = np.random.default_rng(1).standard_normal((256, 256, 1)).astype(np.float32)
+    scan_line = correlate_noise(white, 0.0, 1.0)
+    assert _lag1(scan_line, 1) > 0.7
+    assert abs(_lag1(scan_line, 0)) < 0.03
+
+
+def test_corrupt_correlated_noise_is_recorded_and_keeps_the_noise_level():
+    config = _gaussian_only(sigma_range=(25.0, 25.0), correlated_prob=1.0,
+                            correlated_sigma_range=(1.0, 1.0))
+    clean = _flat(0.5, 256)
+    noisy, info = corrupt(clean, config, np.random.default_rng(3))
+    assert info["kinds"] == ["gaussian", "correlated"]
+    assert info["correlated_sigma"] == [1.0, 1.0]
+    residual = noisy - clean
+    assert residual.std() * 255 == pytest.approx(25.0, rel=0.05)
+    assert _lag1(residual, 0) > 0.7
+
+
+@pytest.mark.parametrize(
+    "seed, total", [(0, 526.925930211044), (1, 524.1620917287655), (3, 513.1908053657971)]
+)
+def test_correlated_prob_zero_keeps_the_sample_stream_of_older_recipes(seed, total):
+    # Golden sums from the code before correlated noise existed: older recipes must
+    # resume onto identical samples.
+    config = CorruptionConfig(poisson_gaussian_prob=0.5, multiplicative_prob=0.5, blur_prob=0.5)
+    clean = np.random.default_rng(0).random((32, 32, 1)).astype(np.float32)
+    noisy, info = corrupt(clean, config, np.random.default_rng(seed))
+    assert float(noisy.astype(np.float64).sum()) == pytest.approx(total, rel=1e-9)
+    assert "correlated" not in info["kinds"]
+
+
+def test_correlated_noise_rejects_negative_width():
+    with pytest.raises(ValueError, match="sigma_y and sigma_x must be >= 0"):
+        correlate_noise(np.zeros((8, 8, 1), np.float32), -1.0, 0.5)
+    with pytest.raises(ValueError, match="correlated_sigma_range"):
+        CorruptionConfig(correlated_sigma_range=(1.0, 0.5))
 
 
 def test_bad_inputs_are_named():
