@@ -48,6 +48,11 @@ MAX_CORE = 1024  # automatic tiling: cores at most this many pixels per side (at
 # of four (margins of 112 px made the four cost 1.5x the image, one costs 1.23x): about 10 %
 # faster, and an 8192^2 gray image still peaks under 1.9 GB (measured, bench memory run)
 WINDOW_PIXELS = 2304 * 2304
+# ... but only for models whose margins would make 1024-px windows this much larger than their
+# cores (gray U-Nets: (1024 + 2*112)^2 / 1024^2 = 1.49). Models with small margins (1.1 for
+# gray-fast and gray-dncnn) gain nothing from bigger tiles and lose cache locality and memory:
+# gray-fast ran at 4.9 Mpix/s on 2048^2 with one tile against 6.6 with four (bench speed).
+GROW_OVERHEAD = 1.25
 BATCH_PIXELS = 1 << 20  # windows per model call: about one large tile's worth of pixels
 MIN_SIDE = 4  # smallest spatial size accepted
 _CHUNK = 1 << 18  # pixels per float64 chunk while normalising a plane
@@ -199,8 +204,14 @@ def _round_up(n: int, m: int) -> int:
 
 
 def auto_core(receptive_field: int, multiple: int, channels: int) -> int:
-    """Largest automatic core side for a model: :data:`WINDOW_PIXELS`, never below MAX_CORE."""
+    """Automatic core side: MAX_CORE, or up to :data:`WINDOW_PIXELS` for wide-margin models.
+
+    Why: a window costs (core + 2 margin)^2; bigger cores pay off only where the margins are
+    a large share of that (see :data:`GROW_OVERHEAD`).
+    """
     margin = _round_up(receptive_field, multiple)
+    if ((MAX_CORE + 2 * margin) / MAX_CORE) ** 2 < GROW_OVERHEAD:
+        return MAX_CORE
     side = math.isqrt(WINDOW_PIXELS // max(1, int(channels))) - 2 * margin
     return max(MAX_CORE, side)
 

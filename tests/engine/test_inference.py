@@ -424,17 +424,24 @@ def test_estimate_sigma_is_in_the_image_units():
     assert estimate_sigma(stack) == pytest.approx(10.0, rel=0.1)
 
 
-def test_automatic_core_fits_one_window_budget_per_model_channel_count():
+def test_automatic_core_grows_only_for_wide_margin_models_within_the_window_budget():
     from src_models.inference import MAX_CORE, WINDOW_PIXELS, auto_core
 
     side = int(np.sqrt(WINDOW_PIXELS))
     assert auto_core(105, 16, channels=1) == side - 2 * 112  # margins rounded to the multiple
     assert auto_core(105, 16, channels=3) == int(np.sqrt(WINDOW_PIXELS // 3)) - 224
     assert auto_core(900, 16, channels=1) == MAX_CORE  # never smaller than the old fixed size
+    # small margins (1024-px windows only ~10 % larger than their cores) keep 1024-px cores
+    assert auto_core(29, 16, channels=1) == MAX_CORE
+    assert auto_core(25, 1, channels=1) == MAX_CORE
 
 
-def test_a_2048_plane_is_one_tile_for_a_gray_model_and_four_for_a_colour_one(gray, color):
-    first = next(gray.denoise_iter(np.zeros((2048, 2048), np.float32)))
-    assert first == Progress(0, 1)
-    first = next(color.denoise_iter(np.zeros((2048, 2048, 3), np.float32), channel_axis=-1))
-    assert first == Progress(0, 4)
+@pytest.mark.usefixtures("bundled_only")
+def test_a_2048_plane_is_one_tile_for_the_gray_unet_and_four_for_small_margin_or_rgb_models():
+    from src_models.registry import load_model
+
+    plane = np.zeros((2048, 2048), np.float32)
+    assert next(load_model("gray").denoise_iter(plane)) == Progress(0, 1)
+    assert next(load_model("gray-fast").denoise_iter(plane)) == Progress(0, 4)
+    rgb = np.zeros((2048, 2048, 3), np.float32)
+    assert next(load_model("color").denoise_iter(rgb, channel_axis=-1)) == Progress(0, 4)
