@@ -62,8 +62,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(f"{m.name:20s} {'BROKEN':10s} {'':>2s} {'':>9s} {'':>4s}  {m.path}: {m.error}")
             continue
         print(
-            f"{m.name:20s} {m.kind:10s} {m.channels:>2d} {m.parameters:>9,d} {m.receptive_field:>4d}"
-            f"  {where}: {m.description[:60]}"
+            f"{m.name:20s} {m.kind:10s} {m.channels:>2d} {m.parameters:>9,d} "
+            f"{m.receptive_field:>4d}  {where}: {m.description[:60]}"
         )
     return 0
 
@@ -162,9 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser(
-        "denoise", help="denoise image files (TIFF, PNG, JPEG, zarr) into a folder"
-    )
+    d = sub.add_parser("denoise", help="denoise image files (TIFF, PNG, JPEG, zarr) into a folder")
     from .denoise_cmd import add_arguments as denoise_arguments
 
     denoise_arguments(d)
@@ -187,17 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--name", required=True, help="name of the new model")
     f.add_argument("--base", default="gray", help="model name or .keras path to start from")
     f.add_argument("--new", choices=["tiny", "small", "medium"], help="train a new model instead")
-    f.add_argument("--noisy-only", action="store_true",
-                   help="IMAGES are noisy: self-supervised training (see --noisy-method)")
+    f.add_argument(
+        "--noisy-only",
+        action="store_true",
+        help="IMAGES are noisy: self-supervised training (see --noisy-method)",
+    )
     # finetune.NOISY_METHODS, spelt out: importing it here would load pydantic for every command
-    f.add_argument("--noisy-method", choices=["r2r", "n2n"], default=None,
-                   help="with --noisy-only: r2r (Recorrupted-to-Recorrupted, full resolution, "
-                   "Poisson-Gaussian noise estimated per image) or n2n (Neighbor2Neighbor, "
-                   "half-resolution sub-images, no noise model); default: "
-                   "the library's (FinetuneSettings.noisy_method)")
+    f.add_argument(
+        "--noisy-method",
+        choices=["r2r", "n2n"],
+        default=None,
+        help="with --noisy-only: r2r (Recorrupted-to-Recorrupted, full resolution, "
+        "Poisson-Gaussian noise estimated per image) or n2n (Neighbor2Neighbor, "
+        "half-resolution sub-images, no noise model); default: "
+        "the library's (FinetuneSettings.noisy_method)",
+    )
     f.add_argument("--pairs", action="append", metavar="NOISY:CLEAN", help="a noisy/clean pair")
-    f.add_argument("--sigma", nargs=2, type=float, metavar=("LO", "HI"),
-                   help="Gaussian training noise range, 8-bit scale (default 0 75)")
+    f.add_argument(
+        "--sigma",
+        nargs=2,
+        type=float,
+        metavar=("LO", "HI"),
+        help="Gaussian training noise range, 8-bit scale (default 0 75)",
+    )
     f.add_argument("--steps", type=int, help="training steps (default: from the data size)")
     f.add_argument("--patch", type=int, help="patch size (default: 64 or less)")
     f.add_argument("--batch", type=int, help="batch size (default: 8)")

@@ -62,7 +62,9 @@ class DnCNNConfig(_ArchBase):
     depth: int = Field(17, ge=2, le=64)
     width: int = Field(64, ge=4, le=512)
     norm: bool = True
-    unshuffle: int = Field(1, description="pixel-unshuffle factor (1, 2 or 4): FFDNet-style speed-up")
+    unshuffle: int = Field(
+        1, description="pixel-unshuffle factor (1, 2 or 4): FFDNet-style speed-up"
+    )
 
     @field_validator("unshuffle")
     @classmethod
@@ -89,7 +91,9 @@ class UNetConfig(_ArchBase):
 
     kind: Literal["unet"] = "unet"
     scales: int = Field(3, ge=2, le=4)
-    width: int = Field(32, ge=4, le=256, description="channels at full resolution; doubled per scale")
+    width: int = Field(
+        32, ge=4, le=256, description="channels at full resolution; doubled per scale"
+    )
     max_width: int = Field(256, ge=4, le=1024)
     convs: int = Field(2, ge=1, le=6, description="3x3 convolutions per level and side")
     norm: bool = False
@@ -137,10 +141,12 @@ ArchitectureConfig = Annotated[
 
 
 class CorruptionConfig(_Strict):
-    """The training noise, drawn per sample. Sigmas and read noise are on the 8-bit scale (0-255)."""
+    """The training noise, drawn per sample. Sigmas and read noise are on the 8-bit scale."""
 
     sigma_range: tuple[float, float] = (0.0, 75.0)
-    per_channel_prob: float = Field(0.0, ge=0.0, le=1.0, description="independent sigma per channel")
+    per_channel_prob: float = Field(
+        0.0, ge=0.0, le=1.0, description="independent sigma per channel"
+    )
     clean_prob: float = Field(0.05, ge=0.0, le=1.0, description="share of near-clean samples")
     clean_sigma_max: float = Field(2.0, ge=0.0, description="sigma of 'near-clean' samples")
     multiplicative_prob: float = Field(0.0, ge=0.0, le=1.0)
@@ -153,7 +159,9 @@ class CorruptionConfig(_Strict):
     photons_range: tuple[float, float] = Field(
         (2.0, 200.0), description="photons at full scale (signal 1.0); lower is noisier"
     )
-    read_noise_range: tuple[float, float] = Field((0.0, 10.0), description="read-noise sigma, 8-bit")
+    read_noise_range: tuple[float, float] = Field(
+        (0.0, 10.0), description="read-noise sigma, 8-bit"
+    )
     correlated_prob: float = Field(
         0.0,
         ge=0.0,

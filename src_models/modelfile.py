@@ -108,16 +108,20 @@ def read_card(path: str | Path) -> ModelCard:
     except zipfile.BadZipFile:
         raise ModelFileError(f"{path} is not a .keras model file (not a zip archive)") from None
     except KeyError:
-        raise ModelFileError(f"{path} has no model card ({CARD_ENTRY}): not a napari-bfcnn model") from None
+        raise ModelFileError(
+            f"{path} has no model card ({CARD_ENTRY}): not a napari-bfcnn model"
+        ) from None
     try:
         return ModelCard.model_validate(json.loads(raw))
     except (json.JSONDecodeError, ValidationError) as err:
-        msg = format_validation_error(err, "model card") if isinstance(err, ValidationError) else err
+        msg = (
+            format_validation_error(err, "model card") if isinstance(err, ValidationError) else err
+        )
         raise ModelFileError(f"{path}: unreadable model card: {msg}") from None
 
 
 def load_keras_model(path: str | Path, compile: bool = False) -> tuple[keras.Model, ModelCard]:
-    """Load a model file and its card; any failure raises :class:`ModelFileError` naming the path."""
+    """Load a model file and its card; any failure raises :class:`ModelFileError` with the path."""
     card = read_card(path)
     try:
         model = keras.saving.load_model(str(path), compile=compile, safe_mode=True)

@@ -29,9 +29,21 @@ RECIPES = Path(__file__).resolve().parent.parent / "src_models" / "recipes"
 def _launch(name, out: Path, data: str, steps: int, minutes: float, workers: int, env, recipes):
     out.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "src_models.train", "--config", str(recipes / f"{name}.yaml"),
-        "--out", str(out), "--steps", str(steps), "--max-minutes", f"{minutes:.3f}",
-        "--workers", str(workers), "--data", data,
+        sys.executable,
+        "-m",
+        "src_models.train",
+        "--config",
+        str(recipes / f"{name}.yaml"),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--max-minutes",
+        f"{minutes:.3f}",
+        "--workers",
+        str(workers),
+        "--data",
+        data,
     ]
     log = open(out / "stdout.txt", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -84,8 +96,10 @@ def main(argv=None) -> int:
         r["training"]["log_every"] = 10
         r["data"]["train"] = [str((Path(args.recipes) / p).resolve()) for p in r["data"]["train"]]
         (cal_recipes / f"{n}.yaml").write_text(yaml.safe_dump(r))
-    cal = {n: _launch(n, work / "cal" / n, args.data, 10**6, args.calib_s / 60, w, env, cal_recipes)
-           for n, w in jobs}
+    cal = {
+        n: _launch(n, work / "cal" / n, args.data, 10**6, args.calib_s / 60, w, env, cal_recipes)
+        for n, w in jobs
+    }
     _wait(cal, time.time() + args.calib_s + 240)
     rates = {n: _rate(work / "cal" / n / "log.csv") for n, _ in jobs}
     print(f"calibration took {time.time() - t:.0f} s; steps/s: {rates}", flush=True)
@@ -101,7 +115,16 @@ def main(argv=None) -> int:
             r = args.fallback_rate
         steps = max(100, int(min(args.max_steps, r * args.budget_s * 0.92) // 100 * 100))
         print(f"{n}: {steps} steps", flush=True)
-        runs[n] = _launch(n, work / "run" / n, args.data, steps, (args.budget_s + 20) / 60, w, env, Path(args.recipes))
+        runs[n] = _launch(
+            n,
+            work / "run" / n,
+            args.data,
+            steps,
+            (args.budget_s + 20) / 60,
+            w,
+            env,
+            Path(args.recipes),
+        )
     _wait(runs, time.time() + args.budget_s + 150)
     out.mkdir(parents=True, exist_ok=True)
     for n in runs:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-BUNDLED = sorted((Path(__file__).resolve().parents[2] / "src_models" / "pretrained").glob("*.keras"))
+BUNDLED = sorted(
+    (Path(__file__).resolve().parents[2] / "src_models" / "pretrained").glob("*.keras")
+)
 pytestmark = pytest.mark.skipif(not BUNDLED, reason="no bundled models yet")
 
 

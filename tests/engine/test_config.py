@@ -35,7 +35,9 @@ def test_unknown_field_is_rejected_by_name():
 def test_out_of_range_values_name_the_bound():
     with pytest.raises(ConfigError, match=r"training\.learning_rate.*greater than 0"):
         parse_recipe({**_base(), "training": {"learning_rate": 0}})
-    with pytest.raises(ConfigError, match=r"corruption\.sigma_range.*0 <= low <= high \(got \(50\.0, 10\.0\)\)"):
+    with pytest.raises(
+        ConfigError, match=r"corruption\.sigma_range.*0 <= low <= high \(got \(50\.0, 10\.0\)\)"
+    ):
         parse_recipe({**_base(), "corruption": {"sigma_range": [50, 10]}})
 
 

@@ -143,8 +143,9 @@ def test_split_train_val_keeps_at_least_one_training_image():
 
 
 def test_patch_sampler_shapes_and_dtypes():
-    sampler = PatchSampler([_ramp(c=3), _ramp(50, 30, 3)], patch_size=16, batch_size=5,
-                           corruption=NOISE, seed=0)
+    sampler = PatchSampler(
+        [_ramp(c=3), _ramp(50, 30, 3)], patch_size=16, batch_size=5, corruption=NOISE, seed=0
+    )
     noisy, clean = sampler.batch(0)
     assert noisy.shape == clean.shape == (5, 16, 16, 3)
     assert noisy.dtype == clean.dtype == np.float32
@@ -156,7 +157,7 @@ def test_patch_sampler_is_deterministic_in_seed_and_step():
     a = PatchSampler(images, 16, 4, NOISE, seed=3)
     b = PatchSampler(images, 16, 4, NOISE, seed=3)
     b.batch(0), b.batch(9)  # other batches drawn first must not matter
-    for x, y in zip(a.batch(7), b.batch(7)):
+    for x, y in zip(a.batch(7), b.batch(7), strict=True):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a.batch(7)[1], a.batch(8)[1])
     assert not np.array_equal(a.batch(7)[0], PatchSampler(images, 16, 4, NOISE, seed=4).batch(7)[0])
@@ -210,12 +211,14 @@ def test_patch_sampler_rejects_mixed_channels_and_negative_step():
 
 
 def test_validation_set_is_deterministic_centre_cropped_and_noisy():
-    images = [np.random.default_rng(0).random((300, 200, 1), dtype=np.float32),
-              np.full((64, 80, 1), 0.5, np.float32)]
+    images = [
+        np.random.default_rng(0).random((300, 200, 1), dtype=np.float32),
+        np.full((64, 80, 1), 0.5, np.float32),
+    ]
     pairs = validation_set(images, sigmas=(15.0, 50.0), seed=0, crop=128)
     again = validation_set(images, sigmas=(15.0, 50.0), seed=0, crop=128)
     assert [s for _, _, s in pairs] == [15.0, 50.0, 15.0, 50.0]
-    for (n1, c1, _), (n2, c2, _) in zip(pairs, again):
+    for (n1, c1, _), (n2, c2, _) in zip(pairs, again, strict=True):
         np.testing.assert_array_equal(n1, n2)
         np.testing.assert_array_equal(c1, c2)
     noisy, clean, _ = pairs[0]
@@ -228,8 +231,9 @@ def test_validation_set_is_deterministic_centre_cropped_and_noisy():
 
 
 def test_validation_set_crops_to_a_size_multiple():
-    pairs = validation_set([np.zeros((70, 45, 1), np.float32)], (25.0,), seed=0, crop=None,
-                           multiple=8)
+    pairs = validation_set(
+        [np.zeros((70, 45, 1), np.float32)], (25.0,), seed=0, crop=None, multiple=8
+    )
     assert pairs[0][1].shape == (64, 40, 1)
 
 

@@ -61,8 +61,9 @@ def images():
 def test_tiny_model_training_raises_validation_psnr_above_noisy_input(tmp_path, images):
     train_ims, val_ims = images
     reports = []
-    result = train(_recipe(200), tmp_path, images=train_ims, val_images=val_ims,
-                   on_progress=reports.append)
+    result = train(
+        _recipe(200), tmp_path, images=train_ims, val_images=val_ims, on_progress=reports.append
+    )
     # the residual net starts as the identity, so the initial score is the noisy input's (~20.2 dB)
     assert result.val_psnr_initial["25"] == pytest.approx(20.2, abs=0.6)
     assert result.val_psnr_best["25"] > result.val_psnr_initial["25"] + 3.0
@@ -75,22 +76,27 @@ def test_tiny_model_training_raises_validation_psnr_above_noisy_input(tmp_path, 
 def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp_path, images):
     train_ims, val_ims = images
     straight = train(_recipe(40), tmp_path / "a", images=train_ims, val_images=val_ims)
+    assert straight.steps_done == 40 and not straight.stopped
     calls = {"n": 0}
 
     def stop_after_20():
         calls["n"] += 1
         return calls["n"] > 20
 
-    first = train(_recipe(40), tmp_path / "b", images=train_ims, val_images=val_ims,
-                  should_stop=stop_after_20)
+    first = train(
+        _recipe(40), tmp_path / "b", images=train_ims, val_images=val_ims, should_stop=stop_after_20
+    )
     assert first.stopped and first.steps_done == 20
     second = train(_recipe(40), tmp_path / "b", images=train_ims, val_images=val_ims, resume=True)
     assert second.steps_done == 40 and not second.stopped
     a, _ = load_keras_model(tmp_path / "a" / "checkpoint.keras")
     b, _ = load_keras_model(tmp_path / "b" / "checkpoint.keras")
-    for wa, wb in zip(a.get_weights(), b.get_weights()):
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_allclose(wa, wb, rtol=1e-3, atol=1e-5)
-    steps = [int(line.split(",")[0]) for line in (tmp_path / "b" / "log.csv").read_text().splitlines()[1:]]
+    steps = [
+        int(line.split(",")[0])
+        for line in (tmp_path / "b" / "log.csv").read_text().splitlines()[1:]
+    ]
     assert steps == sorted(steps) and steps[-1] == 40 and len(set(steps)) == len(steps)
 
 
@@ -103,7 +109,9 @@ def test_should_stop_returns_quickly_with_a_checkpoint(tmp_path, images):
             t0.append(time.time())
         return time.time() - t0[0] > 0.5
 
-    result = train(_recipe(100000), tmp_path, images=train_ims, val_images=val_ims, should_stop=stop)
+    result = train(
+        _recipe(100000), tmp_path, images=train_ims, val_images=val_ims, should_stop=stop
+    )
     assert result.stopped and 0 < result.steps_done < 100000
     model, card = load_keras_model(tmp_path / "checkpoint.keras")
     assert card.steps_done == result.steps_done
@@ -124,7 +132,9 @@ def test_killed_training_process_leaves_a_loadable_checkpoint(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "src_models.train", "--config", str(cfg), "--out", str(out)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.time() + 120
@@ -136,4 +146,6 @@ def test_killed_training_process_leaves_a_loadable_checkpoint(tmp_path):
         proc.wait()
     model, card = load_keras_model(out / "checkpoint.keras")
     assert card.steps_done >= 5 and model.count_params() > 0
-    assert not list(out.glob(".*.tmp")) or True  # stale temp files are harmless; the target is intact
+    assert (
+        not list(out.glob(".*.tmp")) or True
+    )  # stale temp files are harmless; the target is intact
