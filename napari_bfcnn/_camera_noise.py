@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CAMERA_SIDE = 512  # the camera noise is estimated on a centre crop at most this big
 SHOT_MIN = 0.05  # below this share of shot noise at the median, the noise reads as Gaussian
+CORRELATED_MIN = 0.2  # neighbour correlation of the noise from which the readout mentions it
 
 
 def microscopy_reason(layer: Any, channel_axis: int | None) -> str:
@@ -105,17 +106,24 @@ def estimate_camera_noise(crop: np.ndarray, offset: float | None = None) -> Came
 
 
 def readout_text(noise: CameraNoise | None) -> str:
-    """Two lines: the camera model (gain, read noise, black level), then SNR and photons."""
+    """The camera model (gain, read noise, black level), then SNR and photons; a third line
+    when neighbouring pixels' noise is correlated (white-noise models may leave it)."""
     if noise is None:
         return "-"
     est = noise.estimate
     snr = est.snr_median
     if not noise.shot_noise:
-        return f"no shot noise: Gaussian, \u03c3 {est.read_sigma:.3g}\nSNR {snr:.3g} at median"
-    return (
-        f"gain {est.gain:.3g}/photon, read \u03c3 {est.read_sigma:.3g}, black {est.offset:.5g}\n"
-        f"SNR {snr:.3g} at median (\u2248 {est.photons_median:.3g} photons)"
-    )
+        text = f"no shot noise: Gaussian, \u03c3 {est.read_sigma:.3g}\nSNR {snr:.3g} at median"
+    else:
+        text = (
+            f"gain {est.gain:.3g}/photon, read \u03c3 {est.read_sigma:.3g}, "
+            f"black {est.offset:.5g}\n"
+            f"SNR {snr:.3g} at median (\u2248 {est.photons_median:.3g} photons)"
+        )
+    rho_y, rho_x = getattr(est, "neighbour_correlation", (0.0, 0.0))
+    if max(rho_y, rho_x) >= CORRELATED_MIN:
+        text += f"\nnoise correlated between neighbours: {rho_y:.2f} (y), {rho_x:.2f} (x)"
+    return text
 
 
 def range_warning(noise: CameraNoise | None, model: str, photons_range: Any) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .config import CorruptionConfig
+from .noise_model import correlation_kernel
 
 __all__ = [
     "add_gaussian",
@@ -47,9 +48,7 @@ def _channel_sigmas(sigma_8bit: float | Sequence[float], channels: int) -> np.nd
     if sig.size == 1:
         sig = np.repeat(sig, channels)
     if sig.size != channels:
-        raise ValueError(
-            f"sigma_8bit has {sig.size} values but the image has {channels} channels"
-        )
+        raise ValueError(f"sigma_8bit has {sig.size} values but the image has {channels} channels")
     if np.any(sig < 0) or not np.all(np.isfinite(sig)):
         raise ValueError(f"sigma_8bit must be finite and >= 0 (got {sig.tolist()})")
     return sig
@@ -141,16 +140,6 @@ def blur3x3(image: np.ndarray, sigma: float) -> np.ndarray:
     return k[0] * rows[:, :-2] + k[1] * rows[:, 1:-1] + k[2] * rows[:, 2:]
 
 
-def _gauss_kernel(sigma: float) -> np.ndarray:
-    """Normalised 1-D Gaussian of radius ceil(3 sigma); [1.] for sigma 0."""
-    if sigma <= 0:
-        return np.ones(1)
-    r = int(np.ceil(3.0 * sigma))
-    x = np.arange(-r, r + 1, dtype=np.float64)
-    k = np.exp(-(x**2) / (2.0 * sigma**2))
-    return k / k.sum()
-
-
 def _filter_axis(x: np.ndarray, k: np.ndarray, axis: int) -> np.ndarray:
     r = k.size // 2
     if r == 0:
@@ -184,15 +173,13 @@ def correlate_noise(noise: np.ndarray, sigma_y: float, sigma_x: float) -> np.nda
     -------
     ndarray
         float32 (H, W, C). For white input the output variance equals the input's
-        (the filter is scaled by 1 / sum(k**2)); for signal-dependent noise, locally.
+        (:func:`correlation_kernel` has unit energy); for signal-dependent noise, locally.
     """
     noise = _check_image(noise, "noise")
     if not (np.isfinite(sigma_y) and np.isfinite(sigma_x) and sigma_y >= 0 and sigma_x >= 0):
         raise ValueError(f"sigma_y and sigma_x must be >= 0 (got {sigma_y}, {sigma_x})")
-    ky, kx = _gauss_kernel(sigma_y), _gauss_kernel(sigma_x)
-    gain = 1.0 / np.sqrt(np.sum(ky**2) * np.sum(kx**2))
-    out = _filter_axis(_filter_axis(noise, ky, 0), kx, 1)
-    return (out * np.float32(gain)).astype(np.float32, copy=False)
+    ky, kx = correlation_kernel(sigma_y), correlation_kernel(sigma_x)
+    return _filter_axis(_filter_axis(noise, ky, 0), kx, 1).astype(np.float32, copy=False)
 
 
 def _upsample_axis_linear(x: np.ndarray, factor: int, axis: int) -> np.ndarray:
@@ -391,9 +378,7 @@ def corrupt_batch(
     """
     clean_batch = np.asarray(clean_batch)
     if clean_batch.ndim != 4:
-        raise ValueError(
-            f"clean_batch must have shape (N, H, W, C), got shape {clean_batch.shape}"
-        )
+        raise ValueError(f"clean_batch must have shape (N, H, W, C), got shape {clean_batch.shape}")
     seed = check_seed(seed)
     noisy = np.empty(clean_batch.shape, dtype=np.float32)
     infos = []

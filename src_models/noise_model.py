@@ -29,6 +29,16 @@ for single-image raw-data*, IEEE TIP 2008, simplified):
    on the standardised residuals, so bins still inflated by texture drop out; gain
    and read variance are kept non-negative.
 
+Spatially correlated noise (resampled widefield frames, scan-line amplifiers) has
+little energy at the highest frequencies, so ``r`` alone would see a fraction of it
+(a tenth for a neighbour correlation of 0.6). Per axis, the same residual with the
+second difference taken at a spacing of 2 pixels sees white noise equally but
+correlated noise more; the ratio of the two variances on the smooth pixels gives the
+width of a Gaussian correlation per axis (the family of
+:func:`src_models.corruptions.correlate_noise`), and the bins' variances and the
+texture threshold are corrected by the filters' gains for that correlation. Ratios
+within what white noise on real images gives (below 1.3) count as white.
+
 The line gives slope (gain) and intercept; splitting the intercept into read noise
 and offset needs the offset, given or estimated by :func:`black_level` (then the
 read noise is the noise at that level, which includes the shot noise of any
@@ -45,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PoissonGaussian", "black_level", "estimate_poisson_gaussian"]
+__all__ = ["PoissonGaussian", "black_level", "correlation_kernel", "estimate_poisson_gaussian"]
 
 MIN_SIDE = 16  # smallest plane side the estimator accepts
 MIN_PIXELS = 2048  # usable pixels needed (after NaN and border removal)
@@ -60,6 +70,23 @@ _TRIM_FACTOR = 1.0 - 2.0 * _TRIM * math.exp(-(_TRIM**2) / 2) / math.sqrt(2 * mat
 )  # E[r^2 | |r| <= TRIM sigma] / sigma^2 for Gaussian r
 _TEXTURE_SIGMA = 1.5  # Gaussian sigma (px) of the texture measure's smoothing
 _FLAT_TEXTURE = 2.0 * math.log(10.0)  # chi2(2) 90 % quantile: flat pixels kept
+_SECOND = np.array([1.0, -2.0, 1.0])  # second difference; with spacing 2: [1, 0, -2, 0, 1]
+_WHITE_RATIO = 1.3  # spacing-2 / spacing-1 residual variance below this: white noise
+_MAX_WIDTH = 2.0  # widest noise correlation resolved (px): the ratio saturates beyond
+
+
+def correlation_kernel(sigma: float) -> np.ndarray:
+    """1-D Gaussian of width ``sigma`` px and radius ceil(3 sigma), with unit energy.
+
+    Why unit energy (sum of squares 1): white noise filtered by it keeps its variance,
+    so ``sigma`` changes only how neighbours correlate. ``[1.]`` for sigma 0.
+    """
+    if sigma <= 0:
+        return np.ones(1)
+    r = int(np.ceil(3.0 * sigma))
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    k = np.exp(-(x**2) / (2.0 * sigma**2))
+    return k / np.sqrt(np.sum(k**2))
 
 
 @dataclass(frozen=True)
@@ -77,12 +104,21 @@ class PoissonGaussian:
         Black level: the data value of zero signal (given or estimated).
     median_signal : float
         Median of ``data - offset`` over the pixels looked at.
+    correlation_width : tuple of float
+        (y, x) widths in pixels of a Gaussian correlation of the noise between
+        neighbouring pixels; (0, 0) for white noise.
     """
 
     gain: float
     read_sigma: float
     offset: float
     median_signal: float = 0.0
+    correlation_width: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def neighbour_correlation(self) -> tuple[float, float]:
+        """Correlation of the noise of two neighbouring pixels along (y, x); 0 for white noise."""
+        return tuple(_lag1(w) for w in self.correlation_width)
 
     def variance(self, value: Any) -> Any:
         """Noise variance at data value(s) ``value`` (signal below the offset counts as 0)."""
@@ -183,6 +219,8 @@ class _Samples:
     mean: np.ndarray
     residual: np.ndarray
     texture: np.ndarray
+    residual_y2: np.ndarray  # the residual with the Y second difference at spacing 2
+    residual_x2: np.ndarray  # ... with the X second difference at spacing 2
 
 
 def _windows(plane: np.ndarray, max_pixels: int) -> list[np.ndarray]:
@@ -207,15 +245,62 @@ def _texture(y: np.ndarray) -> np.ndarray:
     return np.hypot(ndimage.correlate1d(log, diff, axis=0), ndimage.correlate1d(log, diff, axis=1))
 
 
-@functools.lru_cache(maxsize=1)
-def _texture_gain() -> float:
-    """Variance of one component of :func:`_texture` per unit white-noise variance."""
+@functools.lru_cache(maxsize=64)
+def _texture_gain(width: tuple[float, float] = (0.0, 0.0)) -> float:
+    """Variance of one component of :func:`_texture` per unit noise variance (mean of Y, X).
+
+    ``width``: the noise's Gaussian correlation widths (y, x); (0, 0) for white noise.
+    """
     from scipy import ndimage
 
-    impulse = np.zeros((41, 41))
-    impulse[20, 20] = 1.0
-    log = ndimage.gaussian_laplace(impulse, _TEXTURE_SIGMA, mode="constant")
-    return float((ndimage.correlate1d(log, np.array([-0.5, 0.0, 0.5]), axis=0) ** 2).sum())
+    impulse = np.zeros((49, 49))
+    impulse[24, 24] = 1.0
+    noise = ndimage.correlate1d(impulse, correlation_kernel(width[0]), axis=0, mode="constant")
+    noise = ndimage.correlate1d(noise, correlation_kernel(width[1]), axis=1, mode="constant")
+    log = ndimage.gaussian_laplace(noise, _TEXTURE_SIGMA, mode="constant")
+    diff = np.array([-0.5, 0.0, 0.5])
+    return float(np.mean([(ndimage.correlate1d(log, diff, axis=a) ** 2).sum() for a in (0, 1)]))
+
+
+def _spaced(kernel: np.ndarray, spacing: int) -> np.ndarray:
+    out = np.zeros((kernel.size - 1) * spacing + 1)
+    out[::spacing] = kernel
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _axis_gains(width: float) -> tuple[float, float]:
+    """Variance of the unit-norm second difference at spacing 1 and 2 along one axis, for
+    unit-variance noise with a Gaussian correlation of ``width`` px along it."""
+    k = correlation_kernel(width)
+    h = _SECOND / math.sqrt(6.0)
+    return (
+        float(np.sum(np.convolve(h, k) ** 2)),
+        float(np.sum(np.convolve(_spaced(h, 2), k) ** 2)),
+    )
+
+
+def _width_from_ratio(ratio: float) -> float:
+    """Correlation width (px) whose spacing-2 / spacing-1 variance ratio is ``ratio``."""
+    if not ratio >= _WHITE_RATIO:
+        return 0.0
+
+    def q(w: float) -> float:
+        g1, g2 = _axis_gains(w)
+        return g2 / g1
+
+    lo, hi = 0.0, _MAX_WIDTH
+    if ratio >= q(hi):
+        return hi
+    for _ in range(30):  # q increases with the width
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if q(mid) < ratio else (lo, mid)
+    return round(0.5 * (lo + hi), 3)
+
+
+def _lag1(width: float) -> float:
+    k = correlation_kernel(width)
+    return float(np.sum(k[1:] * k[:-1]))
 
 
 def _plane_samples(plane: np.ndarray) -> _Samples:
@@ -230,12 +315,17 @@ def _plane_samples(plane: np.ndarray) -> _Samples:
         at = valid & (y == value)
         if np.count_nonzero(at) > max(8, 1e-3 * y.size):  # a clipped (saturated) level
             valid &= ~at
-    second = np.array([1.0, -2.0, 1.0])
-    residual = ndimage.correlate1d(ndimage.correlate1d(y, second, axis=0), second, axis=1) / 6.0
+    second, second2 = _SECOND, _spaced(_SECOND, 2)
+    along_y, along_y2 = (ndimage.correlate1d(y, k, axis=0) for k in (second, second2))
+    residual = ndimage.correlate1d(along_y, second, axis=1) / 6.0
+    residual_y2 = ndimage.correlate1d(along_y2, second, axis=1) / 6.0
+    residual_x2 = ndimage.correlate1d(along_y, second2, axis=1) / 6.0
     mean = ndimage.uniform_filter(y, 5, mode="reflect")
     texture = _texture(y)
     usable = ndimage.binary_erosion(valid, np.ones((7, 7), bool), border_value=0)
-    return _Samples(mean[usable], residual[usable], texture[usable])
+    return _Samples(
+        mean[usable], residual[usable], texture[usable], residual_y2[usable], residual_x2[usable]
+    )
 
 
 def _pooled_samples(planes: list[np.ndarray]) -> _Samples:
@@ -243,9 +333,17 @@ def _pooled_samples(planes: list[np.ndarray]) -> _Samples:
     parts = [_plane_samples(win) for p in planes for win in _windows(p, MAX_PLANE_PIXELS)]
     mean = np.concatenate([s.mean for s in parts])
     order = np.argsort(mean, kind="stable")
-    residual = np.concatenate([s.residual for s in parts])[order]
-    texture = np.concatenate([s.texture for s in parts])[order]
-    return _Samples(mean[order], residual, texture)
+
+    def pooled(name: str) -> np.ndarray:
+        return np.concatenate([getattr(s, name) for s in parts])[order]
+
+    return _Samples(
+        mean[order],
+        pooled("residual"),
+        pooled("texture"),
+        pooled("residual_y2"),
+        pooled("residual_x2"),
+    )
 
 
 def _robust_variance(r: np.ndarray) -> float:
@@ -262,34 +360,65 @@ def _robust_variance(r: np.ndarray) -> float:
     return float(np.mean(kept * kept)) / _TRIM_FACTOR
 
 
+def _bins(s: _Samples) -> list[np.ndarray]:
+    """Indices of bins of equal count by local mean (the samples are sorted by it)."""
+    n = s.mean.size
+    return np.array_split(np.arange(n), int(np.clip(n // 4000, 8, 48)))
+
+
 def _binned_variances(
-    s: _Samples, line: tuple[float, float, float] | None = None
+    s: _Samples,
+    line: tuple[float, float, float] | None = None,
+    width: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bins of equal count by local mean: (mean level, robust variance, pixels used) each.
 
     Without ``line``, each bin keeps its smoother half by texture. With a first fit
     ``var = a * level + b``, it keeps the pixels whose texture is within what noise of
     that variance gives (90 % of flat pixels pass; edges and ramps do not). The line is
-    ``(a, b, x0)``: ``var = a * (level - x0) + b``.
+    ``(a, b, x0)``: ``var = a * (level - x0) + b``. ``width``: the noise's correlation
+    widths (y, x), whose filter gains turn residual variances into noise variances.
     """
-    n = s.mean.size
-    n_bins = int(np.clip(n // 4000, 8, 48))
+    residual_gain = _axis_gains(width[0])[0] * _axis_gains(width[1])[0]
     levels, variances, counts = [], [], []
-    for idx in np.array_split(np.arange(n), n_bins):  # samples are sorted by local mean
+    for idx in _bins(s):
         tex = s.texture[idx]
         if line is None:
             keep = idx[tex <= np.median(tex)]
         else:
             a, b, x0 = line
             var = max(a * (float(np.mean(s.mean[idx])) - x0) + b, 0.0)
-            keep = idx[tex**2 <= _FLAT_TEXTURE * _texture_gain() * var]
+            keep = idx[tex**2 <= _FLAT_TEXTURE * _texture_gain(width) * var]
             if keep.size < 64:
                 continue
         r = s.residual[keep]
         levels.append(float(np.mean(s.mean[keep])))
-        variances.append(_robust_variance(r))
+        variances.append(_robust_variance(r) / residual_gain)
         counts.append(keep.size)
     return np.array(levels), np.array(variances), np.array(counts, dtype=float)
+
+
+def _noise_width(s: _Samples) -> tuple[float, float]:
+    """Gaussian correlation widths (y, x) of the noise, from the smoother half of each bin.
+
+    Per bin, the variance of the spacing-2 residual over the spacing-1 residual along
+    each axis; the median over bins (textured bins are the outliers) gives the width.
+    """
+    ratios: list[tuple[float, float]] = []
+    for idx in _bins(s):
+        keep = idx[s.texture[idx] <= np.median(s.texture[idx])]
+        v = _robust_variance(s.residual[keep])
+        if v > 0:
+            ratios.append(
+                (
+                    _robust_variance(s.residual_y2[keep]) / v,
+                    _robust_variance(s.residual_x2[keep]) / v,
+                )
+            )
+    if not ratios:
+        return (0.0, 0.0)
+    qy, qx = np.median(np.array(ratios), axis=0)
+    return (_width_from_ratio(float(qy)), _width_from_ratio(float(qx)))
 
 
 # --------------------------------------------------------------------------- line fit
@@ -409,11 +538,12 @@ def estimate_poisson_gaussian(
             f"too few usable pixels to estimate the noise ({samples.mean.size}; need "
             f"{MIN_PIXELS} away from NaN, saturation and borders)"
         )
-    levels, variances, counts = _binned_variances(samples)
+    width = _noise_width(samples)
+    levels, variances, counts = _binned_variances(samples, width=width)
     for _ in range(PASSES - 1):  # refits on noise-flat pixels, variance from the last fit
         x0 = float(levels.min())
         line = (*_robust_line(levels - x0, variances, counts), x0)
-        flat = _binned_variances(samples, line)
+        flat = _binned_variances(samples, line, width)
         if flat[0].size < 2:
             break
         levels, variances, counts = flat
@@ -427,4 +557,5 @@ def estimate_poisson_gaussian(
         read_sigma=float(math.sqrt(max(intercept, 0.0))),
         offset=offset,
         median_signal=float(np.median(finite)) - offset,
+        correlation_width=width,
     )

@@ -30,6 +30,10 @@ of the crop (the noisy crop itself while no model is bound). Where that estimate
 fails or finds no noise, ``S = sigma^2`` with the Gaussian sigma of
 :func:`src_models.inference.estimate_sigma`. For the camera-like noise this is an
 approximation (Poisson noise is not Gaussian), as in the paper's own experiments.
+Where the estimate finds the noise correlated between neighbouring pixels, ``z`` is
+correlated the same way (:func:`src_models.corruptions.correlate_noise`): with white
+``z`` the pair's noises would not cancel in covariance, and the model would learn to
+keep the correlated part.
 
 Reference: T. Pang, H. Zheng, Y. Quan, H. Ji, *Recorrupted-to-Recorrupted:
 Unsupervised Deep Learning for Image Denoising*, CVPR 2021.
@@ -44,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from .config import CorruptionConfig
-from .corruptions import check_seed
+from .corruptions import check_seed, correlate_noise
 from .data import PatchSampler, check_images
 from .noise_model import PoissonGaussian
 
@@ -128,6 +132,7 @@ def recorrupt(
     alpha: float,
     rng: np.random.Generator,
     shared: np.ndarray | None = None,
+    widths: Sequence[tuple[float, float]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The R2R pair of noisy images: ``(y + alpha z, y - z / alpha)`` with ``z ~ N(0, variance)``.
 
@@ -142,6 +147,9 @@ def recorrupt(
     rng : numpy.random.Generator
     shared : ndarray of bool, optional
         (B,): images whose channels are copies of one channel get one ``z`` for all channels.
+    widths : sequence of (float, float), optional
+        (B,) Gaussian correlation widths (y, x) of each image's noise; ``z`` is
+        correlated alike (white where (0, 0) or None).
 
     Returns
     -------
@@ -154,6 +162,9 @@ def recorrupt(
     z = rng.standard_normal(y.shape, dtype=np.float32)
     if shared is not None and np.any(shared):
         z[shared] = z[shared][..., :1]
+    for b, width in enumerate(widths or ()):
+        if any(w > 0 for w in width):
+            z[b] = correlate_noise(z[b], *width)
     z *= np.sqrt(np.maximum(np.broadcast_to(variance, y.shape), 0.0), dtype=np.float32)
     a = np.float32(alpha)
     return y + a * z, y - z / a
@@ -196,7 +207,7 @@ def validation_pairs(
     out = []
     for k in range(int(draws)):
         rng = np.random.default_rng([check_seed(seed), _R2R_VAL_STREAM, k])
-        a, b = recorrupt(crop[None], variance, alpha, rng, shared)
+        a, b = recorrupt(crop[None], variance, alpha, rng, shared, [noise.correlation_width])
         out.append((a[0], b[0]))
     return out
 
@@ -291,16 +302,20 @@ class Recorrupted2RecorruptedSampler:
         """Batch ``step``: input ``y + alpha z``, target ``y - z / alpha``; float32 (B, P, P, C)."""
         y, which = self.crops(step)
         rng = np.random.default_rng([self.seed, step, _R2R_STREAM])
-        return recorrupt(y, self.variance(y, which), self.alpha, rng, self._shared[which])
+        widths = [self.noise[k].correlation_width for k in which]
+        return recorrupt(y, self.variance(y, which), self.alpha, rng, self._shared[which], widths)
 
     def describe_noise(self, limit: int = 8) -> str:
         """The noise models in use, for model cards (the first ``limit`` images)."""
         parts = []
         for n in self.noise[:limit]:
             if n.gain > 0:
-                parts.append(f"gain {n.gain:.3g}, read {n.read_sigma:.3g}, black {n.offset:.3g}")
+                part = f"gain {n.gain:.3g}, read {n.read_sigma:.3g}, black {n.offset:.3g}"
             else:
-                parts.append(f"Gaussian sigma {n.read_sigma:.3g}")
+                part = f"Gaussian sigma {n.read_sigma:.3g}"
+            if any(w > 0 for w in n.correlation_width):
+                part += " (correlated: width {:.2g}, {:.2g} px)".format(*n.correlation_width)
+            parts.append(part)
         more = len(self.noise) - limit
         return "; ".join(parts) + (f"; ... ({more} more)" if more > 0 else "")
 

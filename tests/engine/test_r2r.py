@@ -39,6 +39,30 @@ def test_gaussian_recorruption_gives_uncorrelated_input_and_target_noise_of_the_
     np.testing.assert_allclose((inp - y_crops) * -(1 / alpha**2), target - y_crops, atol=1e-5)
 
 
+def test_correlated_noise_gets_a_recorruption_correlated_alike_so_pair_noises_stay_uncorrelated():
+    from src_models.corruptions import correlate_noise
+
+    sigma, alpha, width = 0.05, 0.5, (0.7, 0.7)
+    x = _ramp((128, 128))
+    white = np.random.default_rng(0).normal(0, sigma, x.shape).astype("float32")
+    y = x + correlate_noise(white, *width)
+    noise = PoissonGaussian(0.0, sigma, 0.0, correlation_width=width)
+    sampler = Recorrupted2RecorruptedSampler([y], 48, 64, seed=1, alpha=alpha, noise=noise)
+    clean = Recorrupted2RecorruptedSampler([x], 48, 64, seed=1, alpha=alpha, noise=noise)
+    inp, target = sampler.batch(2)
+    x_crops, _ = clean.crops(2)
+    a, b = inp - x_crops, target - x_crops
+
+    def cross(u, v, shift):  # correlation of u with v shifted by ``shift`` pixels along x
+        u, v = u[:, :, : u.shape[2] - shift].ravel(), v[:, :, shift:].ravel()
+        return float(np.corrcoef(u, v)[0, 1])
+
+    # with white z the neighbours' covariances would be rho * sigma^2 apart (rho = 0.58)
+    assert abs(cross(a, b, 0)) < 0.03 and abs(cross(a, b, 1)) < 0.03
+    assert cross(a, a, 1) == pytest.approx(0.58, abs=0.05)  # the input's noise: correlated
+    assert "correlated: width 0.7, 0.7 px" in sampler.describe_noise()
+
+
 def test_poisson_gaussian_recorruption_variance_is_gain_times_signal_plus_read_squared():
     gain, read, black = 0.01, 0.02, 0.1
     levels = np.array([0.2, 0.35, 0.5, 0.65, 0.8, 0.95], dtype=np.float32)

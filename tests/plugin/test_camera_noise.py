@@ -59,6 +59,13 @@ def test_readout_gives_camera_parameters_then_snr_and_photons():
     assert readout_text(None) == "-"
 
 
+def test_readout_mentions_noise_correlated_between_neighbours_only_when_it_is():
+    correlated = PoissonGaussian(8.0, 16.0, 100.0, 120.0, correlation_width=(0.7, 0.0))
+    text = readout_text(CameraNoise(correlated, 560.0))
+    assert text.splitlines()[-1] == "noise correlated between neighbours: 0.58 (y), 0.00 (x)"
+    assert len(readout_text(_noise(8.0, 16.0, 120.0, 560.0)).splitlines()) == 2
+
+
 @pytest.mark.parametrize(
     ("photons", "warning"),
     [
