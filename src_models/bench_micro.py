@@ -313,6 +313,48 @@ def _bm3d(y: np.ndarray, sigma: float) -> np.ndarray:
     return np.asarray(out, dtype=np.float64).reshape(y.shape) * peak
 
 
+def _vst_noise(y: np.ndarray):
+    """The estimated Poisson-Gaussian noise of ``y``; NaN parameters where it cannot be had."""
+    from .noise_model import PoissonGaussian, estimate_poisson_gaussian
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            return estimate_poisson_gaussian(y)
+        except ValueError:  # too small or too few usable pixels: the fallback below
+            return PoissonGaussian(math.nan, math.nan, math.nan)
+
+
+def _vst_label(pg) -> str:
+    return f"gain={pg.gain:.4f};read_sigma={pg.read_sigma:.4f};offset={pg.offset:.3f}"
+
+
+def vst_params(noisy: np.ndarray) -> str:
+    """The noise model the BM3D + GAT baseline would use on ``noisy`` (its cache ``params``).
+
+    Why: that baseline depends on this project's own noise estimator; a cached row
+    whose parameters differ from what the current estimator gives was computed by an
+    older version and is stale. Cheap: no BM3D.
+    """
+    return _vst_label(_vst_noise(np.asarray(noisy, dtype=np.float64)))
+
+
+def stale_vst_rows(
+    samples: Iterable[MicroSample], cache: dict[tuple[str, str, str], dict]
+) -> set[tuple[str, str, str]]:
+    """Cache keys of BM3D + GAT rows made with another noise estimate than the current one."""
+    stale = set()
+    for s in samples:
+        key = (s.dataset, s.name, "bm3d_vst")
+        row = cache.get(key)
+        if row is None:
+            continue
+        expected = vst_params(load_pair(s)[0])
+        if not (row["params"] == expected or row["params"].startswith(expected + ";")):
+            stale.add(key)
+    return stale
+
+
 def run_micro_baseline(method: str, noisy: np.ndarray) -> tuple[np.ndarray, str]:
     """Denoise an 8-bit-scale gray image with a baseline; returns the estimate and its parameters.
 
@@ -346,12 +388,8 @@ def run_micro_baseline(method: str, noisy: np.ndarray) -> tuple[np.ndarray, str]
         sigma = _FACTOR[method] * _est_sigma(y)
         return _bm3d(y, sigma), f"sigma={sigma:.3f}"
     if method == "bm3d_vst":
-        from .noise_model import estimate_poisson_gaussian
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            pg = estimate_poisson_gaussian(y)
-        params = f"gain={pg.gain:.4f};read_sigma={pg.read_sigma:.4f};offset={pg.offset:.3f}"
+        pg = _vst_noise(y)
+        params = _vst_label(pg)
         if not all(math.isfinite(v) for v in (pg.gain, pg.read_sigma, pg.offset)):
             sigma = _est_sigma(y)  # no usable noise model: BM3D with the wavelet estimate
             return _bm3d(y, sigma), params + f";fallback sigma={sigma:.3f}"
@@ -387,22 +425,27 @@ def cached_micro_scores(
     cache: dict[tuple[str, str, str], dict],
     crcs: dict[tuple[str, str], int],
     warn: Callable[[str], None] | None = None,
+    outdated: set[tuple[str, str, str]] = frozenset(),
 ) -> list[MicroScore]:
     """Baseline scores of ``samples`` from the cache, plus the derived best-of-three row.
 
     Rows whose input CRC differs from this run's noisy image (``crcs``, keyed by
-    (dataset, image)) are skipped and counted in one ``warn`` line. The oracle row
+    (dataset, image)) and rows in ``outdated`` (see :func:`stale_vst_rows`) are
+    skipped and counted in ``warn`` lines. The oracle row
     ``bm3d_best`` takes, per image, the member of :data:`BEST_OF` with the highest
     fitted PSNR, when all three are cached.
     """
     out: list[MicroScore] = []
-    stale = 0
+    stale = old = 0
     for s in samples:
         crc = crcs.get((s.dataset, s.name))
         found = {}
         for method in MICRO_BASELINES:
             row = cache.get((s.dataset, s.name, method))
             if row is None:
+                continue
+            if (s.dataset, s.name, method) in outdated:
+                old += 1
                 continue
             if crc is not None and row["input_crc"] != crc:
                 stale += 1
@@ -418,6 +461,11 @@ def cached_micro_scores(
             out.append(_cached(s, micro_baseline_label("bm3d_best"), row))
     if stale and warn is not None:
         warn(f"ignored {stale} cached microscopy baseline rows computed on other images (stale)")
+    if old and warn is not None:
+        warn(
+            f"ignored {old} cached BM3D + GAT rows made with an older noise estimate; "
+            "--compute-baselines recomputes them"
+        )
     return out
 
 
@@ -472,12 +520,15 @@ def compute_micro_baselines(
     command: str = "",
     workers: int = 1,
     log: Callable[[str], None] | None = None,
+    outdated: set[tuple[str, str, str]] = frozenset(),
 ) -> int:
     """Compute the baseline rows missing from the cache, appending each as it finishes.
 
     Safe to kill and rerun: every row is flushed when done and rows present are
-    skipped. Methods go one after another over all images (cheap NLM first, the
-    extra sigmas of the oracle row last), so a partial cache has complete rows.
+    skipped. Rows in ``outdated`` are computed again; the new row, appended later,
+    replaces the old one when the cache is read. Methods go one after another over all
+    images (cheap NLM first, the extra sigmas of the oracle row last), so a partial
+    cache has complete rows.
 
     Parameters
     ----------
@@ -500,7 +551,10 @@ def compute_micro_baselines(
 
     cache = read_micro_cache(path)
     tasks = [
-        (s, m) for m in MICRO_BASELINES for s in samples if (s.dataset, s.name, m) not in cache
+        (s, m)
+        for m in MICRO_BASELINES
+        for s in samples
+        if (s.dataset, s.name, m) not in cache or (s.dataset, s.name, m) in outdated
     ]
 
     def logged(rows: list[dict], done: int, total: int) -> None:

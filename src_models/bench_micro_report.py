@@ -356,6 +356,7 @@ def run_micro_section(
         model_runner,
         read_micro_cache,
         run_micro,
+        stale_vst_rows,
     )
 
     samples: list[MicroSample] = []
@@ -371,7 +372,10 @@ def run_micro_section(
     if compute:
         if log is not None:
             log(f"[micro] computing missing baselines into {cache_path} ({workers} worker(s))")
-        added = compute_micro_baselines(samples, cache_path, command, workers=workers, log=log)
+        outdated = stale_vst_rows(samples, read_micro_cache(cache_path))
+        added = compute_micro_baselines(
+            samples, cache_path, command, workers=workers, log=log, outdated=outdated
+        )
         if log is not None:
             log(f"[micro] added {added} baseline rows")
     first = {}
@@ -383,7 +387,9 @@ def run_micro_section(
     )
     crcs = {(s.dataset, s.image): s.input_crc for s in scores if s.kind == "noisy"}
     cache = read_micro_cache(cache_path)
-    scores += cached_micro_scores(samples, cache, crcs, warn=log)
+    scores += cached_micro_scores(
+        samples, cache, crcs, warn=log, outdated=stale_vst_rows(samples, cache)
+    )
     with open(out / "per_image_micro.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(MicroScore.__dataclass_fields__))
         w.writeheader()

@@ -209,6 +209,37 @@ def test_cached_scores_derive_the_oracle_row_and_skip_stale_rows(micro_dir, tmp_
     assert stale == [] and "stale" in warnings[0]
 
 
+def test_vst_rows_from_an_older_noise_estimate_are_skipped_then_recomputed(
+    micro_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(bm, "run_micro_baseline", _fake_baseline)
+    samples = bm.micro_samples(micro_dir, "FMD", limit=1)
+    cache = tmp_path / "m.csv"
+    bm.compute_micro_baselines(samples, cache)
+    rows = bm.read_micro_cache(cache)
+    key = ("FMD", "a_gray.png", "bm3d_vst")
+    monkeypatch.setattr(bm, "vst_params", lambda y: "gain=1;read_sigma=1;offset=0")
+    assert bm.stale_vst_rows(samples, rows) == set()  # the estimate the row was made with
+    monkeypatch.setattr(bm, "vst_params", lambda y: "gain=2;read_sigma=1;offset=0")
+    outdated = bm.stale_vst_rows(samples, rows)
+    assert outdated == {key}
+    crc = rows[key]["input_crc"]
+    warnings = []
+    got = bm.cached_micro_scores(samples, rows, {key[:2]: crc}, warnings.append, outdated)
+    assert bm.micro_baseline_label("bm3d_vst") not in {s.method for s in got}
+    assert "older noise estimate" in warnings[0]
+
+    def new_vst(method, noisy):
+        out, params = _fake_baseline(method, noisy)
+        return out, ("gain=2;read_sigma=1;offset=0" if method == "bm3d_vst" else params)
+
+    monkeypatch.setattr(bm, "run_micro_baseline", new_vst)
+    assert bm.compute_micro_baselines(samples, cache, outdated=outdated) == 1
+    rows = bm.read_micro_cache(cache)  # the appended row replaces the old one
+    assert rows[key]["params"] == "gain=2;read_sigma=1;offset=0"
+    assert bm.stale_vst_rows(samples, rows) == set()
+
+
 # --- the section -------------------------------------------------------------------------
 
 
@@ -232,6 +263,7 @@ def micro_run(micro_dir, tmp_path_factory):
     argv += ["--models", str(path), "--micro-baselines-csv", str(cache), "--compute-baselines"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bm, "run_micro_baseline", _fake_baseline)
+        mp.setattr(bm, "vst_params", lambda y: _fake_baseline("bm3d_vst", y)[1])
         mp.setattr(bm, "_bm3d", box)
         bench.run(argv)
     return out, cache
