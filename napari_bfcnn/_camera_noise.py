@@ -23,10 +23,12 @@ __all__ = [
     "MICROSCOPY_MODEL",
     "CameraNoise",
     "centre_crop_index",
+    "correlation_warning",
     "estimate_camera_noise",
     "microscopy_reason",
     "range_warning",
     "readout_text",
+    "trained_on_correlated_noise",
     "trained_photons_range",
 ]
 
@@ -141,12 +143,41 @@ def range_warning(noise: CameraNoise | None, model: str, photons_range: Any) -> 
     )
 
 
+def correlation_warning(noise: CameraNoise | None, model: str, trained: bool | None) -> str:
+    """A warning when the noise is correlated between neighbours and ``model`` was trained
+    on white noise only (``trained`` False), else ""."""
+    if noise is None or trained is not False:
+        return ""
+    rho = max(getattr(noise.estimate, "neighbour_correlation", (0.0, 0.0)))
+    if rho < CORRELATED_MIN:
+        return ""
+    return (
+        f"\u26a0 noise correlated between neighbours ({rho:.2f}): {model} was trained on "
+        "white noise and may keep it as texture"
+    )
+
+
 def trained_photons_range(path: str | Path | None) -> tuple[float, float] | None:
     """``card.recipe.corruption.photons_range`` of a model file trained on Poisson-Gaussian noise.
 
     None for models without a recipe or never trained on shot noise (their
     photons_range is only a default), and for unreadable files.
     """
+    corruption = _trained_corruption(path)
+    if corruption is None or corruption.poisson_gaussian_prob <= 0:
+        return None
+    lo, hi = corruption.photons_range
+    return float(lo), float(hi)
+
+
+def trained_on_correlated_noise(path: str | Path | None) -> bool | None:
+    """Whether a model file's recipe includes spatially correlated noise; None if unknown."""
+    corruption = _trained_corruption(path)
+    return None if corruption is None else corruption.correlated_prob > 0
+
+
+def _trained_corruption(path: str | Path | None) -> Any:
+    """``card.recipe.corruption`` of a model file; None without a recipe or when unreadable."""
     if path is None:
         return None
     path = Path(path)
@@ -154,19 +185,15 @@ def trained_photons_range(path: str | Path | None) -> tuple[float, float] | None
         mtime = path.stat().st_mtime_ns
     except OSError:
         return None
-    return _photons_range(str(path), mtime)
+    return _corruption(str(path), mtime)
 
 
 @functools.lru_cache(maxsize=32)
-def _photons_range(path: str, _mtime: int) -> tuple[float, float] | None:
+def _corruption(path: str, _mtime: int) -> Any:
     from src_models.modelfile import ModelFileError, read_card
 
     try:
         card = read_card(path)
     except ModelFileError:
         return None
-    recipe = card.recipe
-    if recipe is None or recipe.corruption.poisson_gaussian_prob <= 0:
-        return None
-    lo, hi = recipe.corruption.photons_range
-    return float(lo), float(hi)
+    return None if card.recipe is None else card.recipe.corruption

@@ -37,10 +37,12 @@ from ._camera_noise import (
     MICROSCOPY_MODEL,
     CameraNoise,
     centre_crop_index,
+    correlation_warning,
     estimate_camera_noise,
     microscopy_reason,
     range_warning,
     readout_text,
+    trained_on_correlated_noise,
     trained_photons_range,
 )
 from ._image_model_widget import ImageModelWidget
@@ -558,8 +560,12 @@ class DenoiseWidget(ImageModelWidget):
         self.camera_noise.value = pending if self._camera_pending else readout_text(self._camera)
         name = self._resolved_name()
         info = self._models.get(name or "")
-        photons = trained_photons_range(info.path) if info is not None and not info.error else None
-        warning = range_warning(self._camera, name or "", photons)
+        path = info.path if info is not None and not info.error else None
+        warnings = (
+            range_warning(self._camera, name or "", trained_photons_range(path)),
+            correlation_warning(self._camera, name or "", trained_on_correlated_noise(path)),
+        )
+        warning = "\n".join(w for w in warnings if w)
         self.range_warning.value = warning
         self.range_warning.visible = bool(warning)
 

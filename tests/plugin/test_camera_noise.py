@@ -10,9 +10,11 @@ import pytest
 from napari_bfcnn._camera_noise import (
     CameraNoise,
     centre_crop_index,
+    correlation_warning,
     microscopy_reason,
     range_warning,
     readout_text,
+    trained_on_correlated_noise,
     trained_photons_range,
 )
 from src_models.noise_model import PoissonGaussian
@@ -98,3 +100,26 @@ def test_trained_photons_range_is_none_for_models_not_trained_on_shot_noise(tmp_
     assert trained_photons_range(tmp_path / "bare.keras") is None
     assert trained_photons_range(tmp_path / "missing.keras") is None
     assert trained_photons_range(None) is None
+
+
+def test_correlation_warning_only_for_correlated_noise_and_a_white_noise_model():
+    correlated = CameraNoise(PoissonGaussian(8.0, 16.0, 100.0, 120.0, (0.7, 0.7)), 560.0)
+    white = _noise(8.0, 16.0, 120.0, 560.0)
+    assert correlation_warning(correlated, "gray", False) == (
+        "\u26a0 noise correlated between neighbours (0.58): gray was trained on white noise "
+        "and may keep it as texture"
+    )
+    assert correlation_warning(correlated, "m", True) == ""  # trained for it
+    assert correlation_warning(correlated, "m", None) == ""  # unknown training
+    assert correlation_warning(white, "gray", False) == ""
+    assert correlation_warning(None, "gray", False) == ""
+
+
+def test_bundled_cards_say_whether_a_model_was_trained_on_correlated_noise():
+    from pathlib import Path
+
+    import src_models
+
+    gray = Path(src_models.__file__).parent / "pretrained" / "gray.keras"
+    assert trained_on_correlated_noise(gray) is False
+    assert trained_on_correlated_noise(None) is None
