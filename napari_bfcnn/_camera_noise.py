@@ -16,10 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from src_models.registry import MICROSCOPY_MODEL, is_camera_data  # one rule for widget and CLI
+from src_models.noise_model import CORRELATED_MIN
+from src_models.registry import (  # one rule for widget and CLI
+    MICROSCOPY_CORRELATED_MODEL,
+    MICROSCOPY_MODEL,
+    is_camera_data,
+)
 
 __all__ = [
     "CAMERA_SIDE",
+    "MICROSCOPY_CORRELATED_MODEL",
     "MICROSCOPY_MODEL",
     "CameraNoise",
     "centre_crop_index",
@@ -36,14 +42,16 @@ log = logging.getLogger(__name__)
 
 CAMERA_SIDE = 512  # the camera noise is estimated on a centre crop at most this big
 SHOT_MIN = 0.05  # below this share of shot noise at the median, the noise reads as Gaussian
-CORRELATED_MIN = 0.2  # neighbour correlation of the noise from which the readout mentions it
 
 
-def microscopy_reason(layer: Any, channel_axis: int | None) -> str:
-    """Why the microscopy model suits ``layer``, or "" if it does not.
+def microscopy_reason(
+    layer: Any, channel_axis: int | None, noise: CameraNoise | None = None
+) -> str:
+    """Why a microscopy model suits ``layer`` (and which), or "" if none does.
 
     Why these layers: camera data come as 12- to 16-bit integers in one channel
-    per fluorophore; 8-bit gray and RGB layers are mostly photos.
+    per fluorophore; 8-bit gray and RGB layers are mostly photos. ``noise``: the
+    layer's estimate when it found correlated noise and the model for it is proposed.
     """
     data = getattr(layer, "data", None)
     if data is None or not hasattr(data, "dtype"):
@@ -52,7 +60,12 @@ def microscopy_reason(layer: Any, channel_axis: int | None) -> str:
     if not is_camera_data(dtype, rgb=bool(getattr(layer, "rgb", False))):
         return ""
     kind = "single-channel" if channel_axis is None else "multichannel"
-    return f"{8 * dtype.itemsize}-bit {kind} data: {MICROSCOPY_MODEL} model proposed"
+    text = f"{8 * dtype.itemsize}-bit {kind} data"
+    if noise is not None and noise.estimate.correlated:
+        rho = max(noise.estimate.neighbour_correlation)
+        text += f", noise correlated between neighbours ({rho:.2f})"
+        return f"{text}: {MICROSCOPY_CORRELATED_MODEL} model proposed"
+    return f"{text}: {MICROSCOPY_MODEL} model proposed"
 
 
 def centre_crop_index(

@@ -34,6 +34,7 @@ from src_models.registry import is_camera_data
 
 from ._camera_noise import (
     CAMERA_SIDE,
+    MICROSCOPY_CORRELATED_MODEL,
     MICROSCOPY_MODEL,
     CameraNoise,
     centre_crop_index,
@@ -332,19 +333,33 @@ class DenoiseWidget(ImageModelWidget):
 
     # ------------------------------------------------------------------ model proposal
 
-    def _microscopy_usable(self) -> bool:
-        info = self._models.get(MICROSCOPY_MODEL)
-        return info is not None and info.error is None
+    def _microscopy_usable(self, name: str = MICROSCOPY_MODEL) -> bool:
+        info = self._models.get(name)
+        return info is not None and info.error is None and name in self.model.choices
 
-    def _propose_model(self) -> None:
-        """The layer's own model choice, else the microscopy proposal, else leave the combo."""
+    def _propose_model(self, noise: CameraNoise | None = None) -> None:
+        """The layer's own model choice, else the microscopy proposal, else leave the combo.
+
+        ``noise``: the layer's camera-noise estimate once it is in; correlated noise
+        turns the proposal into the model trained for it.
+        """
         layer = self.image.value
         remembered = self._model_memory.get(layer_key(layer)) if layer is not None else None
-        reason = microscopy_reason(layer, self.chosen_channel_axis) if layer is not None else ""
+        correlated = (
+            noise is not None
+            and noise.estimate.correlated
+            and self._microscopy_usable(MICROSCOPY_CORRELATED_MODEL)
+        )
+        axis = self.chosen_channel_axis
+        reason = (
+            microscopy_reason(layer, axis, noise if correlated else None)
+            if layer is not None
+            else ""
+        )
         if remembered is not None and remembered in self.model.choices:
             value, reason = remembered, ""
-        elif reason and self._microscopy_usable():
-            value = MICROSCOPY_MODEL
+        elif reason and (correlated or self._microscopy_usable()):
+            value = MICROSCOPY_CORRELATED_MODEL if correlated else MICROSCOPY_MODEL
             if not self._proposed:
                 self._before_proposal = self.model.value
         else:
@@ -364,8 +379,9 @@ class DenoiseWidget(ImageModelWidget):
         self._proposed = bool(reason)
         self.model_reason.value = reason
         self.model_reason.tooltip = (
-            "trained on Poisson-Gaussian (camera) noise; the black level is set to auto. "
-            "Pick another model to override it for this layer."
+            "trained on Poisson-Gaussian (camera) noise"
+            + (", also correlated between neighbouring pixels" if correlated else "")
+            + "; the black level is set to auto. Pick another model to override it for this layer."
             if reason
             else ""
         )
@@ -547,6 +563,8 @@ class DenoiseWidget(ImageModelWidget):
             return
         self._camera = noise
         self._camera_pending = False
+        if self._proposed:  # the proposal may turn to the model for correlated noise
+            self._propose_model(noise)
         self._show_camera_noise()
 
     @property

@@ -588,6 +588,27 @@ def model_runner(denoiser) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
+AUTO_MICROSCOPY = "microscopy (auto)"  # label of the row that picks a model by the noise
+
+
+def auto_microscopy_runner(white, correlated) -> Callable[[np.ndarray], np.ndarray]:
+    """What the Denoise widget and the CLI do with camera data: the noise estimate of each
+    image picks ``correlated`` where neighbouring pixels' noise is correlated, else ``white``.
+
+    Why a row of its own: neither model alone is what a user gets; the choice is blind
+    (it reads the noisy image only), so the row is a fair method.
+    """
+    from .noise_model import estimate_centre_crop
+
+    white_run, correlated_run = model_runner(white), model_runner(correlated)
+
+    def run(noisy: np.ndarray) -> np.ndarray:
+        noise = estimate_centre_crop(noisy)
+        return (correlated_run if noise is not None and noise.correlated else white_run)(noisy)
+
+    return run
+
+
 def run_micro(
     samples: Iterable[MicroSample],
     methods: Sequence[tuple[str, Callable[[np.ndarray], np.ndarray]]],

@@ -350,6 +350,8 @@ def run_micro_section(
     from dataclasses import asdict
 
     from .bench_micro import (
+        AUTO_MICROSCOPY,
+        auto_microscopy_runner,
         cached_micro_scores,
         compute_micro_baselines,
         micro_samples,
@@ -358,6 +360,7 @@ def run_micro_section(
         run_micro,
         stale_vst_rows,
     )
+    from .registry import MICROSCOPY_CORRELATED_MODEL, MICROSCOPY_MODEL
 
     samples: list[MicroSample] = []
     counts: dict[str, int] = {}
@@ -382,6 +385,10 @@ def run_micro_section(
     for s in samples:
         first.setdefault(s.dataset, s.name)
     methods = [(den.name, model_runner(den)) for den in denoisers]
+    by_name = {den.name: den for den in denoisers}
+    if MICROSCOPY_MODEL in by_name and MICROSCOPY_CORRELATED_MODEL in by_name:
+        white, correlated = by_name[MICROSCOPY_MODEL], by_name[MICROSCOPY_CORRELATED_MODEL]
+        methods.append((AUTO_MICROSCOPY, auto_microscopy_runner(white, correlated)))
     scores, kept = run_micro(
         samples, methods, log=log, keep=lambda s: first.get(s.dataset) == s.name
     )

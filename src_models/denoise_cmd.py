@@ -56,20 +56,26 @@ BY_DATA = "by data"  # --offset not given: "auto" for camera data, else none
 
 
 def _plan(
-    shape: tuple[int, ...], axis: int | None, model: str | None, dtype, offset
+    data: Any, axis: int | None, model: str | None, offset
 ) -> tuple[int | None, str, bool, float | str | None]:
     """Channel axis (non-negative), model name, whether the last channel is RGBA alpha, and
     the black level for the engine (``offset`` from :func:`parse_offset`, resolved by data).
 
     Why the default by data: camera data carry an offset the bias-free model must not
-    see (it is scale-, not shift-equivariant); the widget sets "auto" for them too.
+    see (it is scale-, not shift-equivariant); the widget sets "auto" for them too. Their
+    noise, estimated on a centre crop, picks the model for correlated noise where needed.
     """
+    from .noise_model import estimate_centre_crop
     from .registry import default_model, is_camera_data
 
+    shape, dtype = tuple(int(n) for n in data.shape), data.dtype
     if axis is not None:
         axis = int(axis) % len(shape)
     rgb = axis is not None and axis == len(shape) - 1 and shape[axis] in (3, 4)
-    name = model or default_model(3 if rgb else 1, rgb=rgb, dtype=dtype)
+    noise = None
+    if model is None and is_camera_data(dtype, rgb):
+        noise = estimate_centre_crop(data, axis)
+    name = model or default_model(3 if rgb else 1, rgb=rgb, dtype=dtype, noise=noise)
     if offset == BY_DATA:
         offset = "auto" if is_camera_data(dtype, rgb) else None
     return axis, name, rgb and shape[axis] == 4, offset
@@ -157,9 +163,7 @@ def _one_lazy(
 
     image = open_lazy(path, chunk=args.tile or 1024)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    axis, name, alpha, offset = _plan(
-        tuple(image.data.shape), axis, args.model, image.data.dtype, offset
-    )
+    axis, name, alpha, offset = _plan(image.data, axis, args.model, offset)
     image.channel_axis = axis
     result = _denoise_lazy(image.data, axis, name, alpha, args.tile or None, offset)
     partial = target.with_name(f".{target.name}.partial")
@@ -185,9 +189,7 @@ def _one_file(path: Path, target: Path, args: argparse.Namespace, offset, client
 
     image = read_image_file(path)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    axis, name, alpha, offset = _plan(
-        tuple(image.data.shape), axis, args.model, image.data.dtype, offset
-    )
+    axis, name, alpha, offset = _plan(image.data, axis, args.model, offset)
     tile = args.tile or None
     if client is not None:
         result = _denoise_lazy(image.data, axis, name, alpha, tile, offset).compute()

@@ -26,6 +26,7 @@ __all__ = [
     "BUNDLED_DIR",
     "ENV_MODEL_DIR",
     "ModelInfo",
+    "MICROSCOPY_CORRELATED_MODEL",
     "MICROSCOPY_MODEL",
     "default_model",
     "delete_user_model",
@@ -38,6 +39,8 @@ __all__ = [
 
 BUNDLED_DIR = Path(__file__).parent / "pretrained"
 MICROSCOPY_MODEL = "microscopy"  # the bundled model trained on Poisson-Gaussian (camera) noise
+# ... and the one also trained on noise correlated between neighbouring pixels
+MICROSCOPY_CORRELATED_MODEL = "microscopy-correlated"
 ENV_MODEL_DIR = "NAPARI_BFCNN_MODEL_DIR"
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -199,12 +202,14 @@ def is_camera_data(dtype, rgb: bool = False) -> bool:
     return not rgb and dt.kind in "iu" and dt.itemsize >= 2
 
 
-def default_model(channels: int, rgb: bool, dtype=None) -> str:
+def default_model(channels: int, rgb: bool, dtype=None, noise=None) -> str:
     """Name of the model to offer first for an image.
 
     ``"color"`` for RGB images; ``"microscopy"`` for camera data (see
-    :func:`is_camera_data`, when ``dtype`` is given); else ``"gray"``. If that
-    one is not installed (or broken): ``"gray"`` for camera data, then the first
+    :func:`is_camera_data`, when ``dtype`` is given), ``"microscopy-correlated"``
+    when ``noise`` says neighbouring pixels' noise is correlated; else ``"gray"``.
+    If that one is not installed (or broken): the next of those for camera data,
+    then the first
     working model with the wanted channel count (3 for RGB, else 1), else the
     first working model of any channel count (any model denoises any image,
     channel by channel if needed).
@@ -217,11 +222,15 @@ def default_model(channels: int, rgb: bool, dtype=None) -> str:
         Whether the channels are RGB colours.
     dtype : numpy dtype, optional
         The data's dtype; 12/16-bit integers get the microscopy model.
+    noise : PoissonGaussian, optional
+        The data's noise (:func:`src_models.noise_model.estimate_centre_crop`).
     """
     if rgb:
         wanted, want_channels = ["color"], 3
     elif dtype is not None and is_camera_data(dtype):
         wanted, want_channels = [MICROSCOPY_MODEL, "gray"], 1
+        if noise is not None and getattr(noise, "correlated", False):
+            wanted.insert(0, MICROSCOPY_CORRELATED_MODEL)
     else:
         wanted, want_channels = ["gray"], 1
     models = [m for m in list_models() if m.error is None]

@@ -356,3 +356,18 @@ def test_real_micro_baselines_remove_poisson_gaussian_noise():
         got[method] = bm.micro_score(clean, est, plain=True)[0]
         assert got[method] > before + 3, (method, got[method], before)
     assert "gain=" in bm.run_micro_baseline("bm3d_vst", noisy)[1]
+
+
+def test_auto_microscopy_row_picks_the_correlated_model_only_for_correlated_noise():
+    from types import SimpleNamespace
+
+    from synthetic import correlated_counts
+
+    def fake(value):
+        return SimpleNamespace(denoise=lambda y, offset=None: np.full(y.shape, value))
+
+    run = bm.auto_microscopy_runner(fake(1.0), fake(2.0))
+    correlated = correlated_counts((128, 128)).astype(np.float64) / 256.0  # 8-bit scale
+    white = np.random.default_rng(0).poisson(100.0, (128, 128)).astype(np.float64)
+    assert run(correlated)[0, 0] == 2.0
+    assert run(white)[0, 0] == 1.0

@@ -192,3 +192,16 @@ def test_a_bad_offset_is_refused_before_any_work(model_dir, tmp_path, capsys):
                  "--offset", "dark", "--quiet"])
     assert code == 2 and "--offset must be 'auto', 'none' or a number" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.usefixtures("bundled_only")
+def test_camera_files_with_correlated_noise_get_the_model_trained_for_it():
+    from synthetic import correlated_counts
+
+    from src_models.denoise_cmd import BY_DATA, _plan
+
+    frame = correlated_counts((256, 256))
+    assert _plan(frame, None, None, BY_DATA)[1:] == ("microscopy-correlated", False, "auto")
+    white = np.random.default_rng(0).poisson(400.0, (256, 256)).astype(np.uint16) + 100
+    assert _plan(white, None, None, BY_DATA)[1] == "microscopy"
+    assert _plan(frame, None, "gray", BY_DATA)[1] == "gray"  # a model named is kept

@@ -188,3 +188,17 @@ def test_dark_integer_data_with_noise_free_background_gives_a_finite_estimate():
     est = estimate_poisson_gaussian(noisy.astype(np.uint8))
     assert math.isfinite(est.gain) and math.isfinite(est.read_sigma)
     assert est.gain == pytest.approx(gain, rel=0.2)
+
+
+def test_centre_crop_estimate_reads_the_middle_plane_and_first_channel(camera):
+    from synthetic import correlated_counts
+
+    from src_models.noise_model import estimate_centre_crop
+
+    white = camera_counts(camera**2, 2.0, 10.0)
+    stack = np.stack([white, correlated_counts(white.shape), white])  # (Z, Y, X)
+    est = estimate_centre_crop(stack)
+    assert est.correlated and est.neighbour_correlation[1] == pytest.approx(0.58, abs=0.1)
+    channels_last = np.stack([white, correlated_counts(white.shape)], axis=-1)
+    assert not estimate_centre_crop(channels_last, channel_axis=-1).correlated  # channel 0
+    assert estimate_centre_crop(np.zeros((8, 8))) is None  # too small: no estimate, no error

@@ -171,3 +171,16 @@ def test_camera_data_get_the_microscopy_model_and_photos_the_gray_or_colour_one(
     assert registry.default_model(1, rgb=False, dtype="uint16") == "microscopy"
     assert registry.default_model(1, rgb=False, dtype="uint8") == "gray"
     assert registry.default_model(3, rgb=True, dtype="uint16") == "color"
+
+
+@pytest.mark.usefixtures("bundled_only")
+def test_camera_data_with_correlated_noise_default_to_the_model_trained_for_it():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    correlated, white = SimpleNamespace(correlated=True), SimpleNamespace(correlated=False)
+    assert registry.default_model(1, False, np.uint16, noise=correlated) == "microscopy-correlated"
+    assert registry.default_model(1, False, np.uint16, noise=white) == "microscopy"
+    assert registry.default_model(1, False, np.uint16) == "microscopy"
+    assert registry.default_model(1, False, np.uint8, noise=correlated) == "gray"  # a photo

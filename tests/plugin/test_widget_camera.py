@@ -14,8 +14,10 @@ REASON = "16-bit single-channel data: microscopy model proposed"
 TRAINED_PHOTONS = (100.0, 2000.0)  # the test model's photons_range at full scale
 
 
-def _save_microscopy(folder, photons_range=TRAINED_PHOTONS) -> None:
-    """A tiny one-channel model named like the bundled microscopy model, with its recipe."""
+def _save_microscopy(
+    folder, photons_range=TRAINED_PHOTONS, name="microscopy", correlated_prob=0.0
+) -> None:
+    """A tiny one-channel model named like a bundled microscopy model, with its recipe."""
     from src_models.architectures import build_model, parameter_count, receptive_field
     from src_models.config import (
         CorruptionConfig,
@@ -27,15 +29,15 @@ def _save_microscopy(folder, photons_range=TRAINED_PHOTONS) -> None:
     from src_models.modelfile import save_model
 
     arch = DnCNNConfig(channels=1, depth=3, width=8)
-    model = build_model(arch, name="microscopy")
+    model = build_model(arch, name=name)
+    corruption = CorruptionConfig(
+        poisson_gaussian_prob=0.85, photons_range=photons_range, correlated_prob=correlated_prob
+    )
     recipe = RecipeConfig(
-        name="microscopy",
-        architecture=arch,
-        corruption=CorruptionConfig(poisson_gaussian_prob=0.85, photons_range=photons_range),
-        data=DataConfig(color=False),
+        name=name, architecture=arch, corruption=corruption, data=DataConfig(color=False)
     )
     card = ModelCard(
-        name="microscopy",
+        name=name,
         description="tiny stand-in for the bundled microscopy model",
         channels=1,
         kind="dncnn",
@@ -43,13 +45,14 @@ def _save_microscopy(folder, photons_range=TRAINED_PHOTONS) -> None:
         receptive_field=receptive_field(model),
         recipe=recipe,
     )
-    save_model(model, folder / "microscopy.keras", card)
+    save_model(model, folder / f"{name}.keras", card)
 
 
 @pytest.fixture(scope="session")
 def microscopy_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bundled")
     _save_microscopy(folder)
+    _save_microscopy(folder, name="microscopy-correlated", correlated_prob=0.35)
     return folder
 
 
@@ -105,6 +108,38 @@ def test_uint16_layer_gets_the_microscopy_model_with_its_reason(
     assert widget.model_info.value.startswith("microscopy")
     assert widget.black_level.value == BLACK_AUTO  # camera data: the offset is removed
     _wait_for_camera_noise(qtbot, widget)
+
+
+def _correlated_camera_frame() -> np.ndarray:
+    """uint16 counts (offset 100, gain 4, read noise 8) whose noise neighbours correlate 0.58."""
+    from scipy import ndimage
+
+    from src_models.corruptions import correlate_noise
+
+    rng = np.random.default_rng(0)
+    clean = 3000.0 * ndimage.gaussian_filter(rng.random((256, 256)), 6.0) ** 2 * 16
+    noise = 4.0 * rng.poisson(clean / 4.0) + rng.normal(0.0, 8.0, clean.shape) - clean
+    noise = correlate_noise(noise[..., None].astype(np.float32), 0.7, 0.7)[..., 0]
+    return np.clip(np.rint(clean + noise + 100.0), 0, 65535).astype(np.uint16)
+
+
+def test_correlated_camera_noise_turns_the_proposal_to_the_model_trained_for_it(
+    bundled_microscopy, make_napari_viewer, qtbot
+):
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(_correlated_camera_frame(), name="widefield")
+    assert widget.model.value == "microscopy"  # until the estimate is in
+    _wait_for_camera_noise(qtbot, widget)
+    assert widget.model.value == "microscopy-correlated"
+    assert widget.model_reason.value.startswith(
+        "16-bit single-channel data, noise correlated between neighbours (0.5"
+    )
+    assert widget.model_reason.value.endswith(": microscopy-correlated model proposed")
+    assert "correlated between neighbours" in widget.camera_noise.value
+    assert not widget.range_warning.value.startswith("\u26a0 noise correlated")  # trained for it
+    viewer.add_image(_cell(), name="cell")  # white camera noise: back to the white model
+    _wait_for_camera_noise(qtbot, widget)
+    assert widget.model.value == "microscopy" and widget.model_reason.value == REASON
 
 
 @pytest.mark.parametrize(
