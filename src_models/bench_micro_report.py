@@ -44,7 +44,9 @@ MICRO_PROTOCOL = (
     "the fit (FMD only: W2S stretched noisy and clean images separately). One-channel models "
     'get the noisy image with the black level estimated per plane (`offset="auto"`); colour '
     "models are left out (a gray image repeated into three channels carries identical noise "
-    "in each, which they keep). Baselines: BM3D and "
+    "in each, which they keep). \"microscopy (auto)\": per image `microscopy-correlated` "
+    "where the noise estimate of the noisy image finds neighbouring pixels' noise correlated, "
+    "else `microscopy` (the widget's and the CLI's choice). Baselines: BM3D and "
     "skimage NLM given the wavelet estimate of σ (skimage `estimate_sigma`); BM3D best of "
     "three σ per image: the best (with the clean image: an oracle) of BM3D at the estimate "
     f"{', '.join(f'×{f:g}' for f in SIGMA_FACTORS)} (the estimate is low on these images, "
