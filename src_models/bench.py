@@ -145,6 +145,14 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated subset of quality,speed,memory,micro",
     )
     p.add_argument(
+        "--micro-crop",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="channel image whose crop the microscopy figure of its set shows, e.g. "
+        "'WideField_BPAE_RGB.png[0]' (repeatable; default: each set's first image)",
+    )
+    p.add_argument(
         "--micro",
         action="store_true",
         help="add the microscopy section (FMD, W2S real noisy/clean pairs)",
@@ -369,6 +377,7 @@ def run(argv: list[str] | None = None) -> Path:
             workers=args.workers,
             command=command,
             crop=crop,
+            crop_images=args.micro_crop,
             log=_log,
         )
         rows += micro_rows

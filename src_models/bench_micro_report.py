@@ -320,6 +320,7 @@ def run_micro_section(
     workers: int = 1,
     command: str = "",
     crop: int = 256,
+    crop_images: Sequence[str] = (),
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[Row], dict[str, int]]:
     """Run the microscopy section: baselines (cache), models, rows, plot and crops.
@@ -341,6 +342,9 @@ def run_micro_section(
         For :func:`compute_micro_baselines`.
     crop : int
         Crop side of the figures.
+    crop_images : sequence of str
+        Channel images (names as in the tables) whose crops the figures show; a set
+        without one in the run shows its first image.
 
     Returns
     -------
@@ -384,6 +388,9 @@ def run_micro_section(
         if log is not None:
             log(f"[micro] added {added} baseline rows")
     first = {}
+    for s in samples:
+        if s.name in crop_images:
+            first[s.dataset] = s.name
     for s in samples:
         first.setdefault(s.dataset, s.name)
     methods = [(den.name, model_runner(den)) for den in denoisers]

@@ -371,3 +371,18 @@ def test_auto_microscopy_row_picks_the_correlated_model_only_for_correlated_nois
     white = np.random.default_rng(0).poisson(100.0, (128, 128)).astype(np.float64)
     assert run(correlated)[0, 0] == 2.0
     assert run(white)[0, 0] == 1.0
+
+
+def test_micro_crop_option_picks_the_image_of_each_set_shown_in_the_figure(
+    micro_dir, tmp_path, monkeypatch
+):
+    import src_models.bench_micro_report as bmr
+
+    shown = []
+    monkeypatch.setattr(bmr, "micro_crops", lambda kept, *a: shown.extend(sorted(kept)))
+    monkeypatch.setattr(bm, "run_micro_baseline", _fake_baseline)
+    argv = ["--data", str(micro_dir), "--out", str(tmp_path / "o"), "--sections", "micro"]
+    argv += ["--limit", "3", "--models", "gray-fast", "--micro-crop", "b_rgb.png[1]"]
+    argv += ["--micro-baselines-csv", str(tmp_path / "m.csv")]
+    bench.run(argv)
+    assert shown == [("FMD", "b_rgb.png[1]"), ("W2S", "080_0.tif")]  # W2S: its first image
