@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from src_models.noise_model import CORRELATED_MIN
 from src_models.registry import (  # one rule for widget and CLI
     MICROSCOPY_CORRELATED_MODEL,
     MICROSCOPY_MODEL,
@@ -135,8 +134,8 @@ def readout_text(noise: CameraNoise | None) -> str:
             f"black {est.offset:.5g}\n"
             f"SNR {snr:.3g} at median (\u2248 {est.photons_median:.3g} photons)"
         )
-    rho_y, rho_x = getattr(est, "neighbour_correlation", (0.0, 0.0))
-    if max(rho_y, rho_x) >= CORRELATED_MIN:
+    if est.correlated:
+        rho_y, rho_x = est.neighbour_correlation
         text += f"\nnoise correlated between neighbours: {rho_y:.2f} (y), {rho_x:.2f} (x)"
     return text
 
@@ -159,11 +158,9 @@ def range_warning(noise: CameraNoise | None, model: str, photons_range: Any) -> 
 def correlation_warning(noise: CameraNoise | None, model: str, trained: bool | None) -> str:
     """A warning when the noise is correlated between neighbours and ``model`` was trained
     on white noise only (``trained`` False), else ""."""
-    if noise is None or trained is not False:
+    if noise is None or trained is not False or not noise.estimate.correlated:
         return ""
-    rho = max(getattr(noise.estimate, "neighbour_correlation", (0.0, 0.0)))
-    if rho < CORRELATED_MIN:
-        return ""
+    rho = max(noise.estimate.neighbour_correlation)
     return (
         f"\u26a0 noise correlated between neighbours ({rho:.2f}): {model} was trained on "
         "white noise and may keep it as texture"

@@ -340,17 +340,23 @@ def vst_params(noisy: np.ndarray) -> str:
 
 
 def stale_vst_rows(
-    samples: Iterable[MicroSample], cache: dict[tuple[str, str, str], dict]
+    samples: Iterable[MicroSample],
+    cache: dict[tuple[str, str, str], dict],
+    expected: dict[tuple[str, str], str] | None = None,
 ) -> set[tuple[str, str, str]]:
-    """Cache keys of BM3D + GAT rows made with another noise estimate than the current one."""
+    """Cache keys of BM3D + GAT rows made with another noise estimate than the current one.
+
+    ``expected``: :func:`vst_params` by (dataset, image), when already computed (each
+    costs a load and an estimate); missing ones are computed.
+    """
     stale = set()
     for s in samples:
         key = (s.dataset, s.name, "bm3d_vst")
         row = cache.get(key)
         if row is None:
             continue
-        expected = vst_params(load_pair(s)[0])
-        if not (row["params"] == expected or row["params"].startswith(expected + ";")):
+        want = (expected or {}).get(key[:2]) or vst_params(load_pair(s)[0])
+        if not (row["params"] == want or row["params"].startswith(want + ";")):
             stale.add(key)
     return stale
 

@@ -360,11 +360,13 @@ def run_micro_section(
         auto_microscopy_runner,
         cached_micro_scores,
         compute_micro_baselines,
+        load_pair,
         micro_samples,
         model_runner,
         read_micro_cache,
         run_micro,
         stale_vst_rows,
+        vst_params,
     )
     from .registry import MICROSCOPY_CORRELATED_MODEL, MICROSCOPY_MODEL
 
@@ -378,10 +380,13 @@ def run_micro_section(
         got = micro_samples(data, d, limit)
         samples += got
         counts[d] = len(got)
+    # the current estimator's BM3D + GAT parameters, once: stale rows are found before and
+    # after computing (each needs a load and a noise estimate per image)
+    vst_now = {(s.dataset, s.name): vst_params(load_pair(s)[0]) for s in samples}
     if compute:
         if log is not None:
             log(f"[micro] computing missing baselines into {cache_path} ({workers} worker(s))")
-        outdated = stale_vst_rows(samples, read_micro_cache(cache_path))
+        outdated = stale_vst_rows(samples, read_micro_cache(cache_path), vst_now)
         added = compute_micro_baselines(
             samples, cache_path, command, workers=workers, log=log, outdated=outdated
         )
@@ -404,7 +409,7 @@ def run_micro_section(
     crcs = {(s.dataset, s.image): s.input_crc for s in scores if s.kind == "noisy"}
     cache = read_micro_cache(cache_path)
     scores += cached_micro_scores(
-        samples, cache, crcs, warn=log, outdated=stale_vst_rows(samples, cache)
+        samples, cache, crcs, warn=log, outdated=stale_vst_rows(samples, cache, vst_now)
     )
     with open(out / "per_image_micro.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(MicroScore.__dataclass_fields__))

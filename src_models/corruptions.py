@@ -140,20 +140,6 @@ def blur3x3(image: np.ndarray, sigma: float) -> np.ndarray:
     return k[0] * rows[:, :-2] + k[1] * rows[:, 1:-1] + k[2] * rows[:, 2:]
 
 
-def _filter_axis(x: np.ndarray, k: np.ndarray, axis: int) -> np.ndarray:
-    r = k.size // 2
-    if r == 0:
-        return x
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (r, r)
-    p = np.pad(x, pad, mode="symmetric")
-    n = x.shape[axis]
-    out = np.zeros_like(x)
-    for i, w in enumerate(k.astype(np.float32)):
-        out += w * np.take(p, np.arange(i, i + n), axis=axis)
-    return out
-
-
 def correlate_noise(noise: np.ndarray, sigma_y: float, sigma_x: float) -> np.ndarray:
     """Low-pass a white noise field with a Gaussian, keeping its per-pixel variance.
 
@@ -178,8 +164,10 @@ def correlate_noise(noise: np.ndarray, sigma_y: float, sigma_x: float) -> np.nda
     noise = _check_image(noise, "noise")
     if not (np.isfinite(sigma_y) and np.isfinite(sigma_x) and sigma_y >= 0 and sigma_x >= 0):
         raise ValueError(f"sigma_y and sigma_x must be >= 0 (got {sigma_y}, {sigma_x})")
-    ky, kx = correlation_kernel(sigma_y), correlation_kernel(sigma_x)
-    return _filter_axis(_filter_axis(noise, ky, 0), kx, 1).astype(np.float32, copy=False)
+    from scipy import ndimage
+
+    out = ndimage.correlate1d(noise, correlation_kernel(sigma_y), axis=0, mode="reflect")
+    return ndimage.correlate1d(out, correlation_kernel(sigma_x), axis=1, mode="reflect")
 
 
 def _upsample_axis_linear(x: np.ndarray, factor: int, axis: int) -> np.ndarray:
