@@ -287,7 +287,7 @@ def parse_recipe(data: dict, source: str = "recipe") -> RecipeConfig:
 
 
 def load_recipe(path: str | Path) -> RecipeConfig:
-    """Read a YAML recipe and resolve its data paths relative to the file.
+    """Read a YAML recipe and resolve its data paths (and an ``init_from`` file) relative to it.
 
     Parameters
     ----------
@@ -311,6 +311,8 @@ def load_recipe(path: str | Path) -> RecipeConfig:
     base = path.parent
     recipe.data.train = [_resolve(base, p) for p in recipe.data.train]
     recipe.data.val = [_resolve(base, p) for p in recipe.data.val]
+    if recipe.init_from and recipe.init_from.endswith(".keras"):  # a file, not a bundled name
+        recipe.init_from = _resolve(base, recipe.init_from)
     return recipe
 
 

@@ -100,10 +100,12 @@ def make_loss(kind: str, margin_8bit: float = 0.0):
     return HingeMAE(margin=float(margin_8bit) / 255.0)
 
 
-def _optimizer(recipe: RecipeConfig):
+def _optimizer(recipe: RecipeConfig, timed: bool = False):
     import keras
 
     t = recipe.training
+    if timed:  # the rate is set before every step by time_schedule_lr
+        return keras.optimizers.Adam(learning_rate=0.0, global_clipnorm=t.clip_norm)
     decay_steps = max(1, t.steps - t.warmup_steps)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if t.warmup_steps else t.learning_rate,
@@ -113,6 +115,21 @@ def _optimizer(recipe: RecipeConfig):
         warmup_steps=t.warmup_steps,
     )
     return keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=t.clip_norm)
+
+
+def time_schedule_lr(step: int, fraction: float, training) -> float:
+    """Learning rate of a run scheduled over wall time rather than steps.
+
+    Why: a lent accelerator comes for a fixed number of minutes and its speed is not
+    known in advance, so the cosine decay must end when the time does. Linear warm-up
+    over ``training.warmup_steps`` steps, then cosine from ``learning_rate`` down to
+    ``min_learning_rate`` as ``fraction`` (elapsed / budget) goes from 0 to 1.
+    """
+    lo, hi = training.min_learning_rate, training.learning_rate
+    if step < training.warmup_steps:
+        return hi * (step + 1) / training.warmup_steps
+    f = min(1.0, max(0.0, fraction))
+    return lo + (hi - lo) * 0.5 * (1.0 + math.cos(math.pi * f))
 
 
 def _current_lr(model) -> float:
@@ -241,6 +258,7 @@ def train(
     evaluator: Callable[[Any], dict[str, float]] | None = None,
     keep_initial: bool = False,
     workers: int = 0,
+    time_budget_s: float | None = None,
 ) -> TrainResult:
     """Train (or fine-tune, or resume) a model described by ``recipe``.
 
@@ -297,6 +315,9 @@ def train(
     ckpt, state_path, log_path = out / CHECKPOINT, out / STATE, out / LOG
     final_path = out / f"{recipe.name}.keras"
     t_cfg, color = recipe.training, recipe.data.color
+    timed = time_budget_s is not None
+    if timed and time_budget_s <= 0:
+        raise ConfigError(f"time budget must be positive (got {time_budget_s} s)")
 
     needs_images = sampler is None or (evaluator is None and val_images is None)
     if images is None and needs_images:
@@ -323,7 +344,7 @@ def train(
         freeze_norm_statistics(model)
     state = json.loads(state_path.read_text()) if resumed and state_path.is_file() else {}
     if not resumed:
-        model.compile(optimizer=_optimizer(recipe), loss=make_loss(t_cfg.loss, t_cfg.hinge_margin))
+        model.compile(optimizer=_optimizer(recipe, timed), loss=make_loss(t_cfg.loss, t_cfg.hinge_margin))
     multiple = size_multiple(recipe.architecture) if base_card is None else base_card.size_multiple
     rf = receptive_field(model, multiple)
 
@@ -362,6 +383,10 @@ def train(
         return (w / w.mean()).astype("float32")[:, None, None]  # broadcast over (H, W)
 
     def card(val: dict[str, float]) -> ModelCard:
+        done = recipe
+        if timed:  # the steps this run has actually done: its step-scheduled equivalent
+            done = recipe.model_copy(deep=True)
+            done.training.steps = max(1, step)
         fields = dict(
             name=recipe.name,
             description=recipe.description,
@@ -371,7 +396,7 @@ def train(
             receptive_field=rf,
             size_multiple=multiple,
             sigma_range=recipe.corruption.sigma_range,
-            recipe=recipe,
+            recipe=done,
             base_model=recipe.init_from,
             steps_done=step,
             training_time_s=round(elapsed_before + time.time() - t0, 1),
@@ -417,6 +442,11 @@ def train(
             ):
                 stopped = True
                 break
+            if timed:
+                fraction = (elapsed_before + time.time() - t0) / time_budget_s
+                if fraction >= 1.0:
+                    break
+                model.optimizer.learning_rate = time_schedule_lr(step, fraction, t_cfg)
             noisy, clean = next(batches)
             loss = model.train_on_batch(noisy, clean, sample_weight=weights(noisy, clean))
             losses.append(float(np.asarray(loss if np.ndim(loss) == 0 else loss[0])))
@@ -431,13 +461,16 @@ def train(
             if step % t_cfg.log_every == 0 or val is not None:
                 elapsed = time.time() - t0
                 rate = elapsed / max(1, step - int(state.get("step", 0)))
+                left = t_cfg.steps - step
+                if timed:
+                    left = int(max(0.0, time_budget_s - elapsed_before - elapsed) / rate)
                 prog = TrainProgress(
                     step=step,
-                    total=t_cfg.steps,
+                    total=step + left if timed else t_cfg.steps,
                     loss=float(np.mean(losses)),
                     learning_rate=_current_lr(model),
                     elapsed_s=elapsed_before + elapsed,
-                    eta_s=rate * (t_cfg.steps - step),
+                    eta_s=rate * left,
                     val_psnr=val,
                 )
                 log.writerow(
@@ -451,6 +484,16 @@ def train(
             if step % t_cfg.checkpoint_every == 0:
                 checkpoint()
         batches.close()
+    if timed and not stopped and step % t_cfg.val_every:  # the annealed end is validated too
+        val = validate()
+        score = float(np.mean(list(val.values())))
+        if score > best:
+            best, val_best = score, val
+            save_model(model, final_path, card(val_best))
+    if timed and not stopped:
+        recipe = recipe.model_copy(deep=True)
+        recipe.training.steps = max(1, step)
+        _atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json")))
     checkpoint()
     return TrainResult(
         out_dir=out,
@@ -484,6 +527,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
     p.add_argument("--steps", type=int, help="override training.steps")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MIN",
+        help="schedule the learning rate over MIN minutes of wall time and finish then "
+        "(a lent GPU's minutes; training.steps becomes an upper bound)",
+    )
     p.add_argument("--data", help="replace the recipe's data root '../shared/data' by this folder")
     p.add_argument(
         "--workers", type=int, default=0, help="processes preparing batches ahead (GPU training)"
@@ -508,6 +558,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             on_progress=_print_progress,
             max_seconds=args.max_minutes * 60 if args.max_minutes else None,
             workers=args.workers,
+            time_budget_s=args.time_budget * 60 if args.time_budget else None,
         )
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

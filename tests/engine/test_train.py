@@ -149,3 +149,55 @@ def test_killed_training_process_leaves_a_loadable_checkpoint(tmp_path):
     assert (
         not list(out.glob(".*.tmp")) or True
     )  # stale temp files are harmless; the target is intact
+
+
+def test_time_schedule_warms_up_by_steps_then_decays_by_elapsed_fraction():
+    from src_models.train import time_schedule_lr
+
+    t = _recipe(10, learning_rate=1e-3, min_learning_rate=1e-5, warmup_steps=4).training
+    assert time_schedule_lr(0, 0.0, t) == pytest.approx(2.5e-4)
+    assert time_schedule_lr(3, 0.0, t) == pytest.approx(1e-3)
+    assert time_schedule_lr(10, 0.0, t) == pytest.approx(1e-3)
+    assert time_schedule_lr(10, 0.5, t) == pytest.approx(0.5 * (1e-3 + 1e-5))
+    assert time_schedule_lr(10, 1.0, t) == pytest.approx(1e-5)
+    assert time_schedule_lr(10, 3.0, t) == pytest.approx(1e-5)  # past the budget: the floor
+
+
+def test_time_budget_finishes_on_time_with_a_decayed_rate_and_records_the_steps(
+    tmp_path, images
+):
+    train_ims, val_ims = images
+    reports = []
+    t = time.time()
+    result = train(
+        _recipe(10**6, val_every=10**5, learning_rate=3e-3, min_learning_rate=1e-5),
+        tmp_path,
+        images=train_ims,
+        val_images=val_ims,
+        on_progress=reports.append,
+        time_budget_s=6.0,
+    )
+    assert time.time() - t < 60  # validation and saving on top of the 6 s of steps
+    assert not result.stopped and 20 < result.steps_done < 10**6
+    rates = [r.learning_rate for r in reports]
+    assert max(rates) == pytest.approx(3e-3, rel=0.2) and rates[-1] < 3e-4  # annealed by time
+    assert all(r.total < 10**6 for r in reports)  # the total is the time's, not the bound
+    card = read_card(result.model_path)
+    assert card.recipe.training.steps == result.steps_done  # its step-scheduled equivalent
+    saved = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    assert saved["training"]["steps"] == result.steps_done
+    assert result.val_psnr_best["25"] > result.val_psnr_initial["25"] + 1.0
+
+
+def test_recipe_init_from_a_model_file_is_resolved_relative_to_the_recipe(tmp_path):
+    from src_models.config import load_recipe
+
+    raw = _recipe(10).model_dump(mode="json")
+    raw["init_from"] = "../base/tiny.keras"
+    (tmp_path / "recipes").mkdir()
+    path = tmp_path / "recipes" / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_recipe(path).init_from == str((tmp_path / "base" / "tiny.keras").resolve())
+    raw["init_from"] = "gray"  # a bundled name stays a name
+    path.write_text(yaml.safe_dump(raw))
+    assert load_recipe(path).init_from == "gray"
