@@ -18,7 +18,7 @@ import numpy as np
 
 from .registry import BUNDLED_DIR
 
-__all__ = ["bundle_model", "portable_data_path"]
+__all__ = ["bundle_model", "portable_data_path", "portable_model_path"]
 
 MAX_BYTES = 10 * 1024 * 1024  # the package promise: each bundled model <= 10 MB
 
@@ -34,6 +34,21 @@ def portable_data_path(path: str) -> str:
         i = len(parts) - 1 - parts[::-1].index("train")
         return "/".join(("..", "shared", "data", *parts[i:]))
     return path
+
+
+def portable_model_path(path: str | None) -> str | None:
+    """A base model file as the repository names it (``runs/gray-1/gray.keras``); names kept.
+
+    Why: a two-stage recipe starts from the first stage's run folder, which the card must
+    name as a reader finds it, not as the (GPU) machine that trained it saw it.
+    """
+    if not path or not path.endswith(".keras"):
+        return path
+    parts = Path(path).parts
+    if "runs" in parts:
+        i = len(parts) - 1 - parts[::-1].index("runs")
+        return "/".join(parts[i:])
+    return Path(path).name
 
 
 def bundle_model(source: str | Path, name: str | None = None, dest: Path = BUNDLED_DIR) -> Path:
@@ -52,9 +67,11 @@ def bundle_model(source: str | Path, name: str | None = None, dest: Path = BUNDL
     rf = receptive_field(model, card.size_multiple)
     update = {"name": name, "receptive_field": rf, "parameters": parameter_count(model)}
     update["training_data"] = [portable_data_path(p) for p in card.training_data]
+    update["base_model"] = portable_model_path(card.base_model)
     if card.recipe is not None:
         recipe = card.recipe.model_copy(deep=True)
         recipe.data.train = [portable_data_path(p) for p in recipe.data.train]
+        recipe.init_from = portable_model_path(recipe.init_from)
         recipe.name = name
         update["recipe"] = recipe
     card = card.model_copy(update=update)

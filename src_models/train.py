@@ -307,7 +307,7 @@ def train(
 
     from .architectures import parameter_count, receptive_field, size_multiple
     from .data import PatchSampler, split_train_val, validation_set
-    from .modelfile import save_model
+    from .modelfile import copy_with_card, read_card, save_model
     from .prefetch import prefetched_batches
 
     out = Path(out_dir)
@@ -344,7 +344,8 @@ def train(
         freeze_norm_statistics(model)
     state = json.loads(state_path.read_text()) if resumed and state_path.is_file() else {}
     if not resumed:
-        model.compile(optimizer=_optimizer(recipe, timed), loss=make_loss(t_cfg.loss, t_cfg.hinge_margin))
+        loss = make_loss(t_cfg.loss, t_cfg.hinge_margin)
+        model.compile(optimizer=_optimizer(recipe, timed), loss=loss)
     multiple = size_multiple(recipe.architecture) if base_card is None else base_card.size_multiple
     rf = receptive_field(model, multiple)
 
@@ -490,10 +491,13 @@ def train(
         if score > best:
             best, val_best = score, val
             save_model(model, final_path, card(val_best))
-    if timed and not stopped:
+    if timed and not stopped:  # the run's length is known only now: record it everywhere
         recipe = recipe.model_copy(deep=True)
         recipe.training.steps = max(1, step)
         _atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json")))
+        best_card = read_card(final_path)
+        best_card.recipe = recipe.model_copy(deep=True)
+        copy_with_card(final_path, final_path, best_card)
     checkpoint()
     return TrainResult(
         out_dir=out,

@@ -8,7 +8,8 @@ import pytest
 
 from src_models.config import ConfigError, load_recipe, parse_recipe
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "src_models" / "recipes").glob("*.yaml"))
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "src_models" / "recipes"
+RECIPES = sorted(RECIPE_DIR.rglob("*.yaml"))  # stages/ too
 
 
 def _base(**arch):
@@ -55,5 +56,11 @@ def test_missing_recipe_file_names_the_path(tmp_path):
 def test_every_bundled_recipe_validates_and_points_at_training_data_only(path):
     recipe = load_recipe(path)
     assert recipe.data.train, "a recipe must name its training data"
+    for p in recipe.data.train:  # stages/ sit one folder deeper: their relative paths too
+        assert p.replace("\\", "/").endswith(("train/gray400", "train/color432")), p
+        assert Path(p).parent.parent == RECIPE_DIR.parents[1].parent / "shared" / "data", p
+    if recipe.init_from and recipe.init_from.endswith(".keras"):  # a stage's run folder
+        runs = RECIPE_DIR.parents[1] / "runs"
+        assert Path(recipe.init_from).parent.parent == runs, recipe.init_from
     for p in recipe.data.train + recipe.data.val:
         assert "/eval" not in p.replace("\\", "/"), f"{path.name} trains or validates on eval/: {p}"

@@ -201,3 +201,19 @@ def test_recipe_init_from_a_model_file_is_resolved_relative_to_the_recipe(tmp_pa
     raw["init_from"] = "gray"  # a bundled name stays a name
     path.write_text(yaml.safe_dump(raw))
     assert load_recipe(path).init_from == "gray"
+
+
+def test_bundled_card_names_base_models_and_data_as_the_repository_does(tmp_path, images):
+    from src_models.bundle import bundle_model, portable_data_path, portable_model_path
+
+    assert portable_model_path("/gpu/job/runs/gray-1/gray.keras") == "runs/gray-1/gray.keras"
+    assert portable_model_path("gray") == "gray" and portable_model_path(None) is None
+    assert portable_data_path("/gpu/.gpudata/train/gray400") == "../shared/data/train/gray400"
+    train_ims, val_ims = images
+    base = train(_recipe(5), tmp_path / "runs" / "tiny-1", images=train_ims, val_images=val_ims)
+    stage2 = _recipe(5)
+    stage2.init_from = str(base.model_path)
+    result = train(stage2, tmp_path / "runs" / "tiny", images=train_ims, val_images=val_ims)
+    shipped = read_card(bundle_model(result.model_path, dest=tmp_path / "pretrained"))
+    assert shipped.base_model == "runs/tiny-1/tiny.keras"
+    assert shipped.recipe.init_from == "runs/tiny-1/tiny.keras"
