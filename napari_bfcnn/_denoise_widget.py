@@ -94,6 +94,7 @@ class DenoiseWidget(ImageModelWidget):
         self._setting = False  # the widget itself is changing model / black level
         self._camera: CameraNoise | None = None
         self._camera_pending = False  # an estimate for the current slice is running
+        self._sigma_text = "-"  # the σ line before any note on correlated noise
         self._camera_tag = 0  # newest camera-noise request; older results are dropped
         self._camera_workers: set = set()
         self._closed = False
@@ -499,7 +500,8 @@ class DenoiseWidget(ImageModelWidget):
             log.debug("noise estimate failed: %s", err)
             sigma = None
         if sigma is None or not np.isfinite(sigma):
-            self.noise_level.value = "-"
+            self._sigma_text = "-"
+            self._show_noise_level()
             return
         text = f"\u03c3 \u2248 {sigma:.3g}"
         peak = getattr(self, "_crop_scale", 0.0)
@@ -509,6 +511,19 @@ class DenoiseWidget(ImageModelWidget):
             info = self._models.get(self._resolved_name() or "")
             if info is not None and info.error is None and rel > info.sigma_range[1]:
                 text += ", above its range"
+        self._sigma_text = text
+        self._show_noise_level()
+
+    def _show_noise_level(self) -> None:
+        """The σ line, flagged once the camera estimate finds the noise correlated.
+
+        Why: the σ estimate reads the finest wavelet scale, where noise correlated between
+        neighbours has lost much of its energy, so it can read several times too low.
+        """
+        text = self._sigma_text
+        camera = None if self._camera_pending else self._camera
+        if text != "-" and camera is not None and camera.estimate.correlated:
+            text += "\n(understated: the noise is correlated, see below)"
         self.noise_level.value = text
 
     # ------------------------------------------------------------------ camera noise
@@ -576,6 +591,7 @@ class DenoiseWidget(ImageModelWidget):
         """Readout of the last estimate, and a warning if it is outside the model's training."""
         pending = "estimating\u2026"
         self.camera_noise.value = pending if self._camera_pending else readout_text(self._camera)
+        self._show_noise_level()
         name = self._resolved_name()
         info = self._models.get(name or "")
         path = info.path if info is not None and not info.error else None

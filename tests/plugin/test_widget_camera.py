@@ -136,10 +136,13 @@ def test_correlated_camera_noise_turns_the_proposal_to_the_model_trained_for_it(
     )
     assert widget.model_reason.value.endswith(": microscopy-correlated model proposed")
     assert "correlated between neighbours" in widget.camera_noise.value
+    assert widget.noise_level.value.startswith("\u03c3 \u2248 ")
+    assert widget.noise_level.value.endswith("(understated: the noise is correlated, see below)")
     assert not widget.range_warning.value.startswith("\u26a0 noise correlated")  # trained for it
     viewer.add_image(_cell(), name="cell")  # white camera noise: back to the white model
     _wait_for_camera_noise(qtbot, widget)
     assert widget.model.value == "microscopy" and widget.model_reason.value == REASON
+    assert "understated" not in widget.noise_level.value
 
 
 @pytest.mark.parametrize(
