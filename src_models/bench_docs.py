@@ -141,6 +141,18 @@ def _architecture_text(card) -> str:
     )
 
 
+def _base_text(base: str | None) -> str:
+    """The base model; a previous stage's run folder with the recipe that builds it."""
+    if not base:
+        return "–"
+    parts = base.split("/")
+    if len(parts) == 3 and parts[0] == "runs" and parts[2].endswith(".keras"):
+        if (Path(__file__).resolve().parent / "recipes" / "stages" / f"{parts[1]}.yaml").is_file():
+            recipe = f"src_models/recipes/stages/{parts[1]}.yaml"
+            return f"{base} (the previous stage, built by `{recipe}`)"
+    return base
+
+
 def card_markdown(card, rows: Sequence[Row], meta: dict, name: str | None = None) -> str:
     """A model card in markdown: how the model was made, then its benchmark figures.
 
@@ -185,7 +197,7 @@ def card_markdown(card, rows: Sequence[Row], meta: dict, name: str | None = None
         ("hardware", card.hardware or "–"),
         ("training time", f"{hours:.1f} h" if card.training_time_s else "–"),
         ("validation PSNR", val or "–"),
-        ("initialised from", card.base_model or "–"),
+        ("initialised from", _base_text(card.base_model)),
         ("created", card.created or "–"),
     ]
     out = [f"# {name}", "", card.description, "", "| | |", "|---|---|"]

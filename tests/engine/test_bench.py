@@ -438,3 +438,14 @@ def test_dask_memory_run_reports_the_out_of_core_path_from_a_fresh_process(model
     r = measure_dask_memory(str(model_files["gray"]), size=256, workers=0, timeout=300)
     assert r["method"].endswith("(dask, threads)") and r["shape"] == "256x256"
     assert r["mpix_s"] > 0 and r["peak_rss_mb"] > 50  # TensorFlow alone is hundreds of MB
+
+
+def test_card_names_a_previous_stage_by_the_recipe_that_builds_it():
+    from src_models.bench_docs import _base_text
+
+    assert _base_text("runs/gray-2/gray.keras") == (
+        "runs/gray-2/gray.keras (the previous stage, built by "
+        "`src_models/recipes/stages/gray-2.yaml`)"
+    )
+    assert _base_text("runs/mine/x.keras") == "runs/mine/x.keras"  # no such stage recipe
+    assert _base_text("gray") == "gray" and _base_text(None) == "–"
