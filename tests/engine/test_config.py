@@ -58,9 +58,10 @@ def test_every_bundled_recipe_validates_and_points_at_training_data_only(path):
     assert recipe.data.train, "a recipe must name its training data"
     for p in recipe.data.train:  # stages/ sit one folder deeper: their relative paths too
         assert p.replace("\\", "/").endswith(("train/gray400", "train/color432")), p
-        assert Path(p).parent.parent == RECIPE_DIR.parents[1].parent / "shared" / "data", p
+        shared_data = (RECIPE_DIR.parents[1].parent / "shared" / "data").resolve()  # a link, maybe
+        assert Path(p).parent.parent == shared_data, p
     if recipe.init_from and recipe.init_from.endswith(".keras"):  # a stage's run folder
-        runs = RECIPE_DIR.parents[1] / "runs"
+        runs = (RECIPE_DIR.parents[1] / "runs").resolve()
         assert Path(recipe.init_from).parent.parent == runs, recipe.init_from
     for p in recipe.data.train + recipe.data.val:
         assert "/eval" not in p.replace("\\", "/"), f"{path.name} trains or validates on eval/: {p}"
