@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import losses as _losses  # noqa: F401  (registers HingeMAE for resume)
-from .config import ConfigError, ModelCard, RecipeConfig, load_recipe
+from .config import ConfigError, ModelCard, RecipeConfig, TrainingConfig, load_recipe
 
 __all__ = ["BatchSource", "TrainProgress", "TrainResult", "freeze_norm_statistics", "train", "main"]
 
@@ -117,7 +117,16 @@ def _optimizer(recipe: RecipeConfig, timed: bool = False):
     return keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=t.clip_norm)
 
 
-def time_schedule_lr(step: int, fraction: float, training) -> float:
+def _scheduled_by_time(model) -> bool:
+    """Whether a compiled model's optimizer takes its rate from time_schedule_lr (a plain value)."""
+    import keras
+
+    # Keras 3 keeps the schedule object (or the rate variable) in ``_learning_rate``
+    rate = getattr(model.optimizer, "_learning_rate", None)
+    return not isinstance(rate, keras.optimizers.schedules.LearningRateSchedule)
+
+
+def time_schedule_lr(step: int, fraction: float, training: TrainingConfig) -> float:
     """Learning rate of a run scheduled over wall time rather than steps.
 
     Why: a lent accelerator comes for a fixed number of minutes and its speed is not
@@ -346,6 +355,12 @@ def train(
     if not resumed:
         loss = make_loss(t_cfg.loss, t_cfg.hinge_margin)
         model.compile(optimizer=_optimizer(recipe, timed), loss=loss)
+    elif _scheduled_by_time(model) != timed:
+        how = "over wall time (--time-budget)" if not timed else "by steps (no --time-budget)"
+        raise ConfigError(
+            f"the checkpoint in {out} was scheduled {how}; resume it the same way, or its "
+            "learning rate would stay where it stopped"
+        )
     multiple = size_multiple(recipe.architecture) if base_card is None else base_card.size_multiple
     rf = receptive_field(model, multiple)
 

@@ -217,3 +217,20 @@ def test_bundled_card_names_base_models_and_data_as_the_repository_does(tmp_path
     shipped = read_card(bundle_model(result.model_path, dest=tmp_path / "pretrained"))
     assert shipped.base_model == "runs/tiny-1/tiny.keras"
     assert shipped.recipe.init_from == "runs/tiny-1/tiny.keras"
+
+
+def test_resume_must_keep_the_schedule_the_run_started_with(tmp_path, images):
+    from src_models.config import ConfigError
+
+    train_ims, val_ims = images
+    kw = dict(images=train_ims, val_images=val_ims)
+    timed = train(_recipe(10**6, val_every=10**5), tmp_path / "t", time_budget_s=2.0, **kw)
+    with pytest.raises(ConfigError, match="scheduled over wall time"):
+        train(_recipe(10**6), tmp_path / "t", resume=True, **kw)
+    stepped = train(_recipe(4), tmp_path / "s", **kw)
+    with pytest.raises(ConfigError, match=r"scheduled by steps"):
+        train(_recipe(8), tmp_path / "s", resume=True, time_budget_s=5.0, **kw)
+    # the same schedule resumes: the timed run's budget is spent, so it ends at once
+    again = train(_recipe(10**6, val_every=10**5), tmp_path / "t", resume=True,
+                  time_budget_s=2.0, **kw)
+    assert again.steps_done == timed.steps_done and stepped.steps_done == 4
