@@ -424,6 +424,16 @@ def train(
         fields.update(extra_card or {})
         return ModelCard(**fields)
 
+    def validate_and_keep_best() -> dict[str, float]:
+        """Score the model; save it as the best model when its mean score beats the best."""
+        nonlocal best, val_best
+        val = validate()
+        score = float(np.mean(list(val.values())))
+        if score > best:
+            best, val_best = score, val
+            save_model(model, final_path, card(val_best))
+        return val
+
     def checkpoint() -> None:
         save_model(model, ckpt, card(val_best), include_optimizer=True)
         _atomic_write_text(
@@ -469,11 +479,7 @@ def train(
             step += 1
             val = None
             if step % t_cfg.val_every == 0 or step == t_cfg.steps:
-                val = validate()
-                score = float(np.mean(list(val.values())))
-                if score > best:
-                    best, val_best = score, val
-                    save_model(model, final_path, card(val_best))
+                val = validate_and_keep_best()
             if step % t_cfg.log_every == 0 or val is not None:
                 elapsed = time.time() - t0
                 rate = elapsed / max(1, step - int(state.get("step", 0)))
@@ -501,11 +507,7 @@ def train(
                 checkpoint()
         batches.close()
     if timed and not stopped and step % t_cfg.val_every:  # the annealed end is validated too
-        val = validate()
-        score = float(np.mean(list(val.values())))
-        if score > best:
-            best, val_best = score, val
-            save_model(model, final_path, card(val_best))
+        validate_and_keep_best()
     if timed and not stopped:  # the run's length is known only now: record it everywhere
         recipe = recipe.model_copy(deep=True)
         recipe.training.steps = max(1, step)
