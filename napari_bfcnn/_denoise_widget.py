@@ -357,6 +357,7 @@ class DenoiseWidget(ImageModelWidget):
             if layer is not None
             else ""
         )
+        camera = bool(reason)  # the black level follows the data, whichever model denoises
         if remembered is not None and remembered in self.model.choices:
             value, reason = remembered, ""
         elif reason and (correlated or self._microscopy_usable()):
@@ -369,10 +370,11 @@ class DenoiseWidget(ImageModelWidget):
         try:
             if value is not None and value in self.model.choices:
                 self.model.value = value
-            if reason and self.black_level.value == BLACK_NONE:
-                self.black_level.value = BLACK_AUTO  # camera data: their offset must go
+            if camera and self.black_level.value == BLACK_NONE:
+                # camera data: their offset must go (fine-tuning on them removes it too)
+                self.black_level.value = BLACK_AUTO
                 self._black_by_proposal = True
-            elif not reason and self._black_by_proposal:
+            elif not camera and self._black_by_proposal:
                 self.black_level.value = BLACK_NONE
                 self._black_by_proposal = False
         finally:

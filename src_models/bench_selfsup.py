@@ -6,6 +6,8 @@ alone, with Recorrupted-to-Recorrupted (``--method r2r``, the default) or
 Neighbor2Neighbor (``--method n2n``); this measures what it buys on real pairs
 (W2S, FMD), where the averaged clean image is used for scoring only, never for
 training. The score is the microscopy section's affine-fitted PSNR on the whole image.
+Both models denoise with the black level estimated per plane (``offset="auto"``, as
+for camera data), and the fine-tuning subtracts it alike (``black_level="auto"``).
 
 Run ``python -m src_models.bench_selfsup --data ../shared/data --out DIR`` (add
 ``--method``, ``--lr``, and ``--write-docs`` to rewrite the README block between
@@ -102,7 +104,7 @@ def selfsup_score(
         try:
             settings = FinetuneSettings(name="selfsup", mode="noisy", base=base_path,
                                         steps=steps, seed=seed, noisy_method=method,
-                                        learning_rate=learning_rate)
+                                        learning_rate=learning_rate, black_level="auto")
 
             def progress(p) -> None:
                 if log is not None and p.val_psnr:

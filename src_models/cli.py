@@ -93,6 +93,20 @@ def _source(path: Path):
     return SourceImage(path.name, image.data, None if rgb else axis, rgb)
 
 
+def _black_level_arg(text: str) -> str | float:
+    """``--black-level``: a keyword kept as text, anything else read as a number."""
+    from .config import ConfigError
+
+    if text in ("camera", "auto", "none"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(
+            f"--black-level {text!r}: give camera, auto, none or a number"
+        ) from None
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .config import ConfigError, CorruptionConfig
     from .finetune import FinetuneSettings, finetune
@@ -123,6 +137,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             batch_size=args.batch,
             steps=args.steps,
             learning_rate=args.lr,
+            black_level=_black_level_arg(args.black_level),
             seed=args.seed,
             **method,
         )
@@ -212,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--patch", type=int, help="patch size (default: 64 or less)")
     f.add_argument("--batch", type=int, help="batch size (default: 8)")
     f.add_argument("--lr", type=float, help="learning rate (default: 2e-4, new models 1e-3)")
+    f.add_argument(
+        "--black-level",
+        default="camera",
+        metavar="camera|auto|none|VALUE",
+        help="black level subtracted from every training plane, as `denoise --offset` will: "
+        "'camera' (default: estimated for 12/16-bit camera data, else none), 'auto', 'none' "
+        "or a number in the data's units",
+    )
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--resume", action="store_true", help="continue the stopped run of --name")
     f.add_argument("--overwrite", action="store_true", help="replace a user model of that name")

@@ -44,6 +44,7 @@ from .finetune_data import (
     Sample,
     SourceImage,
     ValidationRegion,
+    check_black_level,
     choose_validation,
     paired_samples,
     samples,
@@ -117,13 +118,18 @@ class FinetuneSettings:
         ``"clean"`` mode validation noise (default: 15, 25, 50 within the corruption's range).
     noisy_method : {"n2n", "r2r"}
         Self-supervised method of the ``"noisy"`` mode (:data:`NOISY_METHODS`): "r2r"
-        (default; Recorrupted-to-Recorrupted improved the bundled ``microscopy`` model on
-        every real frame of ``bench_selfsup``, where Neighbor2Neighbor did not) or "n2n".
+        (default; Recorrupted-to-Recorrupted trains on full-resolution crops, where
+        Neighbor2Neighbor adapts the network on half-resolution sub-images) or "n2n".
     n2n_gamma : float
         Final Neighbor2Neighbor regulariser weight (paper: 2; 0 switches it off).
     r2r_alpha : float
         Recorrupted-to-Recorrupted strength (> 0; paper: 0.5): training runs at
         ``1 + alpha^2`` times the data's noise variance.
+    black_level : {"camera", "auto", "none"} or float
+        Subtracted from every training plane before scaling, as the Denoise widget's
+        black level (:func:`~src_models.finetune_data.samples`): "camera" (default)
+        estimates it for camera data (12/16-bit, not RGB) only. Denoise with the same
+        setting: the card records it.
     seed : int
     description : str
     """
@@ -142,6 +148,7 @@ class FinetuneSettings:
     noisy_method: str = "r2r"
     n2n_gamma: float = 2.0
     r2r_alpha: float = 0.5
+    black_level: str | float = "camera"
     seed: int = 0
     description: str = ""
 
@@ -173,6 +180,10 @@ class FinetuneSettings:
             raise ConfigError(f"n2n_gamma={self.n2n_gamma!r} must be >= 0")
         if not (self.r2r_alpha > 0 and np.isfinite(self.r2r_alpha)):
             raise ConfigError(f"r2r_alpha={self.r2r_alpha!r} must be > 0")
+        try:
+            check_black_level(self.black_level)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if int(self.seed) != self.seed or self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} must be a non-negative integer")
 
@@ -393,6 +404,7 @@ class _Evaluator:
         sample: Sample,
         on_preview: Callable[[ValidationPreview], None] | None,
         r2r: tuple[PoissonGaussian, float] | None = None,
+        r2r_signal: np.ndarray | None = None,
     ) -> None:
         from .data import validation_set
         from .n2n import neighbor_pair
@@ -411,7 +423,8 @@ class _Evaluator:
             self.shown = crop
         elif r2r is not None:  # noisy-only, Recorrupted-to-Recorrupted: (noise, alpha)
             self.pairs = []
-            self.groups = {R2R_KEY: validation_pairs(crop, r2r[0], r2r[1], seed)}
+            pairs = validation_pairs(crop, r2r[0], r2r[1], seed, signal=r2r_signal)
+            self.groups = {R2R_KEY: pairs}
             self.shown = crop
         else:
             g1, g2, _ = neighbor_pair(crop[None], np.random.default_rng([seed, 5]))
@@ -528,9 +541,11 @@ def finetune(
 
     names = [im.name for im in images]
     if settings.mode == "pairs":
-        inputs, cleans = paired_samples(images, targets or [], base.channels)
+        inputs, cleans = paired_samples(
+            images, targets or [], base.channels, settings.black_level
+        )
     else:
-        inputs, cleans = samples(images, base.channels), None
+        inputs, cleans = samples(images, base.channels, settings.black_level), None
     region = choose_validation(inputs, names, base.multiple)
     train_in, crop, crop_sample = split_off_validation(inputs, region)
     reference = None
@@ -549,6 +564,7 @@ def finetune(
 
     sampler = None
     r2r = None
+    r2r_signal = None
     if settings.mode == "pairs":
         sampler = PairSampler(
             train_in, train_clean, recipe.data.patch_size, t_cfg.batch_size, seed=t_cfg.seed
@@ -565,6 +581,10 @@ def finetune(
         # the held-out crop is a band of one sample: its training rows gave its noise
         index = next(i for i, s in enumerate(inputs) if s is crop_sample)
         r2r = (sampler.noise[index], settings.r2r_alpha)
+        if base.path is not None:  # the base model's estimate beats a blur at edges
+            from .modelfile import load_keras_model
+
+            r2r_signal = _predict(load_keras_model(base.path)[0], crop, base.multiple)
     elif settings.mode == "noisy":
         sampler = Neighbor2NeighborSampler(
             train_in,
@@ -585,6 +605,7 @@ def finetune(
         crop_sample,
         on_preview,
         r2r=r2r,
+        r2r_signal=r2r_signal,
     )
     sources = [im.describe() for im in images]
     if targets:
@@ -618,6 +639,7 @@ def finetune(
         {
             "mode": settings.mode,
             "noisy_method": settings.noisy_method if settings.mode == "noisy" else "",
+            "black_level": _black_level_text(settings.black_level),
             "sources": json.dumps(sources),
             "corruption": recipe.corruption.model_dump_json() if settings.mode == "clean" else "",
             "validation_region": json.dumps(region.as_dict()),
@@ -656,6 +678,16 @@ def finetune(
         recipe=recipe,
         card=card,
     )
+
+
+def _black_level_text(black_level: str | float) -> str:
+    if black_level == "camera":
+        return "estimated per plane for camera data (12/16-bit, not RGB), else none"
+    if black_level == "auto":
+        return "estimated per plane (auto)"
+    if black_level == "none":
+        return "none (the plane's minimum when negative)"
+    return f"{float(black_level):g}"
 
 
 def _steps_done(model) -> int:

@@ -12,10 +12,15 @@ Rules (the inference engine's, so training sees what denoising will see):
 * when the model's channel count differs from the image's, each channel is a
   sample of its own, repeated to the model's channel count (a gray model on a
   multichannel image, a colour model on a gray one);
-* each sample is shifted by its minimum when that is negative and divided by its
-  largest magnitude, exactly like :class:`~src_models.inference.Denoiser` does,
-  and NaN / inf pixels are filled with the median of their channel. For a noisy /
-  clean pair, the noisy plane's offset and scale are applied to both.
+* each sample is shifted by its black level and divided by its largest magnitude,
+  exactly like :class:`~src_models.inference.Denoiser` does, and NaN / inf pixels
+  are filled with the median of their channel. The black level is what the Denoise
+  widget proposes (``black_level="camera"``): estimated per plane for camera data
+  (:func:`~src_models.registry.is_camera_data`), else the plane's minimum when that
+  is negative. A model trained on planes with their camera offset would meet
+  offset-free planes when denoising and, being bias-free, take the difference for
+  signal. For a noisy / clean pair, the noisy plane's offset and scale are applied
+  to both.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from .config import CorruptionConfig
 from .corruptions import corrupt
 
 __all__ = [
+    "BLACK_LEVELS",
     "CorruptedPatch",
     "Sample",
     "SourceImage",
     "ValidationRegion",
+    "check_black_level",
     "choose_validation",
     "corrupted_preview",
     "paired_samples",
@@ -174,19 +181,56 @@ def _groups(hwc: np.ndarray, channels: int) -> list[tuple[int | None, np.ndarray
     return [(k, np.repeat(hwc[..., k : k + 1], channels, axis=-1)) for k in range(c)]
 
 
-def _normaliser(plane: np.ndarray, where: str) -> tuple[np.ndarray, float, float]:
+BLACK_LEVELS = ("camera", "auto", "none")  # or a number
+
+
+def check_black_level(black_level: Any) -> str | float:
+    """``black_level`` as one of :data:`BLACK_LEVELS` or a finite float; ValueError otherwise."""
+    if isinstance(black_level, str):
+        if black_level not in BLACK_LEVELS:
+            raise ValueError(
+                f"black_level={black_level!r} must be a number or one of {', '.join(BLACK_LEVELS)}"
+            )
+        return black_level
+    if isinstance(black_level, bool) or not isinstance(black_level, (int, float)):
+        raise ValueError(
+            f"black_level={black_level!r} must be a number or one of {', '.join(BLACK_LEVELS)}"
+        )
+    if not math.isfinite(black_level):
+        raise ValueError(f"black_level={black_level!r} must be finite")
+    return float(black_level)
+
+
+def _normaliser(
+    plane: np.ndarray, where: str, black_level: str | float = "none", camera: bool = False
+) -> tuple[np.ndarray, float, float]:
     from .inference import _fill_non_finite, _offset_and_scale
+    from .noise_model import black_level as estimate_black_level
 
     plane, _ = _fill_non_finite(plane, where)
-    off, scale = _offset_and_scale(plane, None)
+    if black_level == "auto" or (black_level == "camera" and camera):
+        offset = estimate_black_level(plane)
+    elif isinstance(black_level, float):
+        offset = black_level
+    else:
+        offset = None
+    off, scale = _offset_and_scale(plane, offset)
     return plane, off, scale
+
+
+def _is_camera(src: SourceImage) -> bool:
+    from .registry import is_camera_data
+
+    return is_camera_data(np.dtype(src.data.dtype), rgb=src.rgb)
 
 
 def _norm(plane: np.ndarray, off: float, scale: float) -> np.ndarray:
     return np.ascontiguousarray((plane - off) / scale, dtype=np.float32)
 
 
-def samples(sources: Sequence[SourceImage], channels: int) -> list[Sample]:
+def samples(
+    sources: Sequence[SourceImage], channels: int, black_level: str | float = "camera"
+) -> list[Sample]:
     """Every plane (and channel, if split) of every source as a normalised sample.
 
     Parameters
@@ -194,6 +238,10 @@ def samples(sources: Sequence[SourceImage], channels: int) -> list[Sample]:
     sources : sequence of SourceImage
     channels : int
         The model's channel count.
+    black_level : {"camera", "auto", "none"} or float
+        Subtracted before scaling: "camera" estimates it per plane for camera data
+        and uses "none" for others; "auto" always estimates it; "none" takes the
+        plane's minimum when negative, else 0; a number is the black level itself.
 
     Returns
     -------
@@ -201,19 +249,27 @@ def samples(sources: Sequence[SourceImage], channels: int) -> list[Sample]:
     """
     if not sources:
         raise ValueError("no images to train on: give at least one image")
+    black_level = check_black_level(black_level)
     out = []
     for i, src in enumerate(sources):
+        camera = _is_camera(src)
         for lead, hwc in _planes(src):
             for ch, plane in _groups(hwc, channels):
-                plane, off, scale = _normaliser(plane, f"'{src.name}' plane {lead}")
+                where = f"'{src.name}' plane {lead}"
+                plane, off, scale = _normaliser(plane, where, black_level, camera)
                 out.append(Sample(_norm(plane, off, scale), i, lead, ch, off, scale))
     return out
 
 
 def paired_samples(
-    noisy: Sequence[SourceImage], clean: Sequence[SourceImage], channels: int
+    noisy: Sequence[SourceImage],
+    clean: Sequence[SourceImage],
+    channels: int,
+    black_level: str | float = "camera",
 ) -> tuple[list[Sample], list[Sample]]:
     """Noisy and clean samples of registered pairs, normalised by the noisy plane.
+
+    ``black_level`` as in :func:`samples`, from the noisy plane.
 
     Raises
     ------
@@ -224,6 +280,7 @@ def paired_samples(
         raise ValueError("no noisy/clean pair given")
     if len(noisy) != len(clean):
         raise ValueError(f"{len(noisy)} noisy image(s) but {len(clean)} clean one(s): give pairs")
+    black_level = check_black_level(black_level)
     out_n: list[Sample] = []
     out_c: list[Sample] = []
     for i, (n_src, c_src) in enumerate(zip(noisy, clean, strict=True)):
@@ -236,7 +293,9 @@ def paired_samples(
             for (ch, n_plane), (_, c_plane) in zip(
                 _groups(n_hwc, channels), _groups(c_hwc, channels), strict=True
             ):
-                n_plane, off, scale = _normaliser(n_plane, f"'{n_src.name}' plane {lead}")
+                n_plane, off, scale = _normaliser(
+                    n_plane, f"'{n_src.name}' plane {lead}", black_level, _is_camera(n_src)
+                )
                 c_plane, _, _ = _normaliser(c_plane, f"'{c_src.name}' plane {lead}")
                 out_n.append(Sample(_norm(n_plane, off, scale), i, lead, ch, off, scale))
                 out_c.append(Sample(_norm(c_plane, off, scale), i, lead, ch, off, scale))

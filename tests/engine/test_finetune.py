@@ -191,6 +191,28 @@ def test_rgb_and_multichannel_layers_become_samples_for_the_model_channels():
     assert float(items[1].image.max()) == 1.0
 
 
+def test_camera_data_train_without_their_black_level_as_they_will_be_denoised():
+    from src_models.config import ConfigError
+    from src_models.noise_model import black_level
+
+    cells = fluorescent_cells()  # clean, in [0, 1]
+    counts = poisson_gaussian(cells[..., None], 20.0, 2.0, np.random.default_rng(0))[..., 0]
+    camera = np.clip(np.rint(100 + 50 * counts), 0, 65535).astype(np.uint16)  # offset 100 ADU
+    (item,) = samples([SourceImage("camera", camera)], channels=1)
+    assert item.offset == pytest.approx(black_level(camera.astype(np.float64)))
+    assert 90 < item.offset < 110  # what Denoiser(offset="auto") and the widget subtract
+    assert float(np.median(item.image)) < 0.3  # the dark background sits near 0, not at 100 ADU
+    photo = camera.astype(np.float32)  # float data: no camera offset assumed
+    assert samples([SourceImage("photo", photo)], channels=1)[0].offset == 0.0
+    assert samples([SourceImage("photo", photo)], 1, black_level="auto")[0].offset == item.offset
+    assert samples([SourceImage("c", camera)], 1, black_level="none")[0].offset == 0.0
+    assert samples([SourceImage("c", camera)], 1, black_level=95)[0].offset == 95.0
+    with pytest.raises(ValueError, match="black_level='dark'"):
+        samples([SourceImage("c", camera)], 1, black_level="dark")
+    with pytest.raises(ConfigError, match="black_level"):
+        FinetuneSettings(name="x", black_level=float("nan")).check()
+
+
 def test_stop_returns_within_two_seconds_keeping_the_best_model_and_resume_finishes(user_dir):
     calls, flipped = [], []
 
@@ -344,6 +366,10 @@ def test_finetune_command_trains_noisy_only_with_the_chosen_method(user_dir, tmp
     assert code == 0, out
     card = read_card(user_dir / "r2r-cli.keras")
     assert card.notes["noisy_method"] == "r2r" and "Recorrupted" in card.description
+    assert card.notes["black_level"].startswith("estimated per plane for camera data")
+    assert main(["finetune", str(tmp_path / "noisy.png"), "--base", "base", "--name", "z",
+                 "--noisy-only", "--black-level", "dark"]) == 2
+    assert "--black-level 'dark'" in capsys.readouterr().err
     # the method only means something for noisy-only data
     assert main(["finetune", str(tmp_path / "noisy.png"), "--base", "base", "--name", "y",
                  "--noisy-method", "n2n"]) == 2

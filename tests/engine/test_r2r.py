@@ -89,6 +89,33 @@ def test_poisson_gaussian_recorruption_variance_is_gain_times_signal_plus_read_s
     assert intercept == pytest.approx(read**2 - gain * black, abs=2e-4)
 
 
+def test_shot_noise_recorruption_matches_its_skew_so_the_loss_has_no_third_order_bias():
+    # a flat frame of 2 photons per pixel: the shot noise is strongly skewed
+    gain, photons, alpha = 0.05, 2.0, 0.5
+    x = np.full((128, 128, 1), gain * photons, np.float32)
+    rng = np.random.default_rng(0)
+    y = (gain * rng.poisson(photons, x.shape)).astype("float32")
+    noise = PoissonGaussian(gain=gain, read_sigma=0.0, offset=0.0)
+
+    class Truth:  # the signal estimate: the true mean
+        def predict_on_batch(self, crops):
+            return np.full_like(crops, gain * photons)
+
+    sampler = Recorrupted2RecorruptedSampler([y], 64, 64, seed=0, alpha=alpha, noise=noise)
+    sampler.bind(Truth())
+    a, b = [], []
+    for step in range(4):
+        inp, target = sampler.batch(step)
+        a.append((inp - x[:64, :64]).ravel())
+        b.append((target - x[:64, :64]).ravel())
+    a, b = np.concatenate(a), np.concatenate(b)
+    kappa3 = gain**3 * photons  # third cumulant of the frame's own noise
+    # the loss's E[D''] term: Cum(input noise, input noise, target noise); Gaussian z leaves kappa3
+    assert abs(np.mean(a * a * b)) < 0.15 * kappa3
+    assert abs(np.mean(a * b)) < 0.03 * gain**2 * photons
+    assert a.var() == pytest.approx((1 + alpha**2) * gain**2 * photons, rel=0.05)
+
+
 def test_bound_model_prediction_is_the_signal_of_the_noise_variance():
     class Constant:  # D(y) = 0.6 everywhere
         def predict_on_batch(self, y):

@@ -178,6 +178,7 @@ def test_a_model_chosen_for_a_layer_is_not_overridden(
     assert widget.model.value == "tiny-gray"  # kept when switching, as any setting
     widget.image.value = cell
     assert widget.model.value == "tiny-gray" and widget.model_reason.value == ""
+    assert widget.black_level.value == BLACK_AUTO  # camera data, whichever model: offset goes
     other = viewer.add_image(_cell(photons=30.0), name="other cell")
     assert widget.image.value is other
     assert widget.model.value == "microscopy"  # a new camera layer: proposed again
