@@ -180,6 +180,7 @@ def recorruption(
     correlated = any(w > 0 for w in noise.correlation_width)
     if noise.gain > 0 and not correlated:
         photons = np.maximum(signal.astype(np.float64) - noise.offset, 0.0) / noise.gain
+        photons = np.nan_to_num(photons, nan=0.0, posinf=0.0)  # Poisson draws refuse NaN
         mean = alpha**2 * photons
         big = mean > _GAUSSIAN_SHOT_ABOVE
         counts = rng.poisson(np.where(big, 0.0, mean)).astype(np.float64)
