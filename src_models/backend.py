@@ -40,7 +40,7 @@ def _as_input(x) -> Array:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def compiled_predict(model: keras.Model) -> Callable[[Array], Array]:
+def compiled_predict(model: keras.Model, xla: bool = False) -> Callable[[Array], Array]:
     """Return ``f(x) -> model(x, training=False)`` compiled once for the active backend.
 
     Why not ``model.predict_on_batch``: it retraces for every new batch or tile
@@ -51,6 +51,9 @@ def compiled_predict(model: keras.Model) -> Callable[[Array], Array]:
     ----------
     model : keras.Model
         A model taking (N, H, W, C) float32 images.
+    xla : bool
+        TensorFlow only: compile the graphs with XLA (``jit_compile``), falling back
+        to a plain graph for a window shape XLA cannot compile. JAX always uses XLA.
 
     Returns
     -------
@@ -61,7 +64,8 @@ def compiled_predict(model: keras.Model) -> Callable[[Array], Array]:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        fn = tf.function(lambda x: model(x, training=False))
+        plain = tf.function(lambda x: model(x, training=False))
+        fn = tf.function(lambda x: model(x, training=False), jit_compile=True) if xla else plain
         traced: dict[tuple[int, ...], Callable] = {}
 
         def predict(x: Array) -> Array:
@@ -71,10 +75,19 @@ def compiled_predict(model: keras.Model) -> Callable[[Array], Array]:
             x = _as_input(x)
             key = tuple(x.shape[1:])
             graph = traced.get(key)
+            spec = tf.TensorSpec((None, *key), tf.float32)
             if graph is None:
                 if len(traced) >= _MAX_TRACES:
                     traced.pop(next(iter(traced)))
-                graph = fn.get_concrete_function(tf.TensorSpec((None, *key), tf.float32))
+                graph = fn.get_concrete_function(spec)
+                if fn is not plain:  # XLA compiles on the first call: fall back if it cannot
+                    try:
+                        out = graph(tf.constant(x)).numpy()
+                    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+                        graph = plain.get_concrete_function(spec)
+                    else:
+                        traced[key] = graph
+                        return out
                 traced[key] = graph
             return graph(tf.constant(x)).numpy()
 

@@ -23,6 +23,33 @@ def test_compiled_predict_matches_the_eager_model_for_any_shape(model):
         np.testing.assert_allclose(out, np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
+def test_compiled_predict_with_xla_matches_and_stays_homogeneous(model, xla):
+    predict = compiled_predict(model, xla=xla)
+    x = np.random.default_rng(3).uniform(0, 1, size=(2, 32, 40, 1)).astype("float32")
+    out = predict(x)
+    np.testing.assert_allclose(out, np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-6)
+    scaled = predict(7.5 * x)
+    assert np.linalg.norm(scaled - 7.5 * out) / np.linalg.norm(7.5 * out) < 1e-5
+
+
+def test_xla_is_used_for_wide_networks_unless_the_environment_says_otherwise(monkeypatch):
+    from types import SimpleNamespace
+
+    from src_models.inference import ENV_XLA, use_xla
+
+    def card(width):
+        return SimpleNamespace(recipe=SimpleNamespace(architecture=SimpleNamespace(width=width)))
+
+    monkeypatch.delenv(ENV_XLA, raising=False)
+    assert use_xla(card(32)) and not use_xla(card(16))
+    assert not use_xla(SimpleNamespace(recipe=None))  # a card without a recipe: plain graph
+    monkeypatch.setenv(ENV_XLA, "0")
+    assert not use_xla(card(32))
+    monkeypatch.setenv(ENV_XLA, "1")
+    assert use_xla(card(16))
+
+
 def test_jvp_along_the_input_gives_the_output(model):
     """Euler's theorem for a homogeneous net: J(y) y = D(y)."""
     y = np.random.default_rng(1).uniform(0, 1, size=(1, 24, 24, 1)).astype("float32")
