@@ -182,7 +182,10 @@ class DenoiseWidget(ImageModelWidget):
         super()._disconnect()
         self._closed = True
         if self._estimate_timer is not None:
-            self._estimate_timer.stop()
+            try:
+                self._estimate_timer.stop()
+            except RuntimeError:  # Qt already deleted it (interpreter exit): nothing to stop
+                pass
         if self._worker is not None:
             self._worker.quit()
 

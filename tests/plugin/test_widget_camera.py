@@ -281,3 +281,19 @@ def test_black_level_choice_reaches_the_engine(
     np.testing.assert_allclose(out, model.denoise(data, offset=offset), rtol=1e-6, atol=1e-3)
     assert np.abs(out - model.denoise(data)).max() > 0.01  # the black level made a difference
     _wait_for_camera_noise(qtbot, widget)
+
+
+def test_closing_after_qt_deleted_the_estimate_timer_does_not_raise(
+    bundled_microscopy, make_napari_viewer, qtbot
+):
+    from qtpy import sip
+
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(_cell(), name="cell")
+    _wait_for_camera_noise(qtbot, widget)
+    widget._schedule_estimate()  # the timer exists once a slider moved
+    timer = widget._estimate_timer
+    timer.stop()
+    sip.delete(timer)  # what interpreter exit does to an unparented QTimer
+    widget._disconnect()  # used to raise "wrapped C/C++ object ... has been deleted"
+    assert widget._closed
