@@ -75,10 +75,10 @@ def compiled_predict(model: keras.Model, xla: bool = False) -> Callable[[Array],
             x = _as_input(x)
             key = tuple(x.shape[1:])
             graph = traced.get(key)
-            spec = tf.TensorSpec((None, *key), tf.float32)
             if graph is None:
                 if len(traced) >= _MAX_TRACES:
                     traced.pop(next(iter(traced)))
+                spec = tf.TensorSpec((None, *key), tf.float32)
                 graph = fn.get_concrete_function(spec)
                 if fn is not plain:  # XLA compiles on the first call: fall back if it cannot
                     try:

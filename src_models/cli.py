@@ -96,14 +96,15 @@ def _source(path: Path):
 def _black_level_arg(text: str) -> str | float:
     """``--black-level``: a keyword kept as text, anything else read as a number."""
     from .config import ConfigError
+    from .finetune_data import BLACK_LEVELS
 
-    if text in ("camera", "auto", "none"):
+    if text in BLACK_LEVELS:
         return text
     try:
         return float(text)
     except ValueError:
         raise ConfigError(
-            f"--black-level {text!r}: give camera, auto, none or a number"
+            f"--black-level {text!r}: give {', '.join(BLACK_LEVELS)} or a number"
         ) from None
 
 

@@ -183,8 +183,8 @@ def recorruption(
         photons = np.nan_to_num(photons, nan=0.0, posinf=0.0)  # Poisson draws refuse NaN
         mean = alpha**2 * photons
         big = mean > _GAUSSIAN_SHOT_ABOVE
-        counts = rng.poisson(np.where(big, 0.0, mean)).astype(np.float64)
-        z = (noise.gain / alpha) * (counts - np.where(big, 0.0, mean))
+        drawn = np.where(big, 0.0, mean)
+        z = (noise.gain / alpha) * (rng.poisson(drawn) - drawn)
         if np.any(big):  # skew ~ 1/sqrt(photons): negligible, and beyond Poisson's range
             gauss = rng.standard_normal(signal.shape) * np.sqrt(noise.gain * noise.gain * photons)
             z = np.where(big, gauss, z)
