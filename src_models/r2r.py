@@ -32,9 +32,10 @@ Why ``z`` is not simply Gaussian: shot noise is skewed (third cumulant
 ``gain * shot variance``), and the loss's next term after the covariance is
 ``Cum(input noise, input noise, target noise) * E[D'']`` = ``(kappa3(n) - alpha *
 kappa3(z)) * E[D'']``. With Gaussian ``z`` it does not vanish, and at a few photons per
-pixel it outweighs what there is to learn: fine-tuning the bundled ``microscopy``
-model on one synthetic 8-photon frame lost 0.3 dB even with the true noise
-parameters, while the held-out score (biased alike) rose. So the shot part of ``z`` is
+pixel it outweighs what there is to learn: with Gaussian ``z``, fine-tuning the
+bundled ``microscopy`` model on a synthetic 8-photon frame lost PSNR even with the true
+noise parameters, while the held-out score (biased alike) rose
+(``tools/r2r_synthetic.py`` is that check). So the shot part of ``z`` is
 a scaled Poisson draw, ``(gain / alpha) * (Poisson(alpha^2 lam) - alpha^2 lam)`` with
 ``lam = max(s - black, 0) / gain`` photons: variance ``gain * max(s - black, 0)`` and
 third cumulant ``kappa3(n) / alpha``, so both terms vanish; the read part stays
