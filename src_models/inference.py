@@ -375,11 +375,12 @@ XLA_MIN_WIDTH = 32
 def use_xla(card: Any) -> bool:
     """Whether TensorFlow should compile this model's inference with XLA.
 
-    Why by width: on a 2-core CPU, XLA made the 32-channel networks 6-27 % faster
-    (``gray``, ``color``, ``microscopy``, ``gray-dncnn`` at 2048^2: fused scale and
-    activation ops) but the 16-channel ``gray-fast`` 10-25 % slower (its own
-    convolutions lose to oneDNN's at that width). ``NAPARI_BFCNN_XLA`` = 1 / 0
-    overrides the rule for every model.
+    Why by width: on a 2-core CPU at 2048^2, XLA made the 32-channel ``gray`` 27 %
+    and ``gray-dncnn`` 45 % faster (fused scale and activation ops), but the
+    16-channel ``gray-fast`` 14 % and ``color-fast`` 11 % slower (its convolutions
+    lose to oneDNN's at that width): ``python -m src_models.bench --sections speed``
+    with ``NAPARI_BFCNN_XLA`` = 0 / 1 against the default (bench_out/s7, s7_xla_off,
+    s7_xla_on). That variable overrides the rule for every model.
     """
     forced = os.environ.get(ENV_XLA, "").strip()
     if forced in ("0", "1"):
