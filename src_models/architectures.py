@@ -13,10 +13,13 @@ import numpy as np
 from .config import DnCNNConfig, MultiscaleConfig, ResNetConfig, UNetConfig
 from .layers import (
     BatchToChannels,
+    ChannelsToBatch,
     ChannelsToGuidedBatch,
+    ChromaPedestal,
     DepthToSpace,
     KernelRegularizer,
     LocalSqueezeExcite,
+    OpponentColor,
     ScaleNorm,
     SpaceToDepth,
     SpatialGate,
@@ -155,6 +158,8 @@ def _resnet(x, c: ResNetConfig):
 
 
 def _unet(x, c: UNetConfig):
+    if c.channel_mode == "opponent":
+        return _opponent_unet(x, c)
     if c.channel_mode == "guided":
         # one shared one-channel trunk, the channel and the mean of all channels as its input;
         # its layers are named exactly as a gray U-Net's, so gray weights can start it
@@ -179,6 +184,26 @@ def _unet(x, c: UNetConfig):
             h = o.conv_norm_act(h, widths[s])
     h = o.conv(h, c.channels * u * u, zero=c.residual)
     return DepthToSpace(u, name=o._name("shuffle"))(h) if u > 1 else h
+
+
+def _opponent_unet(x, c: UNetConfig):
+    """RGB -> opponent planes (chroma on a pedestal) -> one shared gray trunk -> RGB.
+
+    The trunk's layers are named exactly as a gray U-Net's, so gray weights start it;
+    see :class:`~src_models.layers.ChromaPedestal` for why the pedestal.
+    """
+    trunk = c.model_copy(update={"channels": 1, "channel_mode": "joint"})
+    opp = OpponentColor(name="to_opponent")(x)
+    pedestal = ChromaPedestal(c.pedestal_window, c.pedestal_gain, name="chroma_pedestal")(opp)
+    lifted = keras.layers.Add(name="lift_chroma")([opp, pedestal])
+    h = ChannelsToBatch(name="channels_to_batch")(lifted)
+    h = BatchToChannels(c.channels, name="batch_to_channels")(_unet(h, trunk))
+    if c.residual:
+        # a noise estimate: the pedestal is in the trunk's input and its output alike, so the
+        # caller's ``x - estimate`` removes it without help
+        return OpponentColor(inverse=True, name="from_opponent")(h)
+    h = keras.layers.Subtract(name="drop_pedestal")([h, pedestal])
+    return OpponentColor(inverse=True, name="from_opponent")(h)
 
 
 def _multiscale(x, c: MultiscaleConfig):
@@ -238,12 +263,13 @@ def init_guided_from_gray(guided: keras.Model, gray: keras.Model, unshuffle: int
     Why: the guided trunk is the gray U-Net with a second (guide) input. Copying the
     gray weights and zeroing the guide's first-layer weights makes the new model
     exactly "gray, per channel" before any training, so fine-tuning only has to learn
-    what the luminance guide adds, never re-learn denoising.
+    what the luminance guide adds, never re-learn denoising. An opponent U-Net's trunk
+    is the gray U-Net itself: its weights are copied unchanged.
 
     Parameters
     ----------
     guided : keras.Model
-        A model built from a ``UNetConfig`` with ``channel_mode="guided"``.
+        A model built from a ``UNetConfig`` with ``channel_mode="guided"`` (or ``"opponent"``).
     gray : keras.Model
         A one-channel U-Net with the same scales, widths, convs and unshuffle.
     unshuffle : int

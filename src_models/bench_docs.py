@@ -150,6 +150,8 @@ def _base_text(base: str | None) -> str:
         if (Path(__file__).resolve().parent / "recipes" / "stages" / f"{parts[1]}.yaml").is_file():
             recipe = f"src_models/recipes/stages/{parts[1]}.yaml"
             return f"{base} (the previous stage, built by `{recipe}`)"
+    if len(parts) == 3 and parts[:2] == ["src_models", "pretrained"]:
+        return f"{base} (the bundled `{Path(parts[2]).stem}` model)"
     return base
 
 

@@ -48,6 +48,8 @@ def portable_model_path(path: str | None) -> str | None:
     if "runs" in parts:
         i = len(parts) - 1 - parts[::-1].index("runs")
         return "/".join(parts[i:])
+    if parts[-3:-1] == ("src_models", "pretrained"):  # a bundled model (color starts from gray)
+        return "/".join(parts[-3:])
     return Path(path).name
 
 

@@ -98,13 +98,21 @@ class UNetConfig(_ArchBase):
     convs: int = Field(2, ge=1, le=6, description="3x3 convolutions per level and side")
     norm: bool = False
     unshuffle: int = Field(1, description="pixel-unshuffle factor before the first level (1 or 2)")
-    channel_mode: Literal["joint", "guided"] = Field(
+    channel_mode: Literal["joint", "guided", "opponent"] = Field(
         "joint",
         description=(
             "joint: one network sees all channels at once; guided: one shared one-channel "
-            "network per channel, given the mean of all channels as a second input "
-            "(can start from a gray model's weights)"
+            "network per channel, given the mean of all channels as a second input; "
+            "opponent (RGB only): one shared one-channel network on the luminance and the two "
+            "colour-difference planes of an orthonormal opponent basis, the latter lifted onto "
+            "a pedestal (guided and opponent can start from a gray model's weights)"
         ),
+    )
+    pedestal_window: int = Field(
+        129, ge=1, le=1025, description="opponent: box width (px, odd) of the pedestal's local mean"
+    )
+    pedestal_gain: float = Field(
+        1.0, gt=0, le=100, description="opponent: pedestal height in units of that local mean"
     )
 
     @field_validator("unshuffle")
@@ -114,12 +122,24 @@ class UNetConfig(_ArchBase):
             raise ValueError(f"unshuffle must be 1 or 2 (got {v})")
         return v
 
+    @field_validator("pedestal_window")
+    @classmethod
+    def _odd_window(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"pedestal_window must be odd, so the mean is centred (got {v})")
+        return v
+
     @model_validator(mode="after")
-    def _guided_needs_channels(self):
+    def _channel_mode_needs_channels(self):
         if self.channel_mode == "guided" and self.channels < 2:
             raise ValueError(
                 f"channel_mode='guided' needs channels >= 2 (got channels={self.channels}); "
                 "use channel_mode='joint' for one-channel models"
+            )
+        if self.channel_mode == "opponent" and self.channels != 3:
+            raise ValueError(
+                f"channel_mode='opponent' is for RGB: it needs channels = 3 "
+                f"(got channels={self.channels})"
             )
         return self
 

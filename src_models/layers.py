@@ -14,9 +14,14 @@ import keras
 from keras import ops
 
 __all__ = [
+    "BatchToChannels",
+    "ChannelsToBatch",
+    "ChannelsToGuidedBatch",
+    "ChromaPedestal",
     "DepthToSpace",
     "KernelRegularizer",
     "LocalSqueezeExcite",
+    "OpponentColor",
     "ScaleNorm",
     "SpaceToDepth",
     "SpatialGate",
@@ -254,6 +259,95 @@ class BatchToChannels(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels}
+
+
+# orthonormal opponent colour basis (rows): luminance, red-blue, green-magenta
+_OPPONENT = (
+    (3**-0.5, 3**-0.5, 3**-0.5),
+    (2**-0.5, 0.0, -(2**-0.5)),
+    (6**-0.5, -2 * 6**-0.5, 6**-0.5),
+)
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class OpponentColor(keras.layers.Layer):
+    """RGB <-> an orthonormal opponent basis (luminance and two colour differences).
+
+    Why: white noise of one sigma per RGB channel stays white with the same sigma in
+    any orthonormal basis, while the signal concentrates in the luminance and the two
+    colour-difference planes are smooth, which is where a colour denoiser wins over
+    denoising R, G and B separately (CBM3D's opponent transform). A fixed orthogonal
+    matrix: linear, so the network stays homogeneous; ``inverse=True`` is its transpose.
+    """
+
+    def __init__(self, inverse: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.inverse = bool(inverse)
+
+    def call(self, x):
+        m = ops.convert_to_tensor(_OPPONENT, dtype=x.dtype)
+        # forward: out_i = sum_j m[i, j] x_j, i.e. x @ m.T; inverse: x @ m
+        return ops.matmul(x, m if self.inverse else ops.transpose(m))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "inverse": self.inverse}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class ChromaPedestal(keras.layers.Layer):
+    """(N, H, W, 3) opponent planes -> (0, p, p), ``p = gain * local mean intensity``.
+
+    Why: the colour-difference planes are signed and centred on zero, unlike any
+    image a one-channel denoiser was trained on; it then mistakes their small
+    signal for noise or noise for signal. Lifted onto a pedestal the size of the
+    local brightness, they look like a low-contrast image, which the shared trunk
+    denoises well; the pedestal is subtracted again afterwards (for a residual
+    trunk it cancels by itself). ``p`` is a ``window``-wide box mean of the
+    luminance: linear in the input (so still homogeneous, no constant is added),
+    smooth enough to carry almost no noise, and local, so tiles agree wherever the
+    receptive field, which includes ``window // 2``, is inside their margin.
+    """
+
+    def __init__(self, window: int = 129, gain: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f"ChromaPedestal expected an odd window >= 1. Received: {window}")
+        if not gain > 0:
+            raise ValueError(f"ChromaPedestal expected gain > 0. Received: gain={gain}")
+        self.window = int(window)
+        self.gain = float(gain)
+
+    def call(self, x):
+        luma = x[..., :1]
+        w = self.window
+        # separable box mean; "same" averages over the pixels inside the image only
+        mean = ops.average_pool(luma, (w, 1), strides=1, padding="same")
+        mean = ops.average_pool(mean, (1, w), strides=1, padding="same")
+        p = mean * (self.gain * 3**-0.5)  # luminance plane / sqrt(3) = mean of R, G, B
+        return ops.concatenate([ops.zeros_like(p), p, p], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "window": self.window, "gain": self.gain}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class ChannelsToBatch(keras.layers.Layer):
+    """(N, H, W, C) -> (N*C, H, W, 1): each channel an image of its own (a permutation)."""
+
+    def call(self, x):
+        shape = ops.shape(x)
+        n, h, w, c = shape[0], shape[1], shape[2], x.shape[-1]
+        return ops.reshape(ops.transpose(x, (0, 3, 1, 2)), (n * c, h, w, 1))
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        return (None if n is None else n * c, h, w, 1)
 
 
 @keras.saving.register_keras_serializable(package=_PKG)

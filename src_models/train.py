@@ -180,13 +180,14 @@ def _load_images(paths: Sequence[str], color: bool) -> list[np.ndarray]:
 
 
 def _guided_from_gray(arch, base) -> bool:
-    """True when a guided colour U-Net starts from a one-channel U-Net of the same shape."""
-    if getattr(arch, "channel_mode", "joint") != "guided" or base.channels != 1:
+    """True when a guided or opponent colour U-Net starts from a one-channel U-Net of its shape."""
+    if getattr(arch, "channel_mode", "joint") not in ("guided", "opponent") or base.channels != 1:
         return False
     base_arch = base.card.recipe.architecture if base.card.recipe is not None else None
     if base_arch is None or base_arch.kind != "unet":
         raise ConfigError(
-            f"a guided colour U-Net starts from a one-channel U-Net with a recipe; {base.name!r} "
+            f"a {arch.channel_mode} colour U-Net starts from a one-channel U-Net with a recipe; "
+            f"{base.name!r} "
             f"is {base.card.kind or 'of unknown kind'}"
         )
     shape = (
@@ -196,7 +197,7 @@ def _guided_from_gray(arch, base) -> bool:
     if diff:
         raise ConfigError(
             f"init_from={base.name!r} differs from the recipe's U-Net in {', '.join(diff)}; "
-            "a guided colour U-Net copies the gray weights, so they must match"
+            f"a {arch.channel_mode} colour U-Net copies the gray weights, so they must match"
         )
     return True
 

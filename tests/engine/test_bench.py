@@ -449,3 +449,6 @@ def test_card_names_a_previous_stage_by_the_recipe_that_builds_it():
     )
     assert _base_text("runs/mine/x.keras") == "runs/mine/x.keras"  # no such stage recipe
     assert _base_text("gray") == "gray" and _base_text(None) == "–"
+    assert _base_text("src_models/pretrained/gray.keras") == (
+        "src_models/pretrained/gray.keras (the bundled `gray` model)"
+    )

@@ -109,19 +109,21 @@ def colour_images():
     return [resize(im, (64, 64), anti_aliasing=True).astype("float32") for im in ims]
 
 
-def test_fine_tuning_a_guided_colour_model_from_a_gray_model_file(tmp_path, colour_images):
+@pytest.mark.parametrize("mode", ["guided", "opponent"])
+def test_fine_tuning_a_colour_model_from_a_gray_model_file(tmp_path, colour_images, mode):
     gray_imgs = [im.mean(-1, keepdims=True) for im in colour_images]
     gray = train(
         _tiny_recipe("tiny-gray", {"channels": 1}, steps=80, lr=3e-3),
         tmp_path / "gray", images=gray_imgs[:2], val_images=gray_imgs[2:],
     )
     recipe = _tiny_recipe(
-        "tiny-color", {"channels": 3, "channel_mode": "guided"}, steps=4,
+        "tiny-color", {"channels": 3, "channel_mode": mode}, steps=4,
         init_from=str(gray.model_path),
     )
     result = train(recipe, tmp_path / "color", images=colour_images[:2],
                    val_images=colour_images[2:])
-    # step 0 is the gray model per channel: already well above the noisy input (~20.2 dB)
+    # step 0 is the gray model per channel (guided) or per opponent plane: already well
+    # above the noisy input (~20.2 dB)
     assert result.val_psnr_initial["25"] > 22.0
     card = read_card(result.model_path)
     assert card.channels == 3 and card.base_model == str(gray.model_path)

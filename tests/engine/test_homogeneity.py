@@ -27,6 +27,9 @@ CONFIGS = {
     "unet_guided_color": UNetConfig(
         scales=2, width=8, convs=1, unshuffle=2, channels=3, channel_mode="guided"
     ),
+    "unet_opponent_color": UNetConfig(
+        scales=2, width=8, convs=1, unshuffle=2, channels=3, channel_mode="opponent"
+    ),
     "multiscale_laplacian": MultiscaleConfig(levels=3, depth=3, width=8, pyramid="laplacian"),
     "multiscale_gaussian": MultiscaleConfig(levels=3, depth=3, width=8, pyramid="gaussian"),
 }

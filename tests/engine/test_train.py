@@ -208,6 +208,10 @@ def test_bundled_card_names_base_models_and_data_as_the_repository_does(tmp_path
 
     assert portable_model_path("/gpu/job/runs/gray-1/gray.keras") == "runs/gray-1/gray.keras"
     assert portable_model_path("gray") == "gray" and portable_model_path(None) is None
+    assert (  # the color recipe starts from the bundled gray file
+        portable_model_path("/any/clone/src_models/pretrained/gray.keras")
+        == "src_models/pretrained/gray.keras"
+    )
     assert portable_data_path("/gpu/.gpudata/train/gray400") == "../shared/data/train/gray400"
     train_ims, val_ims = images
     base = train(_recipe(5), tmp_path / "runs" / "tiny-1", images=train_ims, val_images=val_ims)
