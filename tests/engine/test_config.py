@@ -60,8 +60,13 @@ def test_every_bundled_recipe_validates_and_points_at_training_data_only(path):
         assert p.replace("\\", "/").endswith(("train/gray400", "train/color432")), p
         shared_data = (RECIPE_DIR.parents[1].parent / "shared" / "data").resolve()  # a link, maybe
         assert Path(p).parent.parent == shared_data, p
-    if recipe.init_from and recipe.init_from.endswith(".keras"):  # a stage's run folder
+    if recipe.init_from and recipe.init_from.endswith(".keras"):
+        # a previous stage's run folder, or a bundled model file (color starts from gray)
         runs = (RECIPE_DIR.parents[1] / "runs").resolve()
-        assert Path(recipe.init_from).parent.parent == runs, recipe.init_from
+        bundled = (RECIPE_DIR.parent / "pretrained").resolve()
+        base = Path(recipe.init_from)
+        assert base.parent.parent == runs or (
+            base.parent == bundled and base.is_file()
+        ), recipe.init_from
     for p in recipe.data.train + recipe.data.val:
         assert "/eval" not in p.replace("\\", "/"), f"{path.name} trains or validates on eval/: {p}"
