@@ -198,11 +198,10 @@ def _opponent_unet(x, c: UNetConfig):
     lifted = keras.layers.Add(name="lift_chroma")([opp, pedestal])
     h = ChannelsToBatch(name="channels_to_batch")(lifted)
     h = BatchToChannels(c.channels, name="batch_to_channels")(_unet(h, trunk))
-    if c.residual:
-        # a noise estimate: the pedestal is in the trunk's input and its output alike, so the
-        # caller's ``x - estimate`` removes it without help
-        return OpponentColor(inverse=True, name="from_opponent")(h)
-    h = keras.layers.Subtract(name="drop_pedestal")([h, pedestal])
+    # a residual trunk returns a noise estimate, and the caller's ``x - estimate`` removes the
+    # pedestal without help (it is in the trunk's input and output alike); a plain one needs it
+    if not c.residual:
+        h = keras.layers.Subtract(name="drop_pedestal")([h, pedestal])
     return OpponentColor(inverse=True, name="from_opponent")(h)
 
 
