@@ -194,7 +194,9 @@ def _opponent_unet(x, c: UNetConfig):
     """
     trunk = c.model_copy(update={"channels": 1, "channel_mode": "joint"})
     opp = OpponentColor(name="to_opponent")(x)
-    pedestal = ChromaPedestal(c.pedestal_window, c.pedestal_gain, name="chroma_pedestal")(opp)
+    pedestal = ChromaPedestal(
+        c.pedestal_window, c.pedestal_gain, c.pedestal_chroma_window, name="chroma_pedestal"
+    )(opp)
     lifted = keras.layers.Add(name="lift_chroma")([opp, pedestal])
     h = ChannelsToBatch(name="channels_to_batch")(lifted)
     h = BatchToChannels(c.channels, name="batch_to_channels")(_unet(h, trunk))
@@ -361,11 +363,18 @@ def _positive_like(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _gate_extent(model: keras.Model) -> int:
-    """Radius that gates add beyond the linear support (an upper bound, safe for tiling)."""
+    """Radius that gates add beyond the linear support (an upper bound, safe for tiling).
+
+    A chroma pedestal's colour bound is zero around a gray impulse, so the probe sees
+    only its brightness window; what the bound reaches beyond that is added here.
+    """
     extra = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, SpatialGate):
             extra += layer.kernel_size // 2
         elif isinstance(layer, LocalSqueezeExcite):
             extra += layer.window // 2
+        elif isinstance(layer, ChromaPedestal) and layer.chroma_window:
+            bound = 2 + 2 * (layer.chroma_window // 2)  # 5-px box, max filter, box
+            extra += max(0, bound - layer.window // 2)
     return extra

@@ -114,6 +114,16 @@ class UNetConfig(_ArchBase):
     pedestal_gain: float = Field(
         1.0, gt=0, le=100, description="opponent: pedestal height in units of that local mean"
     )
+    pedestal_chroma_window: int = Field(
+        0,
+        ge=0,
+        le=1025,
+        description=(
+            "opponent: if > 0 (odd), each colour difference's pedestal is at least a "
+            "box mean of a max filter of its magnitude over this many px, so saturated "
+            "colours are lifted above zero too (0: brightness alone)"
+        ),
+    )
 
     @field_validator("unshuffle")
     @classmethod
@@ -127,6 +137,15 @@ class UNetConfig(_ArchBase):
     def _odd_window(cls, v: int) -> int:
         if v % 2 == 0:
             raise ValueError(f"pedestal_window must be odd, so the mean is centred (got {v})")
+        return v
+
+    @field_validator("pedestal_chroma_window")
+    @classmethod
+    def _odd_or_no_window(cls, v: int) -> int:
+        if v and v % 2 == 0:
+            raise ValueError(
+                f"pedestal_chroma_window must be odd, so the filters are centred, or 0 (got {v})"
+            )
         return v
 
     @model_validator(mode="after")

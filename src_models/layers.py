@@ -296,6 +296,12 @@ class OpponentColor(keras.layers.Layer):
         return {**super().get_config(), "inverse": self.inverse}
 
 
+def _box(x, w: int):
+    """Separable ``w``-wide box mean; "same" averages over the pixels inside the image only."""
+    x = ops.average_pool(x, (w, 1), strides=1, padding="same")
+    return ops.average_pool(x, (1, w), strides=1, padding="same")
+
+
 @keras.saving.register_keras_serializable(package=_PKG)
 class ChromaPedestal(keras.layers.Layer):
     """(N, H, W, 3) opponent planes -> (0, p, p), ``p = gain * local mean intensity``.
@@ -309,31 +315,55 @@ class ChromaPedestal(keras.layers.Layer):
     luminance: linear in the input (so still homogeneous, no constant is added),
     smooth enough to carry almost no noise, and local, so tiles agree wherever the
     receptive field, which includes ``window // 2``, is inside their margin.
+
+    With ``chroma_window`` (odd, 0 = off) each colour difference gets its own
+    pedestal, the larger of that brightness term and ``bound(|C|)``, a
+    ``chroma_window``-wide box mean of a max filter of the (5-px box smoothed)
+    ``|C|`` of the same width. Why: in saturated colours ``|C|`` exceeds the local
+    brightness, the lifted plane goes negative, and the trunk, which never saw
+    negative images, damages it. The bound is at least the smoothed ``|C|`` at every
+    pixel (every box it averages over holds that pixel), and box, max filter, ``|.|``
+    and ``max`` are all positively homogeneous, so the model stays bias-free.
     """
 
-    def __init__(self, window: int = 129, gain: float = 1.0, **kwargs):
+    def __init__(self, window: int = 129, gain: float = 1.0, chroma_window: int = 0, **kwargs):
         super().__init__(**kwargs)
         if window < 1 or window % 2 == 0:
             raise ValueError(f"ChromaPedestal expected an odd window >= 1. Received: {window}")
         if not gain > 0:
             raise ValueError(f"ChromaPedestal expected gain > 0. Received: gain={gain}")
+        if chroma_window < 0 or (chroma_window and chroma_window % 2 == 0):
+            raise ValueError(
+                f"ChromaPedestal expected an odd chroma_window, or 0 for none. "
+                f"Received: {chroma_window}"
+            )
         self.window = int(window)
         self.gain = float(gain)
+        self.chroma_window = int(chroma_window)
 
     def call(self, x):
         luma = x[..., :1]
-        w = self.window
-        # separable box mean; "same" averages over the pixels inside the image only
-        mean = ops.average_pool(luma, (w, 1), strides=1, padding="same")
-        mean = ops.average_pool(mean, (1, w), strides=1, padding="same")
+        mean = _box(luma, self.window)
         p = mean * (self.gain * 3**-0.5)  # luminance plane / sqrt(3) = mean of R, G, B
+        if self.chroma_window:
+            k = self.chroma_window
+            c = ops.abs(_box(x[..., 1:], 5))
+            c = ops.max_pool(c, (k, 1), strides=1, padding="same")
+            c = ops.max_pool(c, (1, k), strides=1, padding="same")
+            p = ops.maximum(p, _box(c, k))
+            return ops.concatenate([ops.zeros_like(luma), p], axis=-1)
         return ops.concatenate([ops.zeros_like(p), p, p], axis=-1)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "window": self.window, "gain": self.gain}
+        return {
+            **super().get_config(),
+            "window": self.window,
+            "gain": self.gain,
+            "chroma_window": self.chroma_window,
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PKG)

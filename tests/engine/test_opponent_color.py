@@ -66,6 +66,42 @@ def test_pedestal_is_the_local_mean_brightness_and_linear():
     )
 
 
+def _saturated_rgb(size: int = 48) -> np.ndarray:
+    """Dim, strongly coloured: pure red and blue squares on a dark gray ground."""
+    x = np.full((1, size, size, 3), 0.05, dtype="float32")
+    x[0, 8:24, 8:24] = (0.9, 0.02, 0.02)
+    x[0, 26:44, 20:40] = (0.02, 0.02, 0.8)
+    return x
+
+
+def test_chroma_bound_lifts_saturated_colour_differences_above_zero():
+    from scipy.ndimage import maximum_filter
+
+    opp = np.asarray(OpponentColor()(_saturated_rgb()))
+    brightness_only = np.asarray(ChromaPedestal(window=WINDOW)(opp))
+    before = np.minimum(opp[..., 1:] + brightness_only[..., 1:], 0.0)
+    assert before.min() < -0.4  # the failure it fixes: planes far below zero
+    ped = np.asarray(ChromaPedestal(window=WINDOW, chroma_window=7)(opp))
+    assert not ped[..., 0].any()
+    for c in (1, 2):
+        smooth = np.abs(_box_mean(opp[0, ..., c], 5))
+        bound = _box_mean(maximum_filter(smooth, 7, mode="nearest"), 7)
+        expected = np.maximum(brightness_only[0, ..., c], bound)
+        np.testing.assert_allclose(ped[0, ..., c], expected, rtol=1e-5, atol=1e-6)
+        assert (ped[0, ..., c] >= smooth - 1e-6).all()  # at least the smoothed |C| everywhere
+    # only the corners, where the 5-px smoothing rounds |C| off, stay a little below zero
+    after = np.minimum(opp[..., 1:] + ped[..., 1:], 0.0)
+    assert after.min() > -0.1 and (after**2).sum() < 0.01 * (before**2).sum()
+
+
+def test_chroma_bound_is_positively_homogeneous():
+    opp = np.asarray(OpponentColor()(_rgb(seed=11, size=40, n=1)))
+    layer = ChromaPedestal(window=WINDOW, chroma_window=7)
+    base = np.asarray(layer(opp))
+    for a in (0.1, 7.0):
+        np.testing.assert_allclose(np.asarray(layer(np.float32(a) * opp)), a * base, rtol=1e-5)
+
+
 def test_opponent_unet_starts_as_the_gray_unet_on_luminance_and_lifted_colour_differences():
     exact_float32()
     gray = build_model(UNetConfig(channels=1, **SHAPE))
@@ -93,11 +129,15 @@ def test_opponent_unet_starts_as_the_gray_unet_on_luminance_and_lifted_colour_di
     assert np.abs(out - y).max() > 1e-2  # it filters
 
 
+@pytest.mark.parametrize("chroma_window", [0, 5])
 @pytest.mark.parametrize("residual", [True, False])
-def test_opponent_unet_is_homogeneous_and_clean_gray_stays_gray_with_an_identity_trunk(residual):
+def test_opponent_unet_is_homogeneous_and_clean_gray_stays_gray_with_an_identity_trunk(
+    residual, chroma_window
+):
     exact_float32()
     config = UNetConfig(
-        channels=3, channel_mode="opponent", pedestal_window=WINDOW, residual=residual, **SHAPE
+        channels=3, channel_mode="opponent", pedestal_window=WINDOW, residual=residual,
+        pedestal_chroma_window=chroma_window, **SHAPE
     )
     model = build_model(config)
     if residual:  # a fresh residual model is the identity: pedestal in, pedestal out
@@ -111,14 +151,17 @@ def test_opponent_unet_is_homogeneous_and_clean_gray_stays_gray_with_an_identity
         assert np.abs(scaled - a * base).max() / np.abs(a * base).max() < 1e-4
 
 
-def test_opponent_tiles_agree_because_the_receptive_field_includes_the_pedestal():
+@pytest.mark.parametrize("chroma_window", [0, 21])
+def test_opponent_tiles_agree_because_the_receptive_field_includes_the_pedestal(chroma_window):
     model, card = tiny_model(
         "unet", seed=2, name="opp", channels=3, channel_mode="opponent", pedestal_window=31,
-        scales=2, width=8, convs=1, unshuffle=2,
+        pedestal_chroma_window=chroma_window, scales=2, width=8, convs=1, unshuffle=2,
     )
     trunk, trunk_card = tiny_model("unet", seed=2, channels=1, scales=2, width=8, convs=1,
                                    unshuffle=2)
-    assert card.receptive_field == trunk_card.receptive_field + 15  # measured, not assumed
+    # measured, not assumed: the chroma bound reaches 2 + 10 + 10 px, past the box's 15
+    reach = 22 if chroma_window else 15
+    assert card.receptive_field == trunk_card.receptive_field + reach
     den = Denoiser(model, card)
     grid = np.meshgrid(np.linspace(0, 4, 150), np.linspace(0, 3, 170), indexing="ij")
     img = np.stack([0.5 + 0.3 * np.sin(grid[0] + c * grid[1]) for c in range(3)], axis=-1)
@@ -135,6 +178,7 @@ def test_opponent_tiles_agree_because_the_receptive_field_includes_the_pedestal(
         ({"channels": 4, "channel_mode": "opponent"}, "is for RGB: it needs channels = 3"),
         ({"channels": 3, "channel_mode": "opponent", "pedestal_window": 64}, "must be odd"),
         ({"channels": 3, "channel_mode": "opponent", "pedestal_gain": 0}, "pedestal_gain"),
+        ({"channels": 3, "channel_mode": "opponent", "pedestal_chroma_window": 8}, "or 0"),
     ],
 )
 def test_bad_opponent_settings_are_clear_config_errors(architecture, message):
@@ -147,7 +191,10 @@ def test_opponent_model_saves_and_loads_with_identical_outputs(tmp_path):
 
     exact_float32()
     model = build_model(
-        UNetConfig(channels=3, channel_mode="opponent", pedestal_window=WINDOW, **SHAPE)
+        UNetConfig(
+            channels=3, channel_mode="opponent", pedestal_window=WINDOW,
+            pedestal_chroma_window=5, **SHAPE
+        )
     )
     randomize_weights(model, seed=8)
     model.save(tmp_path / "o.keras")
