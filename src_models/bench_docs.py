@@ -134,6 +134,8 @@ def _architecture_text(card) -> str:
     arch = card.recipe.architecture.model_dump()
     kind = arch.pop("kind")
     skip = {"l1", "l2", "orthogonal"}
+    if arch.get("channel_mode") != "opponent":  # the pedestal belongs to opponent models only
+        skip |= {k for k in arch if k.startswith("pedestal_")}
     return (
         f"{kind} ("
         + ", ".join(f"{k} {v}" for k, v in arch.items() if k not in skip and v not in (None, 0.0))

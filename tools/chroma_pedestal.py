@@ -7,7 +7,11 @@ images (``train/color432``, never ``eval/``). Prints the mean PSNR (8-bit, peak 
 per sigma and window, over all images and over the images whose colour differences
 exceed the brightness pedestal somewhere (saturated colours, where the brightness
 pedestal alone leaves the lifted planes negative). Zero-shot: it measures the
-transform with weights trained for window 0, not a retrained model.
+transform with the model's weights, not a retrained model. The ``color`` recipe's
+window came from the first opponent model, trained without the bound (window 0)::
+
+    git show bf718c4:src_models/pretrained/color.keras > color-s8.keras
+    python tools/chroma_pedestal.py --model color-s8.keras
 
     python tools/chroma_pedestal.py --data ../shared/data [--images 24] [--sigmas 1 5 15 50]
 """

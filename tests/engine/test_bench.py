@@ -452,3 +452,18 @@ def test_card_names_a_previous_stage_by_the_recipe_that_builds_it():
     assert _base_text("src_models/pretrained/gray.keras") == (
         "src_models/pretrained/gray.keras (the bundled `gray` model)"
     )
+
+
+def test_card_architecture_names_the_pedestal_only_for_opponent_models():
+    from types import SimpleNamespace
+
+    from src_models.bench_docs import _architecture_text
+    from src_models.config import UNetConfig
+
+    def text(**arch):
+        return _architecture_text(SimpleNamespace(recipe=SimpleNamespace(
+            architecture=UNetConfig(**arch)), kind="unet"))
+
+    assert "pedestal" not in text(channels=1)
+    opp = text(channels=3, channel_mode="opponent", pedestal_chroma_window=33)
+    assert "pedestal_window 129" in opp and "pedestal_chroma_window 33" in opp
