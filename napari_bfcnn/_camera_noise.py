@@ -20,6 +20,7 @@ from src_models.registry import (  # one rule for widget and CLI
     MICROSCOPY_CORRELATED_MODEL,
     MICROSCOPY_MODEL,
     is_camera_data,
+    looks_like_fluorescence_composite,
 )
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "MICROSCOPY_MODEL",
     "CameraNoise",
     "centre_crop_index",
+    "composite_hint",
     "correlation_warning",
     "estimate_camera_noise",
     "microscopy_reason",
@@ -65,6 +67,27 @@ def microscopy_reason(
         text += f", noise correlated between neighbours ({rho:.2f})"
         return f"{text}: {MICROSCOPY_CORRELATED_MODEL} model proposed"
     return f"{text}: {MICROSCOPY_MODEL} model proposed"
+
+
+def composite_hint(layer: Any) -> str:
+    """A hint for RGB layers that look like fluorescence composites, or "".
+
+    Why a hint, not a proposal: an RGB layer may be a photo taken in the dark; the
+    user knows, and the colour model stays chosen unless they pick another.
+    """
+    if not getattr(layer, "rgb", False):
+        return ""
+    data = getattr(layer, "data", None)
+    if getattr(layer, "multiscale", False) and data is not None:
+        data = data[-1]  # the smallest level is enough for a look
+    try:
+        composite = data is not None and looks_like_fluorescence_composite(data)
+    except Exception:  # a hint must never break the widget  # noqa: BLE001
+        log.debug("composite check failed", exc_info=True)
+        return ""
+    if not composite:
+        return ""
+    return f"mostly dark RGB: if fluorescence, {MICROSCOPY_MODEL} (per channel) suits it better"
 
 
 def centre_crop_index(

@@ -38,6 +38,7 @@ from ._camera_noise import (
     MICROSCOPY_MODEL,
     CameraNoise,
     centre_crop_index,
+    composite_hint,
     correlation_warning,
     estimate_camera_noise,
     microscopy_reason,
@@ -101,6 +102,7 @@ class DenoiseWidget(ImageModelWidget):
 
         self.model_info = Label(label="", value="")
         self.model_reason = Label(label="", value="")
+        self.model_reason.native.setWordWrap(True)  # a hint must not widen the dock
         self.noise_level = Label(label="noise level", value="-")
         self.camera_noise = Label(label="camera noise", value="-")
         self.range_warning = Label(label="", value="")
@@ -383,15 +385,24 @@ class DenoiseWidget(ImageModelWidget):
         finally:
             self._setting = False
         self._proposed = bool(reason)
-        self.model_reason.value = reason
-        self.model_reason.tooltip = (
-            "trained on Poisson-Gaussian (camera) noise"
-            + (", also correlated between neighbouring pixels" if correlated else "")
-            + "; the black level is set to auto. Pick another model to override it for this layer."
-            if reason
-            else ""
-        )
-        self.model_reason.visible = bool(reason)
+        hint = "" if reason or layer is None else composite_hint(layer)
+        self.model_reason.value = reason or hint
+        if reason:
+            self.model_reason.tooltip = (
+                "trained on Poisson-Gaussian (camera) noise"
+                + (", also correlated between neighbouring pixels" if correlated else "")
+                + "; the black level is set to auto. Pick another model to override it "
+                "for this layer."
+            )
+        else:
+            self.model_reason.tooltip = (
+                "A hint only: the model stays as chosen. If the channels are fluorophores, "
+                "the microscopy model, trained on camera noise, denoises each on its own "
+                "(set the black level to auto)."
+                if hint
+                else ""
+            )
+        self.model_reason.visible = bool(reason or hint)
 
     def _on_model_changed(self, *_args) -> None:
         if not self._setting:  # the user's choice (or a script's): remembered for this layer

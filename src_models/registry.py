@@ -31,6 +31,7 @@ __all__ = [
     "default_model",
     "delete_user_model",
     "is_camera_data",
+    "looks_like_fluorescence_composite",
     "list_models",
     "load_model",
     "rename_user_model",
@@ -200,6 +201,42 @@ def is_camera_data(dtype, rgb: bool = False) -> bool:
 
     dt = np.dtype(dtype)
     return not rgb and dt.kind in "iu" and dt.itemsize >= 2
+
+
+def looks_like_fluorescence_composite(rgb, dark_fraction: float = 0.15) -> bool:
+    """Whether an RGB image looks like a composite of fluorescence channels, not a photo.
+
+    Why: such composites (dark ground, each fluorophore in its own colour) are better
+    denoised channel by channel with the microscopy model than by the photo colour
+    model; the plugin then says so, without changing the choice. The rule: at least
+    half the pixels are darker, in their brightest channel, than ``dark_fraction`` of
+    the image's bright end (99.5th percentile). Photos rarely are; night shots may be,
+    and for those the hint is harmless.
+
+    Parameters
+    ----------
+    rgb : array-like, (..., H, W, 3)
+        An RGB image or stack (the first plane is looked at; lazy arrays are read
+        only there, at most 256 px a side); any dtype.
+    dark_fraction : float
+        How dark "dark" is, as a fraction of the bright end.
+    """
+    import numpy as np
+
+    shape = tuple(getattr(rgb, "shape", np.shape(rgb)))
+    if len(shape) < 3 or shape[-1] != 3 or 0 in shape:
+        return False
+    step = max(1, max(shape[-3:-1]) // 256)  # a 256-px view is plenty for percentiles
+    # index before converting: a lazy (dask, zarr) layer reads only this view
+    view = rgb[(0,) * (len(shape) - 3) + (slice(None, None, step), slice(None, None, step))]
+    peak = np.asarray(view, dtype=np.float64).max(axis=-1)
+    peak = peak[np.isfinite(peak)]
+    if peak.size == 0:
+        return False
+    low, bright = np.percentile(peak, [0.5, 99.5])
+    if not bright > low:  # flat image
+        return False
+    return bool(np.median(peak) - low < dark_fraction * (bright - low))
 
 
 def default_model(channels: int, rgb: bool, dtype=None, noise=None) -> str:

@@ -184,3 +184,49 @@ def test_camera_data_with_correlated_noise_default_to_the_model_trained_for_it()
     assert registry.default_model(1, False, np.uint16, noise=white) == "microscopy"
     assert registry.default_model(1, False, np.uint16) == "microscopy"
     assert registry.default_model(1, False, np.uint8, noise=correlated) == "gray"  # a photo
+
+
+def _composite(size: int = 300, dtype=np.uint8) -> np.ndarray:
+    """Three fluorophores as red, green and blue blobs on a nearly black ground."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    img = np.zeros((size, size, 3))
+    for c in range(3):
+        for _ in range(12):
+            cy, cx = rng.uniform(0, size, 2)
+            img[..., c] += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 60.0)
+    img = 200 * img / img.max() + 4 + rng.poisson(2.0, img.shape)
+    return img.astype(dtype)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_photos_do_not_look_like_fluorescence_composites(name):
+    from skimage import data
+
+    assert not registry.looks_like_fluorescence_composite(getattr(data, name)())
+
+
+def test_dark_rgb_composites_are_recognised_in_any_dtype_and_stack():
+    comp = _composite()
+    assert registry.looks_like_fluorescence_composite(comp)
+    assert registry.looks_like_fluorescence_composite(comp.astype(np.float32) / 255 + 0.3)
+    assert registry.looks_like_fluorescence_composite(np.stack([comp, comp]))  # first plane
+    assert not registry.looks_like_fluorescence_composite(np.zeros((32, 32, 3), np.uint16))
+    assert not registry.looks_like_fluorescence_composite(comp[..., :2])  # not RGB
+    nan = comp.astype(np.float32)
+    nan[:10] = np.nan
+    assert registry.looks_like_fluorescence_composite(nan)
+
+
+def test_composite_check_reads_only_a_small_view_of_a_lazy_stack():
+    class Lazy:
+        shape = (50, 4096, 4096, 3)
+        ndim = 4
+
+        def __getitem__(self, index):
+            self.index = index
+            return _composite(256)
+
+    lazy = Lazy()
+    assert registry.looks_like_fluorescence_composite(lazy)
+    assert lazy.index[:2] == (0, slice(None, None, 16))

@@ -297,3 +297,25 @@ def test_closing_after_qt_deleted_the_estimate_timer_does_not_raise(
     sip.delete(timer)  # what interpreter exit does to an unparented QTimer
     widget._disconnect()  # used to raise "wrapped C/C++ object ... has been deleted"
     assert widget._closed
+
+
+def test_a_dark_rgb_composite_gets_a_hint_but_keeps_the_chosen_model(
+    bundled_microscopy, make_napari_viewer, qtbot
+):
+    from skimage import data
+
+    viewer, widget = _widget(make_napari_viewer)
+    yy, xx = np.mgrid[:128, :128]
+    comp = np.zeros((128, 128, 3), np.uint8)
+    comp[..., 0] = 220 * (np.hypot(yy - 40, xx - 40) < 12)  # a red and a green cell, dark ground
+    comp[..., 1] = 180 * (np.hypot(yy - 90, xx - 80) < 15)
+    viewer.add_image(comp, rgb=True, name="composite")
+    assert widget.model.value == "auto"  # a hint, not a proposal
+    assert widget.model_reason.value.startswith("mostly dark RGB")
+    assert "microscopy" in widget.model_reason.value
+    assert widget.black_level.value == BLACK_NONE
+    widget.model.value = "tiny-gray"
+    assert widget.model_reason.value.startswith("mostly dark RGB")  # still true of the layer
+    viewer.add_image(data.astronaut(), rgb=True, name="photo")
+    assert widget.model_reason.value == ""
+    _wait_for_camera_noise(qtbot, widget)
