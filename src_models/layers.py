@@ -306,6 +306,8 @@ def _box(x, w: int):
 class ChromaPedestal(keras.layers.Layer):
     """(N, H, W, 3) opponent planes -> (0, p, p), ``p = gain * local mean intensity``.
 
+    With ``chroma_window``: (0, p1, p2), each ``pi`` at least a bound on plane i's ``|C|``.
+
     Why: the colour-difference planes are signed and centred on zero, unlike any
     image a one-channel denoiser was trained on; it then mistakes their small
     signal for noise or noise for signal. Lifted onto a pedestal the size of the
