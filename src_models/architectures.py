@@ -374,7 +374,6 @@ def _gate_extent(model: keras.Model) -> int:
             extra += layer.kernel_size // 2
         elif isinstance(layer, LocalSqueezeExcite):
             extra += layer.window // 2
-        elif isinstance(layer, ChromaPedestal) and layer.chroma_window:
-            bound = 2 + 2 * (layer.chroma_window // 2)  # 5-px box, max filter, box
-            extra += max(0, bound - layer.window // 2)
+        elif isinstance(layer, ChromaPedestal):
+            extra += max(0, layer.chroma_reach - layer.window // 2)
     return extra

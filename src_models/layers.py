@@ -343,13 +343,22 @@ class ChromaPedestal(keras.layers.Layer):
         self.gain = float(gain)
         self.chroma_window = int(chroma_window)
 
+    SMOOTH = 5  # px: the box that calms the noise in |C| before the max filter
+
+    @property
+    def chroma_reach(self) -> int:
+        """How far (px) the colour bound looks from a pixel: smoothing, max filter, box."""
+        if not self.chroma_window:
+            return 0
+        return self.SMOOTH // 2 + 2 * (self.chroma_window // 2)
+
     def call(self, x):
         luma = x[..., :1]
         mean = _box(luma, self.window)
         p = mean * (self.gain * 3**-0.5)  # luminance plane / sqrt(3) = mean of R, G, B
         if self.chroma_window:
             k = self.chroma_window
-            c = ops.abs(_box(x[..., 1:], 5))
+            c = ops.abs(_box(x[..., 1:], self.SMOOTH))
             c = ops.max_pool(c, (k, 1), strides=1, padding="same")
             c = ops.max_pool(c, (1, k), strides=1, padding="same")
             p = ops.maximum(p, _box(c, k))

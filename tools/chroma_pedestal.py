@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from src_models.architectures import build_model
     from src_models.data import list_images, load_image, psnr
     from src_models.inference import Denoiser
+    from src_models.layers import ChromaPedestal, OpponentColor
     from src_models.registry import load_model
 
     base = load_model(args.model)
@@ -55,30 +56,27 @@ def main(argv: list[str] | None = None) -> int:
 
     files = list_images([Path(args.data) / "train" / "color432"])
     files = files[:: max(1, len(files) // args.images)][: args.images]
+    images = {f.name: load_image(f, color=True).astype(np.float64) for f in files}
+    brightness_only = ChromaPedestal(arch.pedestal_window, arch.pedestal_gain)
     saturated = set()
-    for f in files:  # colour difference above the 129-px mean brightness somewhere
-        rgb = load_image(f, color=True).astype(np.float64)
-        from scipy.ndimage import uniform_filter
-
-        bright = uniform_filter(rgb.mean(-1), arch.pedestal_window, mode="constant")
-        bright /= uniform_filter(np.ones(rgb.shape[:2]), arch.pedestal_window, mode="constant")
-        rb = (rgb[..., 0] - rgb[..., 2]) / np.sqrt(2)
-        gm = (rgb[..., 0] - 2 * rgb[..., 1] + rgb[..., 2]) / np.sqrt(6)
-        if (np.maximum(abs(rb), abs(gm)) > bright + 0.02).mean() > 0.005:
-            saturated.add(f.name)
+    for name, rgb in images.items():  # a colour difference above the brightness pedestal
+        opp = OpponentColor()(rgb[None].astype("float32"))
+        above = np.abs(np.asarray(opp)[..., 1:]) > np.asarray(brightness_only(opp))[..., 1:] + 0.02
+        if above.any(axis=-1).mean() > 0.005:
+            saturated.add(name)
     print(f"{len(files)} training images, {len(saturated)} with saturated colours", flush=True)
     print("| sigma | window | all | saturated |\n|---|---|---|---|")
     for sigma in args.sigmas:
         for w, den in models.items():
             alls, sats = [], []
-            for f in files:
-                clean = np.round(load_image(f, color=True).astype(np.float64) * 255.0)
-                rng = np.random.default_rng([zlib.crc32(f.name.encode()), int(sigma * 10)])
+            for name, rgb in images.items():
+                clean = np.round(rgb * 255.0)
+                rng = np.random.default_rng([zlib.crc32(name.encode()), int(sigma * 10)])
                 noisy = clean + sigma * rng.standard_normal(clean.shape)
                 out = den.denoise((noisy / 255.0).astype(np.float32), channel_axis=-1, offset=0.0)
                 v = psnr(clean / 255.0, np.asarray(out, np.float64))
                 alls.append(v)
-                if f.name in saturated:
+                if name in saturated:
                     sats.append(v)
             sat = f"{np.mean(sats):.2f}" if sats else "-"
             print(f"| {sigma:g} | {w} | {np.mean(alls):.2f} | {sat} |", flush=True)
