@@ -181,9 +181,7 @@ def card_markdown(card, rows: Sequence[Row], meta: dict, name: str | None = None
             f" of {t.steps:,} (batch {t.batch_size}, patches {card.recipe.data.patch_size}², "
             f"{t.loss} loss, lr {t.learning_rate:g})"
         )
-    val = ", ".join(
-        f"σ={k}: {v:.2f} dB" for k, v in sorted(card.val_psnr.items(), key=lambda kv: float(kv[0]))
-    )
+    val = card.validation_text()
     facts = [
         ("architecture", _architecture_text(card)),
         ("channels", str(card.channels)),

@@ -18,6 +18,7 @@ __all__ = [
     "CorruptionConfig",
     "DataConfig",
     "DnCNNConfig",
+    "FluorescenceConfig",
     "MultiscaleConfig",
     "RecipeConfig",
     "ResNetConfig",
@@ -239,6 +240,37 @@ class CorruptionConfig(_Strict):
         return v
 
 
+class FluorescenceConfig(_Strict):
+    """Photos made to look like widefield fluorescence before the noise is added.
+
+    Why: a fluorescence image is a dark field of labelled structures seen through the
+    microscope's point-spread function, so it has no detail finer than the PSF; a model
+    that learned only photos keeps pixel-sharp "detail" that the optics cannot deliver.
+    The transformed image is the target as well as the signal the noise is added to.
+    """
+
+    prob: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of clean patches transformed (0: photos as is)"
+    )
+    gamma_range: tuple[float, float] = Field(
+        (1.0, 3.0),
+        description="intensity remap x**gamma, gamma uniform in the range: darker background, "
+        "sparser bright structures",
+    )
+    psf_sigma_range: tuple[float, float] = Field(
+        (0.5, 2.0),
+        description="Gaussian PSF width, pixels, uniform in the range (Nyquist sampling: ~0.85)",
+    )
+
+    @field_validator("gamma_range", "psf_sigma_range")
+    @classmethod
+    def _positive_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if lo <= 0 or hi < lo:
+            raise ValueError(f"must be (low, high) with 0 < low <= high (got {v})")
+        return v
+
+
 class DataConfig(_Strict):
     """Where clean training images come from. Relative paths are relative to the recipe file."""
 
@@ -249,6 +281,7 @@ class DataConfig(_Strict):
     patch_size: int = Field(64, ge=8, le=1024)
     color: bool = False
     augment: bool = True
+    fluorescence: FluorescenceConfig = Field(default_factory=FluorescenceConfig)
 
 
 class TrainingConfig(_Strict):
@@ -270,9 +303,21 @@ class TrainingConfig(_Strict):
     hinge_margin: float = Field(0.0, ge=0.0, description="|error| below this costs nothing (8-bit)")
     val_every: int = Field(500, ge=1)
     val_sigmas: tuple[float, ...] = (15.0, 25.0, 50.0)
+    val_photons: tuple[float, ...] = Field(
+        (),
+        description="also validate on Poisson noise at these photons at full scale, on the "
+        "validation images made fluorescence-like when data.fluorescence is on",
+    )
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(50, ge=1)
     seed: int = 0
+
+    @field_validator("val_photons")
+    @classmethod
+    def _photons_positive(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(p <= 0 for p in v):
+            raise ValueError(f"photon counts must be > 0 (got {v})")
+        return v
 
     @model_validator(mode="after")
     def _lr_order(self) -> TrainingConfig:
@@ -381,7 +426,21 @@ class ModelCard(_Strict):
     steps_done: int = 0
     training_time_s: float = 0.0
     hardware: str = ""
-    val_psnr: dict[str, float] = Field(default_factory=dict, description="sigma -> PSNR (dB)")
+    val_psnr: dict[str, float] = Field(
+        default_factory=dict, description="sigma (or '<photons>ph') -> PSNR (dB)"
+    )
     training_data: list[str] = Field(default_factory=list)
     created: str = ""
     notes: dict[str, str] = Field(default_factory=dict)
+
+    def validation_text(self) -> str:
+        """The validation PSNRs in words: Gaussian sigmas first, then photon levels."""
+        sigmas = sorted(
+            (float(k), v) for k, v in self.val_psnr.items() if not k.endswith("ph")
+        )
+        photons = sorted(
+            (float(k[:-2]), v) for k, v in self.val_psnr.items() if k.endswith("ph")
+        )
+        parts = [f"σ={k:g}: {v:.2f} dB" for k, v in sigmas]
+        parts += [f"{k:g} photons: {v:.2f} dB" for k, v in photons]
+        return ", ".join(parts)

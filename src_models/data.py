@@ -12,16 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CorruptionConfig
-from .corruptions import add_gaussian, check_seed, corrupt
+from .config import CorruptionConfig, FluorescenceConfig
+from .corruptions import add_gaussian, check_seed, corrupt, poisson_gaussian
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "PairSampler",
     "PatchSampler",
     "check_images",
+    "fluorescence_like",
     "list_images",
     "load_image",
+    "photon_validation_set",
     "psnr",
     "split_train_val",
     "validation_set",
@@ -34,6 +36,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _PATCH_STREAM = 1
 _NOISE_STREAM = 2
 _VAL_STREAM = 3
+_FLUORESCENCE_STREAM = 4
 
 
 def list_images(paths: Sequence[str | Path]) -> list[Path]:
@@ -230,6 +233,35 @@ def check_images(images: Sequence[np.ndarray], name: str = "images") -> list[np.
     return out
 
 
+def fluorescence_like(
+    clean: np.ndarray, config: FluorescenceConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """A clean photo as a widefield microscope would image it: ``x**gamma`` through a Gaussian PSF.
+
+    Why: fluorescence images are dark fields of sparse structures with no detail finer
+    than the optics' point-spread function; photos teach neither. Gamma and PSF width
+    are drawn uniformly from ``config``'s ranges; borders are mirrored. Stays in [0, 1].
+
+    Parameters
+    ----------
+    clean : ndarray
+        float (H, W, C) image in [0, 1]; not modified.
+    config : FluorescenceConfig
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray
+        float32 (H, W, C).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    gamma = float(rng.uniform(*config.gamma_range))
+    width = float(rng.uniform(*config.psf_sigma_range))
+    x = np.power(np.clip(np.asarray(clean, dtype=np.float32), 0.0, 1.0), np.float32(gamma))
+    return gaussian_filter(x, sigma=(width, width, 0.0), mode="mirror").astype(np.float32)
+
+
 class PatchSampler:
     """Random noisy/clean patch batches, each a pure function of (seed, step).
 
@@ -250,6 +282,9 @@ class PatchSampler:
         Non-negative.
     augment : bool
         Random flips and 90-degree rotations.
+    fluorescence : FluorescenceConfig, optional
+        With ``prob`` > 0, that share of clean patches is made fluorescence-like
+        (:func:`fluorescence_like`) before the noise; the target is the transformed patch.
     """
 
     def __init__(
@@ -260,6 +295,7 @@ class PatchSampler:
         corruption: CorruptionConfig,
         seed: int = 0,
         augment: bool = True,
+        fluorescence: FluorescenceConfig | None = None,
     ) -> None:
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1 (got {patch_size})")
@@ -274,6 +310,7 @@ class PatchSampler:
         self.corruption = corruption
         self.seed = check_seed(seed)
         self.augment = bool(augment)
+        self.fluorescence = fluorescence if fluorescence is not None else FluorescenceConfig()
         self.channels = imgs[0].shape[-1]
 
     @staticmethod
@@ -302,6 +339,11 @@ class PatchSampler:
                     patch = patch[:, ::-1]
                 patch = np.rot90(patch, int(rng.integers(4)), axes=(0, 1))
             out[i] = patch
+        if self.fluorescence.prob > 0:  # its own stream: recipes without it keep their batches
+            for i in range(b):
+                f_rng = np.random.default_rng([self.seed, step, _FLUORESCENCE_STREAM, i])
+                if f_rng.random() < self.fluorescence.prob:
+                    out[i] = fluorescence_like(out[i], self.fluorescence, f_rng)
         return out
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -428,6 +470,50 @@ def validation_set(
         for k, s in enumerate(sigmas):
             rng = np.random.default_rng([seed, _VAL_STREAM, j, k])
             out.append((add_gaussian(clean, float(s), rng), clean, float(s)))
+    return out
+
+
+def photon_validation_set(
+    images: list[np.ndarray],
+    photons: Sequence[float],
+    seed: int,
+    crop: int | None = 256,
+    fluorescence: FluorescenceConfig | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Fixed Poisson-noise validation pairs: every image at every photon level.
+
+    Why: a microscopy model is chosen on the noise it is for (shot noise at a few
+    photons), not only on Gaussian sigmas. With ``fluorescence`` (``prob`` > 0) every
+    clean image is first made fluorescence-like with one fixed draw per image.
+
+    Parameters
+    ----------
+    images : list of ndarray
+        float (H, W, C) clean images in [0, 1].
+    photons : sequence of float
+        Expected photons at signal 1.0 (> 0); no read noise.
+    seed : int
+        Non-negative; image j at level k uses ``default_rng([seed, 3, j, 4, k + 1])``.
+    crop : int or None
+        Centre-crop each image to at most ``crop x crop`` (None: whole image).
+    fluorescence : FluorescenceConfig, optional
+
+    Returns
+    -------
+    list of (noisy, clean, label)
+        Image-major order; ``label`` is ``"<photons>ph"`` (e.g. ``"10ph"``).
+    """
+    imgs = check_images(images) if len(images) else []
+    seed = check_seed(seed)
+    out = []
+    for j, im in enumerate(imgs):
+        clean = _centre_crop(im, crop, 1)
+        if fluorescence is not None and fluorescence.prob > 0:
+            rng = np.random.default_rng([seed, _VAL_STREAM, j, _FLUORESCENCE_STREAM])
+            clean = fluorescence_like(clean, fluorescence, rng)
+        for k, p in enumerate(photons):
+            rng = np.random.default_rng([seed, _VAL_STREAM, j, _FLUORESCENCE_STREAM, k + 1])
+            out.append((poisson_gaussian(clean, float(p), 0.0, rng), clean, f"{p:g}ph"))
     return out
 
 

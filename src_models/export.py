@@ -139,9 +139,7 @@ def _documentation(den: Denoiser, model_file: Path, errors: dict[str, float], si
         text = card_markdown(card, [], {}, name=den.name).split("\n## Benchmark")[0].rstrip()
     halo, min_size = halo_and_min_size(card)
     m = card.size_multiple
-    val = ", ".join(
-        f"σ={k}: {v:.2f} dB" for k, v in sorted(card.val_psnr.items(), key=lambda kv: float(kv[0]))
-    )
+    val = card.validation_text()
     checks = ", ".join(f"{fmt} {err:.1e}" for fmt, err in errors.items())
     usage = f"""
 

@@ -157,13 +157,14 @@ def _predict_padded(model, image: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def evaluate(model, val_set, multiple: int) -> dict[str, float]:
-    """Mean PSNR (dB, [0,1] images) per sigma on a fixed validation set."""
+    """Mean PSNR (dB, [0,1] images) per sigma (or photon label) on a fixed validation set."""
     from .data import psnr
 
     scores: dict[str, list[float]] = {}
-    for noisy, clean, sigma in val_set:
+    for noisy, clean, level in val_set:
         est = _predict_padded(model, noisy, multiple)
-        scores.setdefault(f"{sigma:g}", []).append(psnr(clean, est))
+        key = level if isinstance(level, str) else f"{level:g}"
+        scores.setdefault(key, []).append(psnr(clean, est))
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
@@ -316,7 +317,7 @@ def train(
     import yaml
 
     from .architectures import parameter_count, receptive_field, size_multiple
-    from .data import PatchSampler, split_train_val, validation_set
+    from .data import PatchSampler, photon_validation_set, split_train_val, validation_set
     from .modelfile import copy_with_card, read_card, save_model
     from .prefetch import prefetched_batches
 
@@ -348,6 +349,13 @@ def train(
             # one image (a single napari layer, say): score on the training image, not on nothing
             val_images = images
         val_set = validation_set(list(val_images), t_cfg.val_sigmas, seed=t_cfg.seed, crop=256)
+        val_set += photon_validation_set(
+            list(val_images),
+            t_cfg.val_photons,
+            seed=t_cfg.seed,
+            crop=256,
+            fluorescence=recipe.data.fluorescence,
+        )
 
     model, base_card, resumed = _build_or_load(recipe, ckpt, resume)
     if recipe.init_from:  # fine-tuning (or resuming a fine-tuning run): keep the base's statistics
@@ -388,6 +396,7 @@ def train(
             recipe.corruption,
             seed=t_cfg.seed,
             augment=recipe.data.augment,
+            fluorescence=recipe.data.fluorescence,
         )
     if hasattr(sampler, "bind"):
         sampler.bind(model)

@@ -70,3 +70,28 @@ def test_every_bundled_recipe_validates_and_points_at_training_data_only(path):
         ), recipe.init_from
     for p in recipe.data.train + recipe.data.val:
         assert "/eval" not in p.replace("\\", "/"), f"{path.name} trains or validates on eval/: {p}"
+
+
+def test_fluorescence_ranges_must_be_positive_and_ordered():
+    bad_gamma = {**_base(), "data": {"fluorescence": {"prob": 0.5, "gamma_range": [0, 2]}}}
+    with pytest.raises(ConfigError, match=r"data\.fluorescence\.gamma_range.*0 < low <= high"):
+        parse_recipe(bad_gamma)
+    bad_psf = {**_base(), "data": {"fluorescence": {"psf_sigma_range": [2.0, 1.0]}}}
+    with pytest.raises(ConfigError, match=r"data\.fluorescence\.psf_sigma_range"):
+        parse_recipe(bad_psf)
+    with pytest.raises(ConfigError, match=r"data\.fluorescence\.prob"):
+        parse_recipe({**_base(), "data": {"fluorescence": {"prob": 1.5}}})
+
+
+def test_validation_photons_must_be_positive():
+    with pytest.raises(ConfigError, match=r"training\.val_photons.*> 0"):
+        parse_recipe({**_base(), "training": {"val_photons": [10, 0]}})
+
+
+def test_card_validation_text_lists_sigmas_then_photon_levels_in_order():
+    from src_models.config import ModelCard
+
+    card = ModelCard(name="m", val_psnr={"50": 23.5, "30ph": 31.25, "15": 29.0, "3ph": 24.0})
+    assert card.validation_text() == (
+        "σ=15: 29.00 dB, σ=50: 23.50 dB, 3 photons: 24.00 dB, 30 photons: 31.25 dB"
+    )

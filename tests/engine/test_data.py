@@ -8,11 +8,13 @@ import pytest
 import tifffile
 from skimage.color import rgb2gray
 
-from src_models.config import CorruptionConfig
+from src_models.config import CorruptionConfig, FluorescenceConfig
 from src_models.data import (
     PatchSampler,
+    fluorescence_like,
     list_images,
     load_image,
+    photon_validation_set,
     psnr,
     split_train_val,
     validation_set,
@@ -205,6 +207,88 @@ def test_patch_sampler_rejects_mixed_channels_and_negative_step():
     sampler = PatchSampler([_ramp()], 8, 2, NOISE)
     with pytest.raises(ValueError, match="step must be a non-negative integer"):
         sampler.batch(-1)
+
+
+# --- fluorescence-like clean images -------------------------------------------------------
+
+
+def test_fluorescence_like_blurs_a_point_by_the_drawn_psf_and_keeps_its_mass():
+    point = np.zeros((41, 41, 1), np.float32)
+    point[20, 20] = 1.0
+    cfg = FluorescenceConfig(prob=1.0, gamma_range=(2.0, 2.0), psf_sigma_range=(1.5, 1.5))
+    out = fluorescence_like(point, cfg, np.random.default_rng(0))
+    assert out.dtype == np.float32 and out.shape == point.shape
+    assert out.sum() == pytest.approx(1.0, rel=1e-4)  # a PSF spreads light, never adds any
+    yy, xx = np.mgrid[:41, :41] - 20
+    assert np.sqrt((out[..., 0] * yy**2).sum()) == pytest.approx(1.5, rel=0.02)
+    assert np.sqrt((out[..., 0] * xx**2).sum()) == pytest.approx(1.5, rel=0.02)
+    assert point.sum() == 1.0 and point[20, 20, 0] == 1.0  # the input is not modified
+
+
+def test_fluorescence_like_darkens_by_gamma_and_stays_in_unit_range():
+    flat = np.full((16, 16, 1), 0.5, np.float32)
+    cfg = FluorescenceConfig(prob=1.0, gamma_range=(3.0, 3.0), psf_sigma_range=(1.0, 1.0))
+    out = fluorescence_like(flat, cfg, np.random.default_rng(0))
+    np.testing.assert_allclose(out, 0.125, rtol=1e-5)  # flat stays flat: 0.5**3
+    wild = np.random.default_rng(1).normal(0.5, 1.0, (32, 32, 3)).astype(np.float32)
+    out = fluorescence_like(wild, FluorescenceConfig(prob=1.0), np.random.default_rng(2))
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_fluorescence_like_blurs_channels_separately():
+    image = np.zeros((21, 21, 2), np.float32)
+    image[10, 10, 0] = 1.0
+    out = fluorescence_like(image, FluorescenceConfig(prob=1.0), np.random.default_rng(0))
+    assert out[..., 1].max() == 0.0 and out[..., 0].max() > 0.0
+
+
+def test_patch_sampler_with_fluorescence_transforms_its_share_and_noises_the_transformed_target():
+    images = [np.random.default_rng(0).random((64, 64, 1), dtype=np.float32)]
+    plain = PatchSampler(images, 16, 64, NOISE, seed=5, augment=False)
+    cfg = FluorescenceConfig(prob=0.5, gamma_range=(2.0, 3.0), psf_sigma_range=(1.0, 2.0))
+    fluo = PatchSampler(images, 16, 64, NOISE, seed=5, augment=False, fluorescence=cfg)
+    a, b = plain.clean_patches(3), fluo.clean_patches(3)
+    changed = ~np.all(a == b, axis=(1, 2, 3))
+    assert 0.3 < changed.mean() < 0.7
+    assert b[changed].std() < 0.5 * a[changed].std()  # blurred noise-like image: smoother
+    assert b[changed].mean() < a[changed].mean()  # gamma > 1 darkens
+    np.testing.assert_array_equal(a[~changed], b[~changed])
+    noisy, clean = fluo.batch(3)
+    np.testing.assert_array_equal(clean, b)
+
+
+def test_patch_sampler_without_fluorescence_keeps_its_batches():
+    images = [_ramp(), _ramp(64, 32)]
+    off = FluorescenceConfig(prob=0.0)
+    for x, y in zip(
+        PatchSampler(images, 16, 4, NOISE, seed=3).batch(2),
+        PatchSampler(images, 16, 4, NOISE, seed=3, fluorescence=off).batch(2),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_photon_validation_set_has_shot_noise_at_each_level_and_fixed_labels():
+    images = [np.full((40, 40, 1), 0.5, np.float32), np.full((30, 30, 1), 0.25, np.float32)]
+    pairs = photon_validation_set(images, (10.0, 100.0), seed=0, crop=None)
+    assert [lab for _, _, lab in pairs] == ["10ph", "100ph", "10ph", "100ph"]
+    noisy, clean, _ = pairs[0]
+    assert noisy.var() == pytest.approx(0.5 / 10, rel=0.15)  # Poisson: var = signal / photons
+    assert pairs[1][0].var() == pytest.approx(0.5 / 100, rel=0.15)
+    again = photon_validation_set(images, (10.0, 100.0), seed=0, crop=None)
+    for (n1, _, _), (n2, _, _) in zip(pairs, again, strict=True):
+        np.testing.assert_array_equal(n1, n2)
+
+
+def test_photon_validation_set_makes_the_clean_images_fluorescence_like_once_per_image():
+    image = np.random.default_rng(0).random((48, 48, 1), dtype=np.float32)
+    cfg = FluorescenceConfig(prob=0.5, gamma_range=(2.0, 2.0), psf_sigma_range=(1.0, 1.0))
+    pairs = photon_validation_set([image], (3.0, 30.0), seed=0, crop=None, fluorescence=cfg)
+    expected = fluorescence_like(image, cfg, np.random.default_rng(0))
+    np.testing.assert_allclose(pairs[0][1], expected, rtol=1e-6)
+    np.testing.assert_array_equal(pairs[0][1], pairs[1][1])
+    plain = photon_validation_set([image], (3.0,), seed=0, crop=None)
+    np.testing.assert_array_equal(plain[0][1], image)
 
 
 # --- validation_set / psnr ------------------------------------------------------------------

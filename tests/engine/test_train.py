@@ -73,6 +73,26 @@ def test_tiny_model_training_raises_validation_psnr_above_noisy_input(tmp_path, 
     assert card.steps_done == 200 and card.receptive_field == 4 and card.val_psnr["25"] > 23
 
 
+def test_photon_validation_levels_are_scored_logged_and_carded(tmp_path, images):
+    from src_models.config import FluorescenceConfig
+    from src_models.data import photon_validation_set, psnr
+
+    train_ims, val_ims = images
+    recipe = _recipe(10, val_every=10, val_photons=[10])
+    recipe.data.fluorescence = FluorescenceConfig(prob=1.0)
+    result = train(recipe, tmp_path, images=train_ims, val_images=val_ims)
+    assert set(result.val_psnr_initial) == {"25", "10ph"}
+    # the residual net starts as the identity: its first score is the noisy pairs' own
+    fluo = recipe.data.fluorescence
+    pairs = photon_validation_set(val_ims, [10], seed=0, crop=256, fluorescence=fluo)
+    noisy_psnr = np.mean([psnr(c, n) for n, c, _ in pairs])
+    assert result.val_psnr_initial["10ph"] == pytest.approx(noisy_psnr, abs=0.3)
+    assert (tmp_path / "log.csv").read_text().splitlines()[0].endswith("psnr_25,psnr_10ph")
+    card = read_card(result.model_path)
+    assert card.recipe.data.fluorescence.prob == 1.0
+    assert "10 photons: " in card.validation_text()
+
+
 def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp_path, images):
     train_ims, val_ims = images
     straight = train(_recipe(40), tmp_path / "a", images=train_ims, val_images=val_ims)
