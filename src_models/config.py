@@ -434,13 +434,29 @@ class ModelCard(_Strict):
     notes: dict[str, str] = Field(default_factory=dict)
 
     def validation_text(self) -> str:
-        """The validation PSNRs in words: Gaussian sigmas first, then photon levels."""
-        sigmas = sorted(
-            (float(k), v) for k, v in self.val_psnr.items() if not k.endswith("ph")
-        )
-        photons = sorted(
-            (float(k[:-2]), v) for k, v in self.val_psnr.items() if k.endswith("ph")
-        )
-        parts = [f"σ={k:g}: {v:.2f} dB" for k, v in sigmas]
-        parts += [f"{k:g} photons: {v:.2f} dB" for k, v in photons]
-        return ", ".join(parts)
+        """The validation PSNRs in words: Gaussian sigmas, then photon levels, then named scores.
+
+        Named scores are a fine-tuning run's own (``pair``, ``r2r``, ``n2n``).
+        """
+
+        def number(text: str) -> float | None:
+            try:
+                return float(text)
+            except ValueError:
+                return None
+
+        sigmas, photons, named = [], [], []
+        for k, v in self.val_psnr.items():
+            if number(k) is not None:
+                sigmas.append((number(k), v))
+            elif k.endswith("ph") and number(k[:-2]) is not None:
+                photons.append((number(k[:-2]), v))
+            else:
+                named.append((k, v))
+        groups = [", ".join(f"σ={k:g}: {v:.2f} dB" for k, v in sorted(sigmas))]
+        if photons:
+            shot = ", ".join(f"{k:g} photons at full scale: {v:.2f} dB" for k, v in sorted(photons))
+            fluo = self.recipe is not None and self.recipe.data.fluorescence.prob > 0
+            groups.append(("fluorescence-like, " if fluo else "") + f"Poisson noise at {shot}")
+        groups.append(", ".join(f"{k}: {v:.2f} dB" for k, v in sorted(named)))
+        return "; ".join(g for g in groups if g)

@@ -467,3 +467,13 @@ def test_card_architecture_names_the_pedestal_only_for_opponent_models():
     assert "pedestal" not in text(channels=1)
     opp = text(channels=3, channel_mode="opponent", pedestal_chroma_window=33)
     assert "pedestal_window 129" in opp and "pedestal_chroma_window 33" in opp
+
+
+def test_card_page_of_a_fine_tuned_model_names_its_own_validation_score():
+    # fine-tuning scores on held-out pairs named by the method, not on a sigma: the page
+    # (and so the bioimage.io export's documentation) must not need a number there
+    from src_models.bench_docs import card_markdown
+    from src_models.config import ModelCard
+
+    page = card_markdown(ModelCard(name="m", val_psnr={"r2r": 31.5, "pair": 30.25}), [], {})
+    assert "| validation PSNR | pair: 30.25 dB, r2r: 31.50 dB |" in page

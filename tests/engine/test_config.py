@@ -93,5 +93,9 @@ def test_card_validation_text_lists_sigmas_then_photon_levels_in_order():
 
     card = ModelCard(name="m", val_psnr={"50": 23.5, "30ph": 31.25, "15": 29.0, "3ph": 24.0})
     assert card.validation_text() == (
-        "σ=15: 29.00 dB, σ=50: 23.50 dB, 3 photons: 24.00 dB, 30 photons: 31.25 dB"
+        "σ=15: 29.00 dB, σ=50: 23.50 dB; Poisson noise at 3 photons at full scale: 24.00 dB, "
+        "30 photons at full scale: 31.25 dB"
     )
+    assert ModelCard(name="m", val_psnr={"15": 29.0}).validation_text() == "σ=15: 29.00 dB"
+    # a noisy-only fine-tuning run scores on its own held-out pairs, named by the method
+    assert ModelCard(name="m", val_psnr={"r2r": 31.5}).validation_text() == "r2r: 31.50 dB"

@@ -90,7 +90,10 @@ def test_photon_validation_levels_are_scored_logged_and_carded(tmp_path, images)
     assert (tmp_path / "log.csv").read_text().splitlines()[0].endswith("psnr_25,psnr_10ph")
     card = read_card(result.model_path)
     assert card.recipe.data.fluorescence.prob == 1.0
-    assert "10 photons: " in card.validation_text()
+    assert card.validation_text().endswith(
+        "; fluorescence-like, Poisson noise at 10 photons at full scale: "
+        f"{card.val_psnr['10ph']:.2f} dB"
+    )
 
 
 def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp_path, images):
