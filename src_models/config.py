@@ -447,10 +447,10 @@ class ModelCard(_Strict):
 
         sigmas, photons, named = [], [], []
         for k, v in self.val_psnr.items():
-            if number(k) is not None:
-                sigmas.append((number(k), v))
-            elif k.endswith("ph") and number(k[:-2]) is not None:
-                photons.append((number(k[:-2]), v))
+            if (sigma := number(k)) is not None:
+                sigmas.append((sigma, v))
+            elif k.endswith("ph") and (level := number(k[:-2])) is not None:
+                photons.append((level, v))
             else:
                 named.append((k, v))
         groups = [", ".join(f"σ={k:g}: {v:.2f} dB" for k, v in sorted(sigmas))]

@@ -157,14 +157,13 @@ def _predict_padded(model, image: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def evaluate(model, val_set, multiple: int) -> dict[str, float]:
-    """Mean PSNR (dB, [0,1] images) per sigma (or photon label) on a fixed validation set."""
+    """Mean PSNR (dB, [0,1] images) per label (a sigma, or ``"<photons>ph"``) on fixed pairs."""
     from .data import psnr
 
     scores: dict[str, list[float]] = {}
-    for noisy, clean, level in val_set:
+    for noisy, clean, label in val_set:
         est = _predict_padded(model, noisy, multiple)
-        key = level if isinstance(level, str) else f"{level:g}"
-        scores.setdefault(key, []).append(psnr(clean, est))
+        scores.setdefault(label, []).append(psnr(clean, est))
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
@@ -348,9 +347,11 @@ def train(
         if not len(val_images):
             # one image (a single napari layer, say): score on the training image, not on nothing
             val_images = images
-        val_set = validation_set(list(val_images), t_cfg.val_sigmas, seed=t_cfg.seed, crop=256)
+        val_images = list(val_images)
+        gaussian = validation_set(val_images, t_cfg.val_sigmas, seed=t_cfg.seed, crop=256)
+        val_set = [(n, c, f"{s:g}") for n, c, s in gaussian]  # labelled as photon pairs are
         val_set += photon_validation_set(
-            list(val_images),
+            val_images,
             t_cfg.val_photons,
             seed=t_cfg.seed,
             crop=256,
