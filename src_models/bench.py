@@ -240,7 +240,13 @@ def run(argv: list[str] | None = None) -> Path:
     from . import bench_quality as bq
     from .bench_baselines import DEFAULT_CACHE, cached_scores, compute_baselines, read_cache
     from .bench_reference import DEFAULT_REFERENCE_CACHE, file_sha256
-    from .bench_report import published_rows, results_markdown, summarise, write_results
+    from .bench_report import (
+        paired_rows,
+        published_rows,
+        results_markdown,
+        summarise,
+        write_results,
+    )
 
     args = _parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -349,7 +355,9 @@ def run(argv: list[str] | None = None) -> Path:
             for key, outputs in ref_kept.items():
                 kept.setdefault(key, {}).update(outputs)
         _write_per_image(scores, out / "per_image.csv")
-        rows += summarise(scores, {d: len(samples[d]) for d in datasets})
+        n_total = {d: len(samples[d]) for d in datasets}
+        rows += summarise(scores, n_total)
+        rows += paired_rows(scores, n_total)
         rows += published_rows(datasets, sigmas)
         _figures(rows, kept, datasets, out, crop)
 

@@ -20,10 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .bench_report import (
+    PAIRED_NOTE,
     PROTOCOL,
     SPEED_NOTE,
     Row,
     dataset_title,
+    paired_table,
     quality_table,
     read_results,
     result_datasets,
@@ -63,6 +65,9 @@ def readme_section(rows: Sequence[Row], meta: dict) -> str:
             quality_table(rows, dataset, "psnr"),
             "",
         ]
+        paired = paired_table(rows, dataset)
+        if paired:
+            out += [PAIRED_NOTE, "", paired, ""]
     sp = speed_table(rows)
     if sp:
         out += ["**Speed and memory**:", "", SPEED_NOTE, "", sp, ""]
@@ -223,6 +228,11 @@ def card_markdown(card, rows: Sequence[Row], meta: dict, name: str | None = None
             "",
             quality_table(rows, dataset, "psnr", methods=compare),
             "",
+        ]
+        paired = paired_table(rows, dataset, methods=compare)
+        if paired:
+            out += [PAIRED_NOTE, "", paired, ""]
+        out += [
             "SSIM:",
             "",
             quality_table(rows, dataset, "ssim", methods=own),

@@ -346,6 +346,39 @@ def test_partly_cached_baselines_are_marked_with_their_coverage(
     assert "σ=25: 1/2" in md
 
 
+def test_partly_cached_baselines_are_compared_with_models_on_the_same_images(
+    quick_run, data_dir, model_files, tmp_path, monkeypatch
+):
+    _, cache = quick_run
+    monkeypatch.setattr(bench, "_bm3d_crop", lambda *a: None)
+    lines = cache.read_text().splitlines()
+    partial = tmp_path / "partial.csv"
+    partial.write_text(
+        "\n".join([lines[0]] + [ln for ln in lines[1:] if ln.startswith("Set12,im1.png")]) + "\n"
+    )
+    out = tmp_path / "out"
+    args = ["--data", str(data_dir), "--out", str(out), "--quick", "--sections", "quality"]
+    args += ["--datasets", "Set12", "--models", str(model_files["gray"])]
+    bench.run(args + ["--baselines-csv", str(partial)])
+    with open(out / "per_image.csv", newline="") as f:
+        own = {
+            float(r["sigma"]): float(r["psnr"])
+            for r in csv.DictReader(f)
+            if r["image"] == "im1.png" and r["kind"] == "model"
+        }
+    rows = read_results(out / "results.csv")
+    paired = [r for r in rows if r.section == "paired" and r.note == "BM3D"]
+    assert {r.sigma for r in paired} == set(own) and len(own) == 3
+    for r in paired:  # the model's score on the one image BM3D covers, not its 2-image mean
+        assert r.n_images == 1 and r.psnr == pytest.approx(own[r.sigma], abs=1e-4)
+    full = {r.sigma: r.psnr for r in rows if r.section == "quality" and r.kind == "model"}
+    assert any(abs(full[s] - own[s]) > 1e-3 for s in own)
+    md = (out / "results.md").read_text()
+    quality = [r for r in rows if r.section == "quality"]
+    bm3d25 = next(r for r in quality if r.method == "BM3D" and r.sigma == 25)
+    assert f"| BM3D | 25 | 1/2 | {bm3d25.psnr:.2f}" in md.replace("**", "")
+
+
 # --- docs --------------------------------------------------------------------------------
 
 
