@@ -310,35 +310,26 @@ def test_later_runs_read_baselines_from_the_cache(
     assert bm3d(out2) == bm3d(out1) and len(bm3d(out2)) == 3
 
 
+def _run_with_baselines_of_one_image(quick_run, data_dir, model_files, tmp_path, image: str):
+    """A quick Set12 run whose baseline cache holds the rows of ``image`` only."""
+    _, cache = quick_run
+    lines = cache.read_text().splitlines()
+    partial = tmp_path / "partial.csv"
+    partial.write_text(
+        "\n".join([lines[0]] + [ln for ln in lines[1:] if ln.startswith(f"Set12,{image},")]) + "\n"
+    )
+    out = tmp_path / "out"
+    args = ["--data", str(data_dir), "--out", str(out), "--quick", "--sections", "quality"]
+    args += ["--datasets", "Set12", "--models", str(model_files["gray"])]
+    bench.run(args + ["--baselines-csv", str(partial)])
+    return out
+
+
 def test_partly_cached_baselines_are_marked_with_their_coverage(
     quick_run, data_dir, model_files, tmp_path, monkeypatch
 ):
-    _, cache = quick_run
     monkeypatch.setattr(bench, "_bm3d_crop", lambda *a: None)
-    lines = cache.read_text().splitlines()
-    partial = tmp_path / "partial.csv"
-    # keep the header and one Set12 image only
-    partial.write_text(
-        "\n".join([lines[0]] + [ln for ln in lines[1:] if ln.startswith("Set12,im0.png")]) + "\n"
-    )
-    out = tmp_path / "out"
-    bench.run(
-        [
-            "--data",
-            str(data_dir),
-            "--out",
-            str(out),
-            "--quick",
-            "--sections",
-            "quality",
-            "--datasets",
-            "Set12",
-            "--models",
-            str(model_files["gray"]),
-            "--baselines-csv",
-            str(partial),
-        ]
-    )
+    out = _run_with_baselines_of_one_image(quick_run, data_dir, model_files, tmp_path, "im0.png")
     rows = [r for r in read_results(out / "results.csv") if r.method == "BM3D"]
     assert {(r.n_images, r.n_total) for r in rows} == {(1, 2)}
     md = (out / "results.md").read_text()
@@ -349,17 +340,8 @@ def test_partly_cached_baselines_are_marked_with_their_coverage(
 def test_partly_cached_baselines_are_compared_with_models_on_the_same_images(
     quick_run, data_dir, model_files, tmp_path, monkeypatch
 ):
-    _, cache = quick_run
     monkeypatch.setattr(bench, "_bm3d_crop", lambda *a: None)
-    lines = cache.read_text().splitlines()
-    partial = tmp_path / "partial.csv"
-    partial.write_text(
-        "\n".join([lines[0]] + [ln for ln in lines[1:] if ln.startswith("Set12,im1.png")]) + "\n"
-    )
-    out = tmp_path / "out"
-    args = ["--data", str(data_dir), "--out", str(out), "--quick", "--sections", "quality"]
-    args += ["--datasets", "Set12", "--models", str(model_files["gray"])]
-    bench.run(args + ["--baselines-csv", str(partial)])
+    out = _run_with_baselines_of_one_image(quick_run, data_dir, model_files, tmp_path, "im1.png")
     with open(out / "per_image.csv", newline="") as f:
         own = {
             float(r["sigma"]): float(r["psnr"])
