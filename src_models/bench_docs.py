@@ -20,12 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .bench_report import (
-    PAIRED_NOTE,
     PROTOCOL,
     SPEED_NOTE,
     Row,
     dataset_title,
-    paired_table,
+    paired_section,
     quality_table,
     read_results,
     result_datasets,
@@ -65,9 +64,7 @@ def readme_section(rows: Sequence[Row], meta: dict) -> str:
             quality_table(rows, dataset, "psnr"),
             "",
         ]
-        paired = paired_table(rows, dataset)
-        if paired:
-            out += [PAIRED_NOTE, "", paired, ""]
+        out += paired_section(rows, dataset)
     sp = speed_table(rows)
     if sp:
         out += ["**Speed and memory**:", "", SPEED_NOTE, "", sp, ""]
@@ -228,11 +225,7 @@ def card_markdown(card, rows: Sequence[Row], meta: dict, name: str | None = None
             "",
             quality_table(rows, dataset, "psnr", methods=compare),
             "",
-        ]
-        paired = paired_table(rows, dataset, methods=compare)
-        if paired:
-            out += [PAIRED_NOTE, "", paired, ""]
-        out += [
+            *paired_section(rows, dataset, methods=compare),
             "SSIM:",
             "",
             quality_table(rows, dataset, "ssim", methods=own),

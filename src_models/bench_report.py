@@ -18,13 +18,12 @@ from pathlib import Path
 __all__ = [
     "KIND_ORDER",
     "PROTOCOL",
-    "PAIRED_NOTE",
     "PUBLISHED",
     "SPEED_NOTE",
     "Row",
     "dataset_title",
     "paired_rows",
-    "paired_table",
+    "paired_section",
     "published_rows",
     "quality_table",
     "read_results",
@@ -145,21 +144,22 @@ def paired_rows(scores: Iterable, n_total: dict[str, int]) -> list[Row]:
     return rows
 
 
-def paired_table(rows: Sequence[Row], dataset: str, methods: Iterable[str] | None = None) -> str:
-    """Markdown PSNR table: each partly cached baseline against the models on its own images.
+def paired_section(
+    rows: Sequence[Row], dataset: str, methods: Iterable[str] | None = None
+) -> list[str]:
+    """Markdown lines: each partly cached baseline against the models on its own images.
 
-    One line per (baseline, σ); the best value of a line is bold.
+    A sentence, then a PSNR table with one line per (baseline, σ), the best value of a
+    line bold, then a blank line; no lines when no baseline is partial.
     """
     wanted = None if methods is None else set(methods)
     paired = [
         r
         for r in rows
-        if r.section == "paired"
-        and r.dataset == dataset
-        and (wanted is None or r.method in wanted)
+        if r.section == "paired" and r.dataset == dataset and (wanted is None or r.method in wanted)
     ]
     if not paired:
-        return ""
+        return []
     models = list(dict.fromkeys(r.method for r in paired))
     base = {
         (r.method, r.sigma): r
@@ -183,13 +183,11 @@ def paired_table(rows: Sequence[Row], dataset: str, methods: Iterable[str] | Non
             cells.append(f"**{txt}**" if v is not None and round(v, 2) == round(top, 2) else txt)
         head = f"| {key[0]} | {key[1]:g} | {b.n_images}/{b.n_total} | "
         lines.append(head + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-PAIRED_NOTE = (
-    "Baselines cached for fewer images than the run, against each model on exactly those images "
-    "(PSNR, dB):"
-)
+    note = (
+        "Baselines cached for fewer images than the run, against each model on exactly those "
+        "images (PSNR, dB):"
+    )
+    return [note, "", *lines, ""]
 
 
 def _average_rows(
@@ -480,9 +478,7 @@ def results_markdown(rows: Sequence[Row], meta: dict) -> str:
             quality_table(rows, dataset, "ssim"),
             "",
         ]
-        paired = paired_table(rows, dataset)
-        if paired:
-            out += [PAIRED_NOTE, "", paired, ""]
+        out += paired_section(rows, dataset)
     from .bench_micro_report import micro_markdown
 
     micro = micro_markdown(rows, meta)
