@@ -122,6 +122,7 @@ class DenoiseWidget(ImageModelWidget):
         self.preview = CheckBox(text="current slice only (preview)", value=False)
         self.add_noise = CheckBox(text="also add removed noise", value=False)
         self.tile = SpinBox(label="tile (0 = auto)", min=0, max=8192, step=64, value=0)
+        self.tta = CheckBox(text="average 8 flips/rotations (TTA, 8\u00d7 slower)", value=False)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.export_button = PushButton(text="Export model…")
@@ -153,6 +154,7 @@ class DenoiseWidget(ImageModelWidget):
                 self.channel_axis,
                 self.preview,
                 self.add_noise,
+                self.tta,
                 self.tile,
                 buttons,
                 self.progress,
@@ -205,6 +207,11 @@ class DenoiseWidget(ImageModelWidget):
         """Tooltips on model items and controls; models with errors disabled."""
         decorate_model_combo(self.model, self._models)
         self.tile.tooltip = "tile core size in pixels; auto: whole plane up to 1024 px per side"
+        self.tta.tooltip = (
+            "test-time augmentation: denoise the 8 flips and transposes of each tile and "
+            "average them (still bias-free); about +0.1 to +0.2 dB PSNR for 8 times the "
+            "work. The result gets its own layer, next to a plain run's."
+        )
         self.channel_axis.tooltip = (
             "axis of a multichannel (non-RGB) layer holding channels; each channel is "
             "denoised on its own with a gray model"
@@ -679,6 +686,7 @@ class DenoiseWidget(ImageModelWidget):
             fixed=fixed,
             with_noise=bool(self.add_noise.value),
             offset=self.chosen_offset,
+            tta=8 if self.tta.value else 1,
         )
         worker = make_worker(job)
         worker.yielded.connect(self._on_progress)

@@ -17,7 +17,9 @@ from ._workers import AUTO, DenoiseJob, denoise_job
 __all__ = ["denoise_image"]
 
 
-def denoise_image(image: ImageData, model: str = AUTO, tile: int = 0) -> ImageData:
+def denoise_image(
+    image: ImageData, model: str = AUTO, tile: int = 0, tta: bool = False
+) -> ImageData:
     """Denoise an image or stack with a bias-free CNN.
 
     Parameters
@@ -30,6 +32,9 @@ def denoise_image(image: ImageData, model: str = AUTO, tile: int = 0) -> ImageDa
         RGB and the gray model otherwise.
     tile : int
         Tile size in pixels; 0 chooses automatically.
+    tta : bool
+        Test-time augmentation: average the model over the 8 flips and transposes
+        of the image (about +0.1 to +0.2 dB, 8 times slower).
 
     Returns
     -------
@@ -49,7 +54,8 @@ def denoise_image(image: ImageData, model: str = AUTO, tile: int = 0) -> ImageDa
         inp = read_array(data, name="image", rgb=rgb)
     except LayerError as err:
         raise ValueError(str(err)) from None
-    outcome = run_to_end(denoise_job(DenoiseJob(inp=inp, model=model or AUTO, tile=tile or None)))
+    job = DenoiseJob(inp=inp, model=model or AUTO, tile=tile or None, tta=8 if tta else 1)
+    outcome = run_to_end(denoise_job(job))
     if outcome.error is not None:
         raise ValueError(outcome.error)
     return outcome.result.denoised

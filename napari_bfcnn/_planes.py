@@ -164,6 +164,7 @@ def iter_denoise(
     tile: int | None = None,
     with_noise: bool = False,
     offset: float | str | None = None,
+    tta: int = 1,
 ) -> Generator[float, None, PlaneResult]:
     """Denoise ``data`` plane by plane; yield the fraction done, return a :class:`PlaneResult`.
 
@@ -171,7 +172,7 @@ def iter_denoise(
     Non-finite pixels are filled with the plane median for the model and put
     back afterwards; planes with no finite pixel are passed through and listed
     in ``skipped``. ``offset`` is the engine's black level (a number, ``"auto"``
-    or None), applied to every plane.
+    or None), applied to every plane; ``tta`` the engine's test-time augmentation.
     """
     dtype = output_dtype(data.dtype)
     out = np.empty(plan.out_shape, dtype=dtype)
@@ -200,7 +201,8 @@ def iter_denoise(
             plane_in = plane
         result = None
         for item in denoiser.denoise_iter(
-            plane_in, channel_axis=plan.plane_channel_axis, tile=tile or None, offset=offset
+            plane_in, channel_axis=plan.plane_channel_axis, tile=tile or None, offset=offset,
+            tta=tta,
         ):
             if isinstance(item, np.ndarray):
                 result = item

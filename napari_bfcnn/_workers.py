@@ -17,7 +17,14 @@ from typing import Any
 from ._layers import LayerError, LayerInput
 from ._planes import PlaneResult, iter_denoise, plan_planes
 
-__all__ = ["DenoiseJob", "DenoiseOutcome", "denoise_job", "make_worker", "resolve_model"]
+__all__ = [
+    "DenoiseJob",
+    "DenoiseOutcome",
+    "denoise_job",
+    "make_worker",
+    "resolve_model",
+    "result_label",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,7 @@ class DenoiseJob:
     fixed: dict[int, int] = field(default_factory=dict)  # preview: loop axis -> index
     with_noise: bool = False
     offset: float | str | None = None  # black level: a value, "auto" or None (engine default)
+    tta: int = 1  # test-time augmentation: transforms averaged (1 = off)
 
 
 @dataclass
@@ -54,6 +62,15 @@ def resolve_model(name: str, inp: LayerInput) -> str:
     from src_models import default_model
 
     return default_model(inp.channels, inp.rgb)
+
+
+def result_label(model: str, tta: int = 1) -> str:
+    """The model part of an output's name: ``"gray"``, or ``"gray, TTA ×8"`` with augmentation.
+
+    Why: a run with test-time augmentation is another result; it gets its own layer
+    instead of replacing the plain run's.
+    """
+    return model if tta == 1 else f"{model}, TTA \u00d7{tta}"
 
 
 def denoise_job(job: DenoiseJob) -> Generator[float, None, DenoiseOutcome]:
@@ -87,7 +104,9 @@ def denoise_job(job: DenoiseJob) -> Generator[float, None, DenoiseOutcome]:
             tile=job.tile,
             with_noise=job.with_noise,
             offset=job.offset,
+            tta=job.tta,
         )
+        name = result_label(name, job.tta)
     except MemoryError:
         return DenoiseOutcome(
             name, error="not enough memory: try a smaller tile size or preview one slice"

@@ -43,9 +43,11 @@ from .inference import (
     MAX_CORE,
     _cast_like,
     _check_offset,
+    _check_tta,
     _layout,
     _normalise,
     _offset_and_scale,
+    predict_averaged,
 )
 
 if TYPE_CHECKING:
@@ -249,6 +251,7 @@ def _denoise_block(
     extra: tuple[int, int],
     window: tuple[int, int],
     out_dtype: np.dtype,
+    tta: int = 1,
     block_info: dict | None = None,
 ) -> np.ndarray:
     """Denoise one overlapped chunk (lead..., h, w, C) and return its core (no overlap)."""
@@ -271,7 +274,7 @@ def _denoise_block(
         x = np.stack([j[-1] for j in jobs])
         if repeat > 1:
             x = np.repeat(x, repeat, axis=-1)
-        y = den.predict_batch(x)
+        y = predict_averaged(den.predict_batch, x, tta)
         if repeat > 1:
             y = y.mean(axis=-1, keepdims=True)
         for (li, chans, off, scale, _), pred in zip(jobs, y, strict=True):
@@ -308,6 +311,7 @@ def denoise_dask(
     channel_axis: int | None = None,
     tile: int | None = None,
     offset: float | str | None = None,
+    tta: int = 1,
 ) -> da.Array:
     """Denoise a (lazy) array chunk by chunk; equal to ``Denoiser.denoise`` up to float rounding.
 
@@ -330,6 +334,8 @@ def denoise_dask(
     offset : float or "auto", optional
         As in :meth:`Denoiser.denoise`; None: each plane's minimum when negative;
         ``"auto"``: each plane's black level, which reads every plane whole once.
+    tta : {1, 2, 4, 8}
+        Test-time augmentation, as in :meth:`Denoiser.denoise_iter`.
 
     Returns
     -------
@@ -349,6 +355,7 @@ def denoise_dask(
             chunks = tuple(array.chunks)
         array = da.from_array(array, chunks=chunks)
     offset = _check_offset(offset)
+    tta = _check_tta(tta)
     if tile is not None and (isinstance(tile, bool) or int(tile) < 1):
         raise ValueError(f"tile must be a positive integer or None (got {tile!r})")
     ref = _ModelRef(model)
@@ -396,6 +403,7 @@ def denoise_dask(
         extra=extra,
         window=window,
         out_dtype=out_dtype,
+        tta=tta,
     )
     if layout.channel_axis is None:
         result = result[..., 0].transpose(tuple(int(a) for a in np.argsort(axes)))

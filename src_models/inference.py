@@ -20,6 +20,11 @@ Why it looks like this:
 * **Non-finite pixels** (NaN, inf) are replaced by the median of the finite
   values of their plane and channel before denoising, with a warning, so the
   output never holds NaN.
+* **Test-time augmentation** (``tta=``): the output can be the average of the model
+  on 2, 4 or 8 flips and transposes of each tile, each mapped back. An average of
+  homogeneous maps is homogeneous, so the result stays bias-free; tiles still give
+  the untiled result (windows are multiples of the size multiple, so a flip keeps
+  the pooling grid). Measured (bench): +0.1 to +0.2 dB for 8 times the work.
 * **Progress and cancel.** :meth:`Denoiser.denoise_iter` is a generator that
   yields a :class:`Progress` after every batch of at most one tile's worth of
   pixels and the result last, so a GUI worker can report and stop it.
@@ -41,7 +46,7 @@ if TYPE_CHECKING:  # keras is imported lazily: importing this module stays cheap
 
     from .config import ModelCard
 
-__all__ = ["AUTO_OFFSET", "Cancelled", "Denoiser", "Progress", "estimate_sigma"]
+__all__ = ["AUTO_OFFSET", "TTA_CHOICES", "Cancelled", "Denoiser", "Progress", "estimate_sigma"]
 
 MAX_CORE = 1024  # automatic tiling: cores at most this many pixels per side (at least, see below)
 # automatic tiling of denoise(): the largest window (core + both margins) whose pixels times
@@ -61,6 +66,7 @@ _CHUNK = 1 << 18  # pixels per float64 chunk while normalising a plane
 TileArg = int | tuple[int, int] | None
 OffsetArg = float | str | None  # a black level, "auto", or None
 AUTO_OFFSET = "auto"
+TTA_CHOICES = (1, 2, 4, 8)  # transforms averaged: none, + vertical flip, + both flips, + transposes
 
 
 @dataclass(frozen=True)
@@ -263,6 +269,59 @@ def _tiling(
     )
 
 
+# --------------------------------------------------------------------------- augmentation
+
+
+def _check_tta(tta: Any) -> int:
+    if isinstance(tta, bool) or tta not in TTA_CHOICES:
+        raise ValueError(
+            f"tta must be one of {', '.join(map(str, TTA_CHOICES))} "
+            f"(transforms averaged; 1 = off), got {tta!r}"
+        )
+    return int(tta)
+
+
+def _transform(batch: np.ndarray, k: int) -> np.ndarray:
+    """Dihedral transform ``k`` (0-7) of an (N, H, W, C) batch: bit 2 transposes, then bit 0
+    flips rows and bit 1 flips columns."""
+    if k & 4:
+        batch = batch.transpose(0, 2, 1, 3)
+    if k & 1:
+        batch = batch[:, ::-1]
+    if k & 2:
+        batch = batch[:, :, ::-1]
+    return np.ascontiguousarray(batch)
+
+
+def _untransform(batch: np.ndarray, k: int) -> np.ndarray:
+    """The inverse of :func:`_transform` (a view)."""
+    if k & 2:
+        batch = batch[:, :, ::-1]
+    if k & 1:
+        batch = batch[:, ::-1]
+    if k & 4:
+        batch = batch.transpose(0, 2, 1, 3)
+    return batch
+
+
+def predict_transformed(
+    predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, k: int
+) -> np.ndarray:
+    """``predict`` on dihedral transform ``k`` of an (N, H, W, C) batch, mapped back."""
+    return _untransform(predict(_transform(batch, k)), k)
+
+
+def predict_averaged(
+    predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, tta: int
+) -> np.ndarray:
+    """The mean of :func:`predict_transformed` over the first ``tta`` transforms (float32)."""
+    total = None
+    for k in range(tta):
+        pred = predict_transformed(predict, batch, k)
+        total = pred.astype(np.float32) if total is None else total + pred
+    return total / tta if tta > 1 else total
+
+
 # --------------------------------------------------------------------------- one plane
 
 
@@ -443,6 +502,7 @@ class Denoiser:
         channel_axis: int | None = None,
         tile: TileArg = None,
         offset: OffsetArg = None,
+        tta: int = 1,
         progress: Callable[[int, int], Any] | None = None,
         cancel: Callable[[], bool] | None = None,
     ) -> np.ndarray:
@@ -451,7 +511,7 @@ class Denoiser:
         Parameters
         ----------
         progress : callable, optional
-            Called as ``progress(done, total)`` after every batch of tiles.
+            Called as ``progress(done, total)`` after every batch of tiles (and transform).
         cancel : callable, optional
             Polled after every batch; returning True raises :class:`Cancelled`.
 
@@ -460,7 +520,9 @@ class Denoiser:
         np.ndarray
             Same shape; same dtype for integers, float32 for floats.
         """
-        gen = self.denoise_iter(array, channel_axis=channel_axis, tile=tile, offset=offset)
+        gen = self.denoise_iter(
+            array, channel_axis=channel_axis, tile=tile, offset=offset, tta=tta
+        )
         try:
             for item in gen:
                 if not isinstance(item, Progress):
@@ -480,6 +542,7 @@ class Denoiser:
         channel_axis: int | None = None,
         tile: TileArg = None,
         offset: OffsetArg = None,
+        tta: int = 1,
     ) -> Iterator[Progress | np.ndarray]:
         """Denoise step by step: yield :class:`Progress` per batch, then the result array.
 
@@ -505,6 +568,10 @@ class Denoiser:
             plane (see the module docstring), right for camera data with an
             unknown offset. None: 0 for planes whose minimum is >= 0, else the
             plane minimum (negative images are shifted to start at 0 and back).
+        tta : {1, 2, 4, 8}
+            Test-time augmentation: average the model over this many flips and
+            transposes of each tile (1: off; 4: the flips; 8: flips and transposes,
+            about +0.1 to +0.2 dB for 8 times the work). Stays homogeneous.
 
         Returns
         -------
@@ -520,6 +587,7 @@ class Denoiser:
         array = _as_array_like(array)
         layout = _layout(array, channel_axis)
         offset = _check_offset(offset)
+        tta = _check_tta(tta)
         rf, multiple = int(self.card.receptive_field), int(self.card.size_multiple)
         tiling = _tiling(
             layout.height,
@@ -529,12 +597,12 @@ class Denoiser:
             multiple,
             auto_core(rf, multiple, self.channels),
         )
-        return self._iterate(array, layout, tiling, offset)
+        return self._iterate(array, layout, tiling, offset, tta)
 
     # ------------------------------------------------------------------ internals
 
     def _iterate(
-        self, array: Any, layout: _Layout, tiling: _Tiling, offset: OffsetArg
+        self, array: Any, layout: _Layout, tiling: _Tiling, offset: OffsetArg, tta: int
     ) -> Iterator[Progress | np.ndarray]:
         in_dtype = np.dtype(array.dtype)
         out_dtype = in_dtype if in_dtype.kind in "iu" else np.dtype(np.float32)
@@ -544,7 +612,7 @@ class Denoiser:
         else:
             groups = [(slice(c, c + 1), k) for c in range(layout.channels)]
         n_planes = math.prod(layout.lead_shape) * len(groups)
-        total = n_planes * tiling.count
+        total = n_planes * tiling.count * tta  # one step: a tile through one transform
         wy, wx = tiling.window
         batch_size = max(1, BATCH_PIXELS // (wy * wx))
 
@@ -568,15 +636,15 @@ class Denoiser:
                 for y, x in tiling.boxes():
                     batch.append((plane, y, x))
                     if len(batch) == batch_size:
-                        self._run(batch, tiling, layout, out)
-                        done += len(batch)
+                        for _ in self._run(batch, tiling, layout, out, tta):
+                            done += len(batch)
+                            yield Progress(done, total)
                         batch = []
-                        yield Progress(done, total)
         if batch:
-            self._run(batch, tiling, layout, out)
-            done += len(batch)
+            for _ in self._run(batch, tiling, layout, out, tta):
+                done += len(batch)
+                yield Progress(done, total)
             batch = []
-            yield Progress(done, total)
         yield out
 
     def _prepare(
@@ -612,16 +680,28 @@ class Denoiser:
         tiling: _Tiling,
         layout: _Layout,
         out: np.ndarray,
-    ) -> None:
-        """Run one batch of equal-size windows and write their cores into ``out``."""
+        tta: int = 1,
+    ) -> Iterator[None]:
+        """Run one batch of equal-size windows and write their cores into ``out``.
+
+        Yields once per transform of ``tta`` (the last after the cores are written): the
+        points to report progress and cancel at.
+        """
         wy, wx = tiling.window
         x = np.stack([p.padded[y : y + wy, x0 : x0 + wx] for p, y, x0 in batch])
         repeat = batch[0][0].repeat
         if repeat > 1:
             x = np.repeat(x, repeat, axis=-1)
-        y_hat = self.predict_batch(x)
-        if repeat > 1:
-            y_hat = y_hat.mean(axis=-1, keepdims=True)
+        y_hat = None
+        for k in range(tta):
+            pred = predict_transformed(self.predict_batch, x, k)
+            if repeat > 1:
+                pred = pred.mean(axis=-1, keepdims=True)
+            y_hat = pred.astype(np.float32) if y_hat is None else y_hat + pred
+            if k < tta - 1:
+                yield
+        if tta > 1:
+            y_hat /= tta
         m = tiling.margin
         cy, cx = tiling.core
         for (plane, y0, x0), pred in zip(batch, y_hat, strict=True):
@@ -632,6 +712,7 @@ class Denoiser:
             core = pred[m : m + h, m : m + w].astype(np.float64) * plane.scale + plane.offset
             idx = layout.index(plane.lead, plane.chans, slice(y0, y0 + h), slice(x0, x0 + w))
             out[idx] = layout.from_hwc(_cast_like(core, out.dtype))
+        yield
 
 
 # --------------------------------------------------------------------------- noise level

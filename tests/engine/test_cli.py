@@ -45,6 +45,21 @@ def test_denoise_folder_writes_good_files_skips_bad_ones_and_reports_failure(
     assert (src / "c.tif").read_bytes() == b"not a tiff at all"
 
 
+def test_denoise_tta_writes_the_augmented_result(model_dir, tmp_path):
+    from src_models.registry import load_model
+
+    img = _noisy((40, 48)).astype("uint16") * 100
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    out = tmp_path / "out"
+    code = main(["denoise", str(tmp_path / "a.tif"), "--out", str(out), "--model", "pyramid",
+                 "--tta", "8", "--offset", "none", "--quiet"])
+    assert code == 0
+    written = tifffile.imread(out / "a_denoised.tif")
+    den = load_model("pyramid")
+    assert np.array_equal(written, den.denoise(img, tta=8))
+    assert not np.array_equal(written, den.denoise(img))
+
+
 def test_denoise_refuses_to_overwrite_its_input(model_dir, tmp_path, capsys):
     iio.imwrite(tmp_path / "x.png", _noisy((16, 16)).astype("uint8"))
     before = (tmp_path / "x.png").read_bytes()

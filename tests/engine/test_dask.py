@@ -92,6 +92,15 @@ def test_given_or_auto_black_level_equals_in_memory(tiny_models, offset):
     assert np.abs(out.astype(int) - ref).max() <= 1
 
 
+def test_tta_over_many_chunks_equals_in_memory(tiny_models):
+    den = tiny_models["pyramid"]
+    img = _noisy((2, 90, 70), seed=7)
+    ref = den.denoise(img, tta=8)
+    assert _rel(ref, den.denoise(img)) > 1e-4  # augmentation changes the output
+    out = denoise_dask(da.from_array(img, chunks=(1, 37, 41)), den, tta=8).compute()
+    assert _rel(out, ref) < RTOL
+
+
 def test_tile_rechunks_a_numpy_array(tiny_models):
     den = tiny_models["gray"]
     img = _noisy((64, 80), seed=4).astype(np.uint16) * 100

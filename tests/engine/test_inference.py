@@ -347,6 +347,62 @@ def test_nan_and_inf_pixels_give_finite_output_with_a_warning(gray):
     assert rel_err(out, gray.denoise(filled)) < 1e-6
 
 
+# ------------------------------------------------------------------ test-time augmentation
+
+
+def _manual_tta(den: Denoiser, img: np.ndarray, n: int) -> np.ndarray:
+    """The definition, by hand: flips and transposes of the whole image, mapped back."""
+    outs = []
+    for k in range(n):
+        x = img.T if k & 4 else img
+        x = x[::-1] if k & 1 else x
+        x = x[:, ::-1] if k & 2 else x
+        y = den.denoise(np.ascontiguousarray(x), offset=0.0)
+        y = y[:, ::-1] if k & 2 else y
+        y = y[::-1] if k & 1 else y
+        outs.append(y.T if k & 4 else y)
+    return np.mean(outs, axis=0)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_tta_averages_the_model_over_flips_and_transposes(color, n):
+    """On an image of whole size multiples the average equals flipping the image by hand."""
+    m = color.card.size_multiple
+    img = noisy((12 * m, 10 * m))
+    tta = color.denoise(img, offset=0.0, tta=n)
+    assert rel_err(tta, _manual_tta(color, img, n)) < 1e-5
+    assert rel_err(tta, color.denoise(img, offset=0.0)) > 1e-3  # not the plain output
+
+
+def test_tta_tiles_give_the_untiled_result_for_odd_sizes(tiny_models):
+    img = noisy((97, 131))
+    for name in ("gray", "pyramid"):
+        den = tiny_models[name]
+        whole = den.denoise(img, tta=8)
+        assert rel_err(den.denoise(img, tta=8, tile=(41, 23)), whole) < 1e-5, name
+
+
+def test_tta_output_stays_homogeneous_and_keeps_dtype(gray):
+    img = noisy((64, 48))
+    out = gray.denoise(img, tta=8, offset=0.0)
+    assert rel_err(gray.denoise(7.5 * img, tta=8, offset=0.0), 7.5 * out) < 1e-5
+    u16 = (img * 4000).astype(np.uint16)
+    assert gray.denoise(u16, tta=4).dtype == np.uint16
+
+
+def test_tta_progress_counts_each_transform_of_each_tile(gray):
+    steps = [s for s in gray.denoise_iter(noisy((70, 70)), tile=32, tta=4)
+             if isinstance(s, Progress)]
+    assert steps[-1] == Progress(9 * 4, 9 * 4)
+    assert len(steps) > 4  # reported (and cancellable) between transforms
+
+
+@pytest.mark.parametrize("tta", [0, 3, 16, True, 2.5, "8"])
+def test_bad_tta_is_refused_naming_the_choices(gray, tta):
+    with pytest.raises(ValueError, match="tta must be one of 1, 2, 4, 8"):
+        gray.denoise(noisy((32, 32)), tta=tta)
+
+
 # ------------------------------------------------------------------ progress and cancel
 
 

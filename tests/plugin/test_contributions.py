@@ -111,6 +111,17 @@ def test_function_contribution_denoises_a_plain_array():
     np.testing.assert_array_equal(out_rgb, load_model("tiny-color").denoise(rgb, channel_axis=-1))
 
 
+def test_function_contribution_tta_averages_eight_flips():
+    from napari_bfcnn import denoise_image
+    from src_models import load_model
+
+    data = np.random.default_rng(3).uniform(0, 255, (40, 40)).astype(np.float32)
+    out = denoise_image(data, model="tiny-gray", tta=True)
+    den = load_model("tiny-gray")
+    np.testing.assert_allclose(out, den.denoise(data, tta=8), rtol=1e-5, atol=1e-4)
+    assert np.abs(out - den.denoise(data)).max() > 1e-3
+
+
 def test_function_contribution_auto_model_and_errors():
     from napari_bfcnn import denoise_image
 

@@ -296,6 +296,24 @@ def test_dask_stack_is_read_one_plane_at_a_time(viewer_widget, qtbot, monkeypatc
     assert all(len(shape) < 3 or shape[0] == 1 for shape in materialised), materialised
 
 
+def test_tta_run_gets_its_own_layer_next_to_the_plain_run(viewer_widget, qtbot):
+    from src_models import load_model
+
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(8).uniform(0, 1, (40, 36)).astype(np.float32)
+    layer = viewer.add_image(data, name="img")
+    _run(qtbot, widget, layer)
+    widget.tta.value = True
+    _run(qtbot, widget, layer)
+    plain = viewer.layers["img [denoised: tiny-gray]"]
+    tta = viewer.layers["img [denoised: tiny-gray, TTA \u00d78]"]
+    np.testing.assert_allclose(tta.data, load_model("tiny-gray").denoise(data, tta=8),
+                               rtol=1e-5, atol=1e-6)
+    assert np.abs(tta.data - plain.data).max() > 1e-4
+    _run(qtbot, widget, layer)  # a re-run with TTA replaces only the TTA layer
+    assert len(viewer.layers) == 3
+
+
 def test_settings_are_kept_when_switching_layers(viewer_widget):
     viewer, widget = viewer_widget
     a = viewer.add_image(np.zeros((3, 32, 32), np.float32), name="a")
@@ -304,12 +322,14 @@ def test_settings_are_kept_when_switching_layers(viewer_widget):
     widget.model.value = "tiny-color"
     widget.add_noise.value = True
     widget.tile.value = 128
+    widget.tta.value = True
     widget.channel_axis.value = NO_AXIS  # the user overrides the guess (0) for layer a
     widget.image.value = b
-    assert (widget.model.value, widget.add_noise.value, widget.tile.value) == (
+    assert (widget.model.value, widget.add_noise.value, widget.tile.value, widget.tta.value) == (
         "tiny-color",
         True,
         128,
+        True,
     )
     assert not widget.channel_axis.enabled  # RGB: channels are last, nothing to choose
     widget.image.value = a
