@@ -174,6 +174,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run gray models channel by channel on the colour sets",
     )
+    p.add_argument(
+        "--tta-models",
+        default="gray,color,microscopy (auto)",
+        help="rows that get a twin with 8x test-time augmentation: model names, and "
+        "'microscopy (auto)' for the microscopy section's automatic choice (comma-separated; "
+        "'' for none; default: %(default)s)",
+    )
     p.add_argument("--memory-size", type=int, default=8192, help="side of the memory-run image")
     p.add_argument(
         "--crop", type=int, default=None, help="crop side of the figures (256; quick 128)"
@@ -292,6 +299,12 @@ def run(argv: list[str] | None = None) -> Path:
             raise SystemExit(f"--reference: no BF-DnCNN weight files in {ref_dir}")
         refs = [(f"reference:{f}", _load_reference(f)) for f in files]
     methods = [bq.denoiser_method(den, color=den.channels == 3) for _, den in models]
+    tta_names = set(_csv_list(args.tta_models) or [])
+    methods += [
+        bq.denoiser_method(den, color=den.channels == 3, tta=bq.TTA)
+        for _, den in models
+        if den.name in tta_names
+    ]
     if args.gray_on_color:
         methods += [
             bq.denoiser_method(
@@ -365,7 +378,7 @@ def run(argv: list[str] | None = None) -> Path:
     micro_counts: dict[str, int] = {}
     micro_cache = None
     if "micro" in sections:
-        from .bench_micro import MICRO_CACHE
+        from .bench_micro import AUTO_MICROSCOPY, MICRO_CACHE
         from .bench_micro_report import run_micro_section
 
         micro_cache = Path(args.micro_baselines_csv) if args.micro_baselines_csv else MICRO_CACHE
@@ -387,6 +400,7 @@ def run(argv: list[str] | None = None) -> Path:
             crop=crop,
             crop_images=args.micro_crop,
             log=_log,
+            tta=bq.TTA if AUTO_MICROSCOPY in tta_names else 1,
         )
         rows += micro_rows
 

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .bench_quality import TTA, tta_label
 from .bench_report import (
     PROTOCOL,
     SPEED_NOTE,
@@ -214,7 +215,7 @@ def card_markdown(card, rows: Sequence[Row], meta: dict, name: str | None = None
         f"{meta.get('hardware', '')}._",
         "",
     ]
-    own = {name, f"{name} (per channel)"}
+    own = {name, f"{name} (per channel)", tta_label(name, TTA)}
     mine = [r for r in rows if r.method in own]
     compare = own | {r.method for r in rows if r.kind in ("reference", "baseline")}
     for dataset in result_datasets(rows):

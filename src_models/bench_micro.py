@@ -580,16 +580,17 @@ def compute_micro_baselines(
 # --------------------------------------------------------------------------- models
 
 
-def model_runner(denoiser) -> Callable[[np.ndarray], np.ndarray]:
+def model_runner(denoiser, tta: int = 1) -> Callable[[np.ndarray], np.ndarray]:
     """A Denoiser as ``run(noisy) -> estimate`` on a gray 8-bit-scale image.
 
     The image goes in as float32 with the black level estimated per plane
     (``offset="auto"``, what the Denoise widget proposes for microscopy); colour
-    models see the gray image repeated to their channels.
+    models see the gray image repeated to their channels. ``tta``: test-time
+    augmentation (:meth:`Denoiser.denoise`).
     """
 
     def run(noisy: np.ndarray) -> np.ndarray:
-        return denoiser.denoise(noisy.astype(np.float32), offset="auto")
+        return denoiser.denoise(noisy.astype(np.float32), offset="auto", tta=tta)
 
     return run
 
@@ -597,7 +598,9 @@ def model_runner(denoiser) -> Callable[[np.ndarray], np.ndarray]:
 AUTO_MICROSCOPY = "microscopy (auto)"  # label of the row that picks a model by the noise
 
 
-def auto_microscopy_runner(white, correlated) -> Callable[[np.ndarray], np.ndarray]:
+def auto_microscopy_runner(
+    white, correlated, tta: int = 1
+) -> Callable[[np.ndarray], np.ndarray]:
     """What the Denoise widget and the CLI do with camera data: the noise estimate of each
     image picks ``correlated`` where neighbouring pixels' noise is correlated, else ``white``.
 
@@ -606,7 +609,7 @@ def auto_microscopy_runner(white, correlated) -> Callable[[np.ndarray], np.ndarr
     """
     from .noise_model import estimate_centre_crop
 
-    white_run, correlated_run = model_runner(white), model_runner(correlated)
+    white_run, correlated_run = model_runner(white, tta), model_runner(correlated, tta)
 
     def run(noisy: np.ndarray) -> np.ndarray:
         noise = estimate_centre_crop(noisy)

@@ -322,6 +322,7 @@ def run_micro_section(
     crop: int = 256,
     crop_images: Sequence[str] = (),
     log: Callable[[str], None] | None = None,
+    tta: int = 1,
 ) -> tuple[list[Row], dict[str, int]]:
     """Run the microscopy section: baselines (cache), models, rows, plot and crops.
 
@@ -345,6 +346,9 @@ def run_micro_section(
     crop_images : sequence of str
         Channel images (names as in the tables) whose crops the figures show; a set
         without one in the run shows its first image.
+    tta : int
+        > 1: also the row "microscopy (auto) (TTA ×N)", the widget's choice with
+        test-time augmentation.
 
     Returns
     -------
@@ -403,6 +407,12 @@ def run_micro_section(
     if MICROSCOPY_MODEL in by_name and MICROSCOPY_CORRELATED_MODEL in by_name:
         white, correlated = by_name[MICROSCOPY_MODEL], by_name[MICROSCOPY_CORRELATED_MODEL]
         methods.append((AUTO_MICROSCOPY, auto_microscopy_runner(white, correlated)))
+        if tta > 1:
+            from .bench_quality import tta_label
+
+            methods.append(
+                (tta_label(AUTO_MICROSCOPY, tta), auto_microscopy_runner(white, correlated, tta))
+            )
     scores, kept = run_micro(
         samples, methods, log=log, keep=lambda s: first.get(s.dataset) == s.name
     )

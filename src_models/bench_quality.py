@@ -23,6 +23,7 @@ __all__ = [
     "GRAY_SETS",
     "QUICK_SIGMAS",
     "SIGMAS",
+    "TTA",
     "ImageScore",
     "Method",
     "Sample",
@@ -34,6 +35,7 @@ __all__ = [
     "noise_seed",
     "run_quality",
     "score",
+    "tta_label",
 ]
 
 GRAY_SETS = ("BSD68", "Set12")
@@ -170,18 +172,29 @@ def score(clean: np.ndarray, estimate: np.ndarray, color: bool) -> tuple[float, 
     return float(p), float(s)
 
 
-def denoiser_method(denoiser, color: bool, label: str | None = None, kind: str = "model") -> Method:
+TTA = 8  # transforms averaged in the benchmark's test-time augmentation rows (--tta-models)
+
+
+def tta_label(name: str, tta: int) -> str:
+    """A model's row label with test-time augmentation: ``"gray (TTA ×8)"``."""
+    return name if tta == 1 else f"{name} (TTA \u00d7{tta})"
+
+
+def denoiser_method(
+    denoiser, color: bool, label: str | None = None, kind: str = "model", tta: int = 1
+) -> Method:
     """Wrap a :class:`Denoiser` as a method on gray (``color=False``) or colour sets.
 
     The noisy float image is passed as is with ``offset=0``: by homogeneity the
     network then sees exactly the noisy pixels, as in the papers' protocol. A
-    one-channel model on a colour set runs channel by channel.
+    one-channel model on a colour set runs channel by channel. ``tta`` > 1: the
+    model averaged over that many flips and transposes (:meth:`Denoiser.denoise`).
     """
 
     def run(noisy: np.ndarray, sigma: float) -> np.ndarray:
-        return denoiser.denoise(noisy, channel_axis=-1 if color else None, offset=0.0)
+        return denoiser.denoise(noisy, channel_axis=-1 if color else None, offset=0.0, tta=tta)
 
-    return Method(label or denoiser.name, kind, color, run)
+    return Method(label or tta_label(denoiser.name, tta), kind, color, run)
 
 
 def run_quality(

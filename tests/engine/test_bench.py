@@ -221,6 +221,7 @@ def test_quick_run_has_the_expected_rows(quick_run):
         assert methods == {
             ("noisy", "noisy"),
             ("gray", "model"),
+            ("gray (TTA \u00d78)", "model"),
             ("BM3D", "baseline"),
             ("BM3D (est. sigma)", "baseline"),
             ("NLM (skimage)", "baseline"),
@@ -231,6 +232,7 @@ def test_quick_run_has_the_expected_rows(quick_run):
         assert methods == {
             ("noisy", "noisy"),
             ("color", "model"),
+            ("color (TTA \u00d78)", "model"),
             ("gray (per channel)", "model-per-channel"),
             ("CBM3D", "baseline"),
             ("CBM3D (est. sigma)", "baseline"),
@@ -243,6 +245,24 @@ def test_quick_run_has_the_expected_rows(quick_run):
     assert speed == {("gray", "512x512"), ("color", "512x512")}
     assert all(r.mpix_s > 0 for r in rows if r.section == "speed")
     assert not any(r.section == "memory" for r in rows)  # --quick has no 8192² run
+
+
+def test_tta_rows_are_the_models_averaged_over_flips(quick_run, model_files, data_dir):
+    """The default models get a twin row with 8x test-time augmentation, scored on the
+    same noisy inputs; it is the engine's tta=8 output, not the plain one."""
+    from src_models.registry import load_model
+
+    out, _ = quick_run
+    per = {(r["dataset"], r["image"], float(r["sigma"]), r["method"]): float(r["psnr"])
+           for r in _per_image(out)}
+    sample = bq.dataset_samples(data_dir, "BSD68", limit=1)[0]
+    clean = bq.load_clean(sample)
+    noisy = bq.make_noisy(clean, sample, 25.0)
+    den = load_model(str(model_files["gray"]))
+    want = bq.score(clean, den.denoise(noisy, offset=0.0, tta=8), color=False)[0]
+    got = per[("BSD68", sample.name, 25.0, "gray (TTA \u00d78)")]
+    assert got == pytest.approx(want, abs=1e-4)
+    assert got != pytest.approx(per[("BSD68", sample.name, 25.0, "gray")], abs=1e-4)
 
 
 def test_noisy_input_scores_20_2_db_at_sigma_25(quick_run):
@@ -346,14 +366,16 @@ def test_partly_cached_baselines_are_compared_with_models_on_the_same_images(
         own = {
             float(r["sigma"]): float(r["psnr"])
             for r in csv.DictReader(f)
-            if r["image"] == "im1.png" and r["kind"] == "model"
+            if r["image"] == "im1.png" and r["method"] == "gray"
         }
     rows = read_results(out / "results.csv")
-    paired = [r for r in rows if r.section == "paired" and r.note == "BM3D"]
+    paired = [
+        r for r in rows if r.section == "paired" and r.note == "BM3D" and r.method == "gray"
+    ]
     assert {r.sigma for r in paired} == set(own) and len(own) == 3
     for r in paired:  # the model's score on the one image BM3D covers, not its 2-image mean
         assert r.n_images == 1 and r.psnr == pytest.approx(own[r.sigma], abs=1e-4)
-    full = {r.sigma: r.psnr for r in rows if r.section == "quality" and r.kind == "model"}
+    full = {r.sigma: r.psnr for r in rows if r.section == "quality" and r.method == "gray"}
     assert any(abs(full[s] - own[s]) > 1e-3 for s in own)
     md = (out / "results.md").read_text()
     quality = [r for r in rows if r.section == "quality"]

@@ -364,13 +364,18 @@ def test_auto_microscopy_row_picks_the_correlated_model_only_for_correlated_nois
     from synthetic import correlated_counts
 
     def fake(value):
-        return SimpleNamespace(denoise=lambda y, offset=None: np.full(y.shape, value))
+        # the value, times the transforms averaged: says which model ran, and how
+        return SimpleNamespace(
+            denoise=lambda y, offset=None, tta=1: np.full(y.shape, value * tta)
+        )
 
     run = bm.auto_microscopy_runner(fake(1.0), fake(2.0))
     correlated = correlated_counts((128, 128)).astype(np.float64) / 256.0  # 8-bit scale
     white = np.random.default_rng(0).poisson(100.0, (128, 128)).astype(np.float64)
     assert run(correlated)[0, 0] == 2.0
     assert run(white)[0, 0] == 1.0
+    run_tta = bm.auto_microscopy_runner(fake(1.0), fake(2.0), tta=8)  # the TTA row's runner
+    assert (run_tta(correlated)[0, 0], run_tta(white)[0, 0]) == (16.0, 8.0)
 
 
 def test_micro_crop_option_picks_the_image_of_each_set_shown_in_the_figure(
