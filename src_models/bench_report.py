@@ -256,7 +256,12 @@ def published_rows(datasets: Iterable[str], sigmas: Sequence[float] | None = Non
 
 
 def write_results(rows: Sequence[Row], path: str | Path) -> Path:
-    """Write rows as ``results.csv`` (long format, one measurement per line)."""
+    """Write rows as ``results.csv`` (long format, one measurement per line).
+
+    Floats keep 10 significant digits: the docs regenerated from this file must round
+    exactly as ``results.md``, written from the unrounded values (6 digits turned a
+    27.2250 into 27.22 there and 27.23 in the README).
+    """
     path = Path(path)
     names = [f.name for f in fields(Row)]
     with open(path, "w", newline="") as f:
@@ -265,7 +270,7 @@ def write_results(rows: Sequence[Row], path: str | Path) -> Path:
         for r in rows:
             w.writerow(
                 {
-                    k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v))
+                    k: ("" if v is None else (f"{v:.10g}" if isinstance(v, float) else v))
                     for k, v in asdict(r).items()
                 }
             )

@@ -265,6 +265,16 @@ def test_tta_rows_are_the_models_averaged_over_flips(quick_run, model_files, dat
     assert got != pytest.approx(per[("BSD68", sample.name, 25.0, "gray")], abs=1e-4)
 
 
+def test_results_csv_keeps_enough_digits_to_round_like_results_md(tmp_path):
+    from src_models.bench_report import Row, write_results
+
+    row = Row(section="quality", dataset="BSD68", method="NLM", kind="baseline", sigma=25.0,
+              psnr=27.224999, ssim=0.7654321)
+    back = read_results(write_results([row], tmp_path / "r.csv"))[0]
+    assert f"{back.psnr:.2f}" == f"{row.psnr:.2f}" == "27.22"
+    assert back.psnr == pytest.approx(row.psnr, abs=1e-9)
+
+
 def test_noisy_input_scores_20_2_db_at_sigma_25(quick_run):
     out, _ = quick_run
     rows = read_results(out / "results.csv")
