@@ -93,7 +93,7 @@ class _Halve:
     channels = 1
     name = "halve"
 
-    def denoise_iter(self, array, *, channel_axis=None, tile=None, offset=None):
+    def denoise_iter(self, array, *, channel_axis=None, tile=None, offset=None, tta=1):
         from src_models import Progress
 
         yield Progress(0, 2)
