@@ -576,6 +576,8 @@ class TrainWidget(Container):
         how = f"stopped at step {r.steps_done}" if r.stopped else f"{r.steps_done} steps"
         if r.steps_done and not r.card.steps_done:
             how += "; kept the starting model: no validation beat it"
+        elif "WiSE-FT" in r.card.notes.get("kept", ""):
+            how += "; saved the average of the base and the fine-tuned weights"
         self.status.value = f"saved '{r.name}' ({how}){score}"
         self.progress.value = PROGRESS_STEPS if not r.stopped else self.progress.value
         notify_models_changed()

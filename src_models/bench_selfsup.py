@@ -64,6 +64,7 @@ def selfsup_score(
     log: Callable[[str], None] | None = None,
     method: str = "r2r",
     learning_rate: float | None = None,
+    tuned_weight: float | None = None,
 ) -> SelfsupScore:
     """Fine-tune ``base`` on the noisy frame of ``sample`` alone and score both on the frame.
 
@@ -84,6 +85,9 @@ def selfsup_score(
         (:attr:`~src_models.finetune.FinetuneSettings.noisy_method`).
     learning_rate : float, optional
         Fine-tuning learning rate (None: the fine-tuning default).
+    tuned_weight : float, optional
+        Share of the fine-tuned weights in the saved model
+        (:attr:`~src_models.finetune.FinetuneSettings.tuned_weight`; None: the default).
     """
     from .bench_micro import load_pair, micro_score, model_runner
     from .finetune import FinetuneSettings, finetune
@@ -104,7 +108,8 @@ def selfsup_score(
         try:
             settings = FinetuneSettings(name="selfsup", mode="noisy", base=base_path,
                                         steps=steps, seed=seed, noisy_method=method,
-                                        learning_rate=learning_rate, black_level="auto")
+                                        learning_rate=learning_rate, black_level="auto",
+                                        tuned_weight=tuned_weight)
 
             def progress(p) -> None:
                 if log is not None and p.val_psnr:
@@ -172,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="r2r: Recorrupted-to-Recorrupted, n2n: Neighbor2Neighbor (default r2r)")
     p.add_argument("--lr", type=float, default=None,
                    help="fine-tuning learning rate (default: the fine-tuning default, 2e-4)")
+    p.add_argument("--tuned-weight", type=float, default=None,
+                   help="share of the fine-tuned weights in the saved model (default: the "
+                   "fine-tuning default, 0.5 with the base; 1: the fine-tuned model alone)")
     p.add_argument("--images", default=",".join(DEFAULT_IMAGES),
                    help="SET:INDEX channel images (default %(default)s)")
     p.add_argument("--write-docs", action="store_true", help="rewrite the README block")
@@ -184,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{sample.dataset} {sample.name}: fine-tuning {a.base} for {a.steps} steps "
               f"({a.method})", flush=True)
         s = selfsup_score(sample, a.base, a.steps, log=lambda m: print(m, flush=True),
-                          method=a.method, learning_rate=a.lr)
+                          method=a.method, learning_rate=a.lr, tuned_weight=a.tuned_weight)
         print(f"  {s.psnr_base:.2f} -> {s.psnr_tuned:.2f} dB ({s.gain:+.2f})", flush=True)
         scores.append(s)
     with open(out / "selfsup.csv", "w", newline="") as f:

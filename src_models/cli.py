@@ -139,6 +139,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             steps=args.steps,
             learning_rate=args.lr,
             black_level=_black_level_arg(args.black_level),
+            tuned_weight=args.tuned_weight,
             seed=args.seed,
             **method,
         )
@@ -235,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="black level subtracted from every training plane, as `denoise --offset` will: "
         "'camera' (default: estimated for 12/16-bit camera data, else none), 'auto', 'none' "
         "or a number in the data's units",
+    )
+    f.add_argument(
+        "--tuned-weight",
+        type=float,
+        metavar="W",
+        help="save (1 - W) x the base model's weights + W x the fine-tuned ones (WiSE-FT; "
+        "default: 0.5 for --noisy-only runs from a base model, else 1)",
     )
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--resume", action="store_true", help="continue the stopped run of --name")

@@ -8,7 +8,8 @@ brightest pixel, read noise ``--read`` electrons, black level ``--offset`` ADU,
 each frame alone and both are scored against the noise-free frame (affine-fitted PSNR,
 as in the microscopy benchmark), denoising with the black level estimated.
 
-Run ``python tools/r2r_synthetic.py [--black-level camera|auto|none] [--steps 300]``.
+Run ``python tools/r2r_synthetic.py [--black-level camera|auto|none] [--steps 300]
+[--tuned-weight W]``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def main(argv=None) -> int:
     p.add_argument("--offset", type=float, default=8.0, help="black level, ADU")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--black-level", default="auto", help="fine-tuning's black_level")
+    p.add_argument("--tuned-weight", type=float, default=None,
+                   help="share of the fine-tuned weights in the saved model (default: the "
+                   "fine-tuning default, 0.5 for noisy-only runs; 1 = no averaging)")
     a = p.parse_args(argv)
 
     from src_models.bench_micro import micro_score, model_runner
@@ -57,14 +61,16 @@ def main(argv=None) -> int:
             os.environ[ENV_MODEL_DIR] = tmp
             clear_cache()
             settings = FinetuneSettings(name="synthetic", mode="noisy", base=base_path,
-                                        steps=a.steps, black_level=a.black_level)
+                                        steps=a.steps, black_level=a.black_level,
+                                        tuned_weight=a.tuned_weight)
             result = finetune(settings, [SourceImage(name, noisy.astype(np.float32))])
             after = model_runner(load_model(result.model_path))(noisy)
             kept = result.card.notes.get("kept", "")
             del os.environ[ENV_MODEL_DIR]
             clear_cache()
         tuned = micro_score(clean, after, plain=False)[0]
-        print(f"{name}, {a.photons:g} photons, black_level {a.black_level}: base {before:.2f} dB, "
+        print(f"{name}, {a.photons:g} photons, black_level {a.black_level}, tuned_weight "
+              f"{a.tuned_weight}: base {before:.2f} dB, "
               f"fine-tuned {tuned:.2f} dB ({tuned - before:+.2f}; kept {kept})", flush=True)
     return 0
 

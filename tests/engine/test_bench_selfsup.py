@@ -25,7 +25,7 @@ def test_selfsup_run_scores_before_and_after_and_keeps_the_user_folder_clean(
     before = sorted(p.name for p in model_dir.iterdir())
     out = tmp_path / "out"
     code = main(["--data", str(tmp_path / "data"), "--out", str(out), "--base", "pyramid",
-                 "--steps", "4", "--images", "W2S:0", "--lr", "1e-4"])
+                 "--steps", "4", "--images", "W2S:0", "--lr", "1e-4", "--tuned-weight", "1"])
     assert code == 0
     assert sorted(p.name for p in model_dir.iterdir()) == before  # nothing saved there
     row = (out / "selfsup.csv").read_text().splitlines()

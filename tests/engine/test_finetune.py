@@ -400,3 +400,57 @@ def test_train_hooks_take_any_sampler_and_evaluator_and_can_keep_the_initial_mod
     assert read_card(result.model_path).steps_done == 0
     header = (tmp_path / "log.csv").read_text().splitlines()[0]
     assert header == "step,loss,lr,elapsed_s,psnr_demo"
+
+
+# --- weight-space averaging with the base (WiSE-FT) ------------------------------------------
+
+
+def test_tuned_weight_defaults_to_the_midpoint_for_noisy_only_runs_from_a_base():
+    from src_models.config import ConfigError
+
+    assert FinetuneSettings(name="a", mode="noisy").resolved_tuned_weight() == 0.5
+    assert FinetuneSettings(name="a", mode="noisy", base=None).resolved_tuned_weight() == 1.0
+    assert FinetuneSettings(name="a", mode="clean").resolved_tuned_weight() == 1.0
+    assert FinetuneSettings(name="a", tuned_weight=0.25).resolved_tuned_weight() == 0.25
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="tuned_weight"):
+            FinetuneSettings(name="a", tuned_weight=bad).check()
+
+
+def test_saved_model_is_the_weight_average_of_base_and_fine_tuned(user_dir):
+    """Text at sigma 25 from a photo model: half-way is already better than the base, so the
+    average is saved: exactly (base + last checkpoint) / 2, homogeneous, and said so."""
+    from src_models.registry import load_model
+
+    result = finetune(_settings(steps=40, corruption=SIGMA_25, tuned_weight=0.5),
+                      [SourceImage("text", skdata.text())])
+    card = read_card(result.model_path)
+    assert "WiSE-FT" in card.notes["kept"] and "after step 40" in card.notes["kept"]
+    assert result.val_psnr_best["25"] > result.val_psnr_initial["25"]
+    base, _ = load_keras_model(user_dir / "base.keras")
+    last, _ = load_keras_model(result.run_dir / "checkpoint.keras")
+    saved = load_model("ft").model
+    for s, b, t in zip(saved.get_weights(), base.get_weights(), last.get_weights(), strict=True):
+        np.testing.assert_allclose(s, 0.5 * b + 0.5 * t, rtol=1e-6, atol=1e-7)
+    assert any(not np.allclose(b, t) for b, t in zip(base.get_weights(), last.get_weights(),
+                                                      strict=True))
+    y = np.random.default_rng(2).uniform(0, 1, (1, 32, 32, 1)).astype("float32")
+    np.testing.assert_allclose(np.asarray(saved(3.0 * y)), 3.0 * np.asarray(saved(y)),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_an_average_that_validates_below_the_base_is_not_saved(user_dir, monkeypatch):
+    import src_models.finetune as ft
+
+    def zeroed(base_path, tuned_path, weight):  # an "average" that outputs black
+        model, _ = load_keras_model(tuned_path)
+        model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+        return model
+
+    monkeypatch.setattr(ft, "average_weights", zeroed)
+    result = finetune(_settings(steps=20, tuned_weight=0.5), [SourceImage("text", skdata.text())])
+    card = read_card(result.model_path)
+    assert "validated lower" in card.notes["kept"]
+    assert card.steps_done in (0, 20)  # the best checkpoint, as without averaging
+    assert np.mean(list(result.val_psnr_best.values())) >= np.mean(
+        list(result.val_psnr_initial.values()))
