@@ -232,7 +232,6 @@ def test_quick_run_has_the_expected_rows(quick_run):
         assert methods == {
             ("noisy", "noisy"),
             ("color", "model"),
-            ("color (TTA \u00d78)", "model"),
             ("gray (per channel)", "model-per-channel"),
             ("CBM3D", "baseline"),
             ("CBM3D (est. sigma)", "baseline"),
