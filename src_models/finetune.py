@@ -137,8 +137,10 @@ class FinetuneSettings:
         None: 0.5 for noisy-only runs from a base model, else 1 (the fine-tuned model as
         is). Why: a self-supervised gradient is noisy (R2R's target carries five times
         the data's noise variance), so the end of the run drifts around the optimum the
-        base is near; the midpoint of the two was better than either on real frames
-        (``bench_selfsup``), and a bias-free net with averaged weights is still bias-free.
+        base is near; on synthetic low-photon frames (``tools/r2r_synthetic.py``) the
+        fine-tuned model alone lost against the base where the midpoint gained. A bias-free
+        net with averaged weights is still bias-free. The midpoint is not saved when it
+        validates below the base on the held-out band.
     seed : int
     description : str
     """
@@ -198,7 +200,6 @@ class FinetuneSettings:
             raise ConfigError(f"tuned_weight={self.tuned_weight!r} must be in (0, 1]")
         if int(self.seed) != self.seed or self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} must be a non-negative integer")
-
 
     def resolved_tuned_weight(self) -> float:
         """:attr:`tuned_weight`, with None resolved: 0.5 for noisy-only runs from a base."""
