@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -311,15 +311,30 @@ def predict_transformed(
     return _untransform(predict(_transform(batch, k)), k)
 
 
-def predict_averaged(
+def _averaging(
     predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, tta: int
-) -> np.ndarray:
-    """The mean of :func:`predict_transformed` over the first ``tta`` transforms (float32)."""
+) -> Generator[None, None, np.ndarray]:
+    """Sum :func:`predict_transformed` over the first ``tta`` transforms, yielding between
+    them (points to report and cancel at); returns the float32 mean."""
     total = None
     for k in range(tta):
         pred = predict_transformed(predict, batch, k)
         total = pred.astype(np.float32) if total is None else total + pred
+        if k < tta - 1:
+            yield
     return total / tta if tta > 1 else total
+
+
+def predict_averaged(
+    predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, tta: int
+) -> np.ndarray:
+    """The mean of :func:`predict_transformed` over the first ``tta`` transforms (float32)."""
+    steps = _averaging(predict, batch, tta)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 # --------------------------------------------------------------------------- one plane
@@ -692,16 +707,9 @@ class Denoiser:
         repeat = batch[0][0].repeat
         if repeat > 1:
             x = np.repeat(x, repeat, axis=-1)
-        y_hat = None
-        for k in range(tta):
-            pred = predict_transformed(self.predict_batch, x, k)
-            if repeat > 1:
-                pred = pred.mean(axis=-1, keepdims=True)
-            y_hat = pred.astype(np.float32) if y_hat is None else y_hat + pred
-            if k < tta - 1:
-                yield
-        if tta > 1:
-            y_hat /= tta
+        y_hat = yield from _averaging(self.predict_batch, x, tta)
+        if repeat > 1:
+            y_hat = y_hat.mean(axis=-1, keepdims=True)
         m = tiling.margin
         cy, cx = tiling.core
         for (plane, y0, x0), pred in zip(batch, y_hat, strict=True):
