@@ -429,7 +429,7 @@ def run(argv: list[str] | None = None) -> Path:
                 continue
             r["method"] = den.name
             rows.append(_speed_row("memory", r))
-            _log(f"[memory] {den.name}: peak {r['peak_rss_mb']:.0f} MB, {r['mpix_s']:.3f} Mpix/s")
+            _log(f"[memory] {den.name}: peak {r['peak_rss_mb']:.0f} MiB, {r['mpix_s']:.3f} Mpix/s")
         micro = [spec for spec, den in models if den.name == "microscopy"]
         if micro:  # a camera stack: 32 planes of 2048^2 uint16, as in the microscopy issue
             _log("[memory] microscopy on a 32x2048² uint16 stack in a subprocess")
@@ -440,7 +440,7 @@ def run(argv: list[str] | None = None) -> Path:
             else:
                 r["method"] = "microscopy (uint16 stack)"
                 rows.append(_speed_row("memory", r))
-                _log(f"[memory] {r['method']}: peak {r['peak_rss_mb']:.0f} MB")
+                _log(f"[memory] {r['method']}: peak {r['peak_rss_mb']:.0f} MiB")
         from .bench_speed import measure_dask_memory
 
         gray = [spec for spec, den in models if den.name == "gray"]
@@ -452,7 +452,7 @@ def run(argv: list[str] | None = None) -> Path:
                 continue
             rows.append(_speed_row("memory", r))
             _log(
-                f"[memory] {r['method']}: peak {r['peak_rss_mb']:.0f} MB, {r['mpix_s']:.3f} Mpix/s"
+                f"[memory] {r['method']}: peak {r['peak_rss_mb']:.0f} MiB, {r['mpix_s']:.3f} Mpix/s"
             )
 
     # ------------------------------------------------------------------ outputs

@@ -394,11 +394,11 @@ def speed_table(rows: Sequence[Row], methods: Iterable[str] | None = None) -> st
     mem_shapes = list(dict.fromkeys(r.shape for r in sp if r.section == "memory"))
     head = ["model"] + [f"{s} (Mpix/s)" for s in shapes]
     if len(mem_shapes) == 1:  # one memory-run input for all: named in the headers
-        head += [f"{mem_shapes[0]} (Mpix/s)", f"{mem_shapes[0]} peak RSS (MB)"]
+        head += [f"{mem_shapes[0]} (Mpix/s)", f"{mem_shapes[0]} peak RSS (MiB)"]
     elif mem_shapes:  # several (e.g. a uint16 stack): a column says which
-        head += ["memory run", "memory run (Mpix/s)", "peak RSS (MB)"]
+        head += ["memory run", "memory run (Mpix/s)", "peak RSS (MiB)"]
     if mem_shapes:
-        head += ["RSS after loading (MB)"]
+        head += ["RSS after loading (MiB)"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for method in dict.fromkeys(r.method for r in sp):
         mine = [r for r in sp if r.method == method]

@@ -239,7 +239,7 @@ def _run_json_child(cmd: list[str], what: str, timeout: float | None) -> dict:
 
 
 def _maxrss_mb() -> float:
-    """Peak resident memory of this process in MB.
+    """Peak resident memory of this process in MiB (2**20 bytes).
 
     Why VmHWM first: on Linux ``ru_maxrss`` survives ``exec``, so a child started
     from a big parent would report the parent's size; VmHWM belongs to the new

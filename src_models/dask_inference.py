@@ -438,7 +438,7 @@ def local_client(workers: int | None = None, scheduler: str | None = None, threa
 
 
 def _maxrss_mb() -> float:
-    """Peak resident memory of this process in MB (VmHWM: a child's own, unlike ru_maxrss)."""
+    """Peak resident memory of this process in MiB (VmHWM: a child's own, unlike ru_maxrss)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

@@ -2,10 +2,14 @@
 
 Why it looks like this:
 
-* **Tiles give exactly the untiled result.** Each 2-D plane is padded once by a
+* **Tiles give exactly the untiled result.** Each 2-D plane is reflect-padded by a
   margin ``M`` (at least the model's receptive field, a multiple of its size
   multiple) and cut into windows whose cores start at multiples of the size
-  multiple, so every core pixel sees the same inputs it would in one pass.
+  multiple, so every core pixel sees the same inputs it would in one pass. The
+  padded plane is never built: each window is read from the plane through
+  reflected row and column indices and normalised on its own, so the memory on
+  top of the input and output is one batch of windows (an 8192^2 plane would
+  otherwise add a 256 MiB float32 copy).
 * **Scale and offset (black level).** Bias-free nets satisfy ``D(a*y) = a*D(y)``
   for ``a > 0`` but are not offset-equivariant, and were trained on non-negative
   intensities whose zero is "no signal". A camera adds a constant black level
@@ -52,7 +56,8 @@ MAX_CORE = 1024  # automatic tiling: cores at most this many pixels per side (at
 # automatic tiling of denoise(): the largest window (core + both margins) whose pixels times
 # the model's channels stay within this. Gray U-Nets then denoise 2048^2 in one tile instead
 # of four (margins of 112 px made the four cost 1.5x the image, one costs 1.23x): about 10 %
-# faster, and an 8192^2 gray image still peaks under 1.9 GB (measured, bench memory run)
+# faster, and an 8192^2 gray image still peaks at about 1.7 GiB, TensorFlow's 0.8 included
+# (bench memory run)
 WINDOW_PIXELS = 2304 * 2304
 # ... but only for models whose margins would make 1024-px windows this much larger than their
 # cores (gray U-Nets: (1024 + 2*112)^2 / 1024^2 = 1.49). Models with small margins (1.1 for
@@ -340,16 +345,39 @@ def predict_averaged(
 # --------------------------------------------------------------------------- one plane
 
 
+def padded_index(length: int, margin: int, extra: int) -> np.ndarray:
+    """Plane index of every row (or column) of the reflect-padded plane the windows tile."""
+    return np.pad(np.arange(length), (margin, margin + extra), mode="reflect")
+
+
+def _window_rows(index: np.ndarray, start: int, size: int) -> slice | np.ndarray:
+    """Rows ``start:start + size`` of the padded plane: a slice where no reflection falls."""
+    rows = index[start : start + size]
+    if rows[-1] - rows[0] == size - 1 and (size == 1 or bool(np.all(np.diff(rows) == 1))):
+        return slice(int(rows[0]), int(rows[0]) + size)
+    return rows
+
+
 @dataclass
 class _Plane:
-    """One plane's normalised, padded float32 pixels and how to undo the normalisation."""
+    """One (H, W, c) plane as given (never copied unless it had NaN/inf) and its normalisation."""
 
     lead: tuple[int, ...]
     chans: slice
-    padded: np.ndarray  # (Hp, Wp, c) float32
+    pixels: np.ndarray  # (H, W, c), the caller's dtype
+    rows: np.ndarray  # plane row of each padded row (padded_index)
+    cols: np.ndarray
     offset: float
     scale: float
     repeat: int  # >1: channel fed `repeat` times, outputs averaged
+
+    def window(self, y: int, x: int, size: tuple[int, int]) -> np.ndarray:
+        """Padded rows y.., columns x.. as normalised float32 (one window's copy only)."""
+        r = _window_rows(self.rows, y, size[0])
+        c = _window_rows(self.cols, x, size[1])
+        both = not isinstance(r, slice) and not isinstance(c, slice)
+        src = self.pixels[np.ix_(r, c)] if both else self.pixels[r, c]
+        return _normalise(src, self.offset, self.scale)
 
 
 def _fill_non_finite(plane: np.ndarray, where: str) -> tuple[np.ndarray, int]:
@@ -375,32 +403,6 @@ def _normalise(plane: np.ndarray, offset: float, scale: float) -> np.ndarray:
     rows = max(1, _CHUNK // max(1, plane[0].size))
     for r in range(0, plane.shape[0], rows):
         out[r : r + rows] = (plane[r : r + rows].astype(np.float64) - offset) / scale
-    return out
-
-
-def _normalise_padded(
-    plane: np.ndarray, offset: float, scale: float, pad: tuple[tuple[int, int], tuple[int, int]]
-) -> np.ndarray:
-    """Normalise straight into a reflect-padded float32 buffer (one plane-sized copy, not two).
-
-    Equals ``np.pad(_normalise(plane, offset, scale), pad, mode="reflect")``; the memory
-    saved is what keeps an 8192^2 image inside the promised peak.
-    """
-    (top, bottom), (left, right) = pad
-    h, w = plane.shape[:2]
-    if max(top, bottom) >= h - 1 or max(left, right) >= w - 1:  # reflections of reflections: numpy
-        return np.pad(_normalise(plane, offset, scale), pad + ((0, 0),), mode="reflect")
-    out = np.empty((h + top + bottom, w + left + right, plane.shape[2]), dtype=np.float32)
-    out[top : top + h, left : left + w] = _normalise(plane, offset, scale)
-    rows = slice(top, top + h)
-    if left:
-        out[rows, :left] = out[rows, 2 * left : left : -1]
-    if right:
-        out[rows, left + w :] = out[rows, left + w - 2 : left + w - 2 - right : -1]
-    if top:
-        out[:top] = out[2 * top : top : -1]
-    if bottom:
-        out[top + h :] = out[top + h - 2 : top + h - 2 - bottom : -1]
     return out
 
 
@@ -672,7 +674,7 @@ class Denoiser:
         repeat: int,
         offset: OffsetArg,
     ) -> tuple[_Plane, int]:
-        """Read one plane, fill non-finite pixels, normalise, pad once."""
+        """Read one plane, fill non-finite pixels, find its offset and scale."""
         full = slice(None)
         plane = layout.to_hwc(np.asarray(array[layout.index(lead, chans, full, full)]))
         bad = 0
@@ -685,9 +687,9 @@ class Denoiser:
             offset = black_level(plane)
         off, scale = _offset_and_scale(plane, offset)
         m = tiling.margin
-        pad = ((m, m + tiling.extra[0]), (m, m + tiling.extra[1]))
-        padded = _normalise_padded(plane, off, scale, pad)
-        return _Plane(lead, chans, padded, off, scale, repeat), bad
+        rows = padded_index(layout.height, m, tiling.extra[0])
+        cols = padded_index(layout.width, m, tiling.extra[1])
+        return _Plane(lead, chans, plane, rows, cols, off, scale, repeat), bad
 
     def _run(
         self,
@@ -703,7 +705,9 @@ class Denoiser:
         points to report progress and cancel at.
         """
         wy, wx = tiling.window
-        x = np.stack([p.padded[y : y + wy, x0 : x0 + wx] for p, y, x0 in batch])
+        windows = [p.window(y, x0, (wy, wx)) for p, y, x0 in batch]
+        x = windows[0][None] if len(windows) == 1 else np.stack(windows)
+        del windows
         repeat = batch[0][0].repeat
         if repeat > 1:
             x = np.repeat(x, repeat, axis=-1)

@@ -37,6 +37,7 @@ from .inference import (
     _layout,
     _offset_and_scale,
     _tiling,
+    padded_index,
 )
 
 __all__ = [
@@ -93,11 +94,6 @@ def _read_plane(
 def _normalise(values: np.ndarray, offset: float, scale: float) -> np.ndarray:
     """(values - offset) / scale in float64, stored as float32: exactly as the Denoiser does."""
     return ((values.astype(np.float64) - offset) / scale).astype(np.float32)
-
-
-def _padded_index(length: int, margin: int, extra: int) -> np.ndarray:
-    """Image index of every row (or column) of the Denoiser's reflect-padded plane."""
-    return np.pad(np.arange(length), (margin, margin + extra), mode="reflect")
 
 
 def _model_vjp(denoiser: Denoiser, x: np.ndarray, u: np.ndarray, repeat: int):
@@ -272,8 +268,8 @@ def pixel_filter(
     side = 2 * margin + m
     # aligned crop: it starts at a multiple of m and keeps >= margin pixels on each side
     y0, x0 = py - py % m, px - px % m
-    rows = _padded_index(layout.height, margin, tiling.extra[0])[y0 : y0 + side]
-    cols = _padded_index(layout.width, margin, tiling.extra[1])[x0 : x0 + side]
+    rows = padded_index(layout.height, margin, tiling.extra[0])[y0 : y0 + side]
+    cols = padded_index(layout.width, margin, tiling.extra[1])[x0 : x0 + side]
     box = (
         max(0, py - rf),
         min(layout.height, py + rf + 1),
@@ -546,8 +542,8 @@ class _Prober:
         self.owned = [_owned(starts[a], core[a], sizes[a]) for a in range(2)]
         wy, wx = self.tiling.window
         self.window_pixels = wy * wx
-        self.rows = _padded_index(layout.height, self.tiling.margin, self.tiling.extra[0])
-        self.cols = _padded_index(layout.width, self.tiling.margin, self.tiling.extra[1])
+        self.rows = padded_index(layout.height, self.tiling.margin, self.tiling.extra[0])
+        self.cols = padded_index(layout.width, self.tiling.margin, self.tiling.extra[1])
         shape = (layout.height, layout.width, layout.channels)
         self.sums = {k: np.zeros(shape) for k in ("diag", "energy", "spread", "denoised", "image")}
 
@@ -747,8 +743,8 @@ def _crop_jacobian(denoiser, crop, channel_axis, offset, progress, cancel):
     tiling = _tiling(
         H, W, None, int(denoiser.card.receptive_field), int(denoiser.card.size_multiple)
     )
-    rows = _padded_index(H, tiling.margin, tiling.extra[0])
-    cols = _padded_index(W, tiling.margin, tiling.extra[1])
+    rows = padded_index(H, tiling.margin, tiling.extra[0])
+    cols = padded_index(W, tiling.margin, tiling.extra[1])
     M = tiling.margin
     jac = np.zeros((H, W, C, H, W, C), dtype=np.float64)
     out = np.zeros((H, W, C), dtype=np.float64)

@@ -61,6 +61,43 @@ def test_tiled_equals_untiled_for_odd_sizes_and_rectangular_tiles(tiny_models):
         assert rel_err(tiled, whole) < 1e-5, name
 
 
+@pytest.mark.parametrize("shape, margin", [((40, 37), 8), ((5, 6), 13), ((9, 4), 4)])
+def test_windows_are_read_as_numpy_reflect_padding_of_the_normalised_plane(shape, margin):
+    from src_models.inference import _normalise, _Plane, padded_index
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 4096, shape + (1,)).astype(np.uint16)
+    extra = (3, 0)
+    rows, cols = padded_index(shape[0], margin, extra[0]), padded_index(shape[1], margin, 0)
+    plane = _Plane((), slice(None), pixels, rows, cols, offset=100.0, scale=3996.0, repeat=1)
+    pad = ((margin, margin + extra[0]), (margin, margin), (0, 0))
+    expected = np.pad(_normalise(pixels, 100.0, 3996.0), pad, mode="reflect")  # numpy's own
+    size = (rows.size - 3, cols.size - 2)
+    for y, x in [(0, 0), (3, 2), (1, 0), (0, 1)]:  # corners, edges, reflections of reflections
+        window = plane.window(y, x, size)
+        assert window.dtype == np.float32
+        np.testing.assert_array_equal(window, expected[y : y + size[0], x : x + size[1]])
+
+
+def test_a_large_plane_is_denoised_without_a_float_copy_of_the_whole_plane(gray, monkeypatch):
+    import tracemalloc
+
+    from src_models import inference
+
+    monkeypatch.setattr(inference, "BATCH_PIXELS", 1)  # one window per model call
+    img = np.random.default_rng(0).integers(0, 256, (1024, 1024), dtype=np.uint8)
+    gray.denoise(img[:64, :64], tile=96)  # warm-up: tracing allocates on first use
+    tracemalloc.start()
+    try:
+        out = gray.denoise(img, tile=96)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    # the uint8 output (1 MiB) and a window's copies; a float32 plane would alone take 4 MiB
+    assert peak < 1024 * 1024 * 4, f"peak {peak / 2**20:.1f} MiB"
+
+
 def test_margin_below_receptive_field_shows_seams(gray):
     """The tiling check has teeth: with no overlap, tile seams are visible."""
     blind = Denoiser(gray.model, gray.card.model_copy(update={"receptive_field": 0}))
