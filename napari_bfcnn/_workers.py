@@ -64,13 +64,15 @@ def resolve_model(name: str, inp: LayerInput) -> str:
     return default_model(inp.channels, inp.rgb)
 
 
-def result_label(model: str, tta: int = 1) -> str:
-    """The model part of an output's name: ``"gray"``, or ``"gray, TTA ×8"`` with augmentation.
+def result_label(model: str, tta: int = 1, preview: bool = False) -> str:
+    """The model part of an output's name: ``"gray"``, ``"gray, TTA ×8"``, ``"gray, preview"``.
 
-    Why: a run with test-time augmentation is another result; it gets its own layer
-    instead of replacing the plain run's.
+    Why: a run with test-time augmentation, or a one-slice preview, is another result;
+    it gets its own layer instead of replacing the plain all-planes run's (a preview
+    replaces only the previous preview with the same settings).
     """
-    return model if tta == 1 else f"{model}, TTA \u00d7{tta}"
+    label = model if tta == 1 else f"{model}, TTA \u00d7{tta}"
+    return f"{label}, preview" if preview else label
 
 
 def denoise_job(job: DenoiseJob) -> Generator[float, None, DenoiseOutcome]:
@@ -106,7 +108,7 @@ def denoise_job(job: DenoiseJob) -> Generator[float, None, DenoiseOutcome]:
             offset=job.offset,
             tta=job.tta,
         )
-        name = result_label(name, job.tta)
+        name = result_label(name, job.tta, preview=bool(job.fixed))
     except MemoryError:
         return DenoiseOutcome(
             name, error="not enough memory: try a smaller tile size or preview one slice"

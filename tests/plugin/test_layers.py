@@ -62,6 +62,18 @@ def test_bad_layers_raise_layer_error_naming_the_problem(layer, words):
         read_layer(layer)
 
 
+def test_finite_check_finds_the_one_finite_pixel_of_a_big_stack_block_by_block():
+    from napari_bfcnn._layers import _has_finite
+
+    stack = np.full((3, 40, 50), np.nan, np.float32)
+    assert not _has_finite(stack, chunk=100)
+    stack[2, 39, 49] = 1.0  # the very last pixel, found through nested blocks
+    assert _has_finite(stack, chunk=100)
+    assert _has_finite(stack)  # one block
+    stack[2, 39, 49] = np.inf
+    assert not _has_finite(stack, chunk=100)
+
+
 def test_out_of_range_channel_axis_is_named():
     with pytest.raises(LayerError, match="channel_axis=5 is out of range for an image with 3"):
         read_array(np.zeros((2, 16, 16)), channel_axis=5)

@@ -154,16 +154,24 @@ def test_current_slice_preview_denoises_only_the_viewed_plane_in_place(viewer_wi
     viewer, widget = viewer_widget
     data = np.random.default_rng(5).uniform(0, 100, (6, 32, 32)).astype(np.float32)
     layer = viewer.add_image(data, name="stack", scale=(2, 1, 1), translate=(1, 0, 0))
+    _run(qtbot, widget, layer)  # the whole stack first: a preview must not replace it
     viewer.dims.set_point(0, 1 + 2 * 4)  # world z of slice 4
     widget.image.value = layer
     assert widget.preview.enabled
     widget.preview.value = True
     _run(qtbot, widget, layer)
-    out = viewer.layers["stack [denoised: tiny-gray]"]
+    out = viewer.layers["stack [denoised: tiny-gray, preview]"]
     assert out.data.shape == (1, 32, 32)
     np.testing.assert_allclose(out.translate, (9, 0, 0))
     np.testing.assert_allclose(out.data[0], _engine("tiny-gray", data[4]), rtol=1e-5, atol=1e-4)
     assert out.metadata["bfcnn"]["planes"] == "current"
+    whole = viewer.layers["stack [denoised: tiny-gray]"]
+    assert whole.data.shape == data.shape and whole.metadata["bfcnn"]["planes"] == "all"
+    viewer.dims.set_point(0, 1 + 2 * 2)  # another slice: its preview replaces the first one
+    _run(qtbot, widget, layer)
+    assert len(viewer.layers) == 3
+    np.testing.assert_allclose(out.translate, (5, 0, 0))
+    np.testing.assert_allclose(out.data[0], _engine("tiny-gray", data[2]), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize(("dtype", "out_dtype"), [(np.uint16, np.uint16), (np.float64, np.float32)])
