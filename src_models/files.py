@@ -7,6 +7,7 @@ turn into arrays plus a channel axis.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,13 @@ class ImageFile:
 
 
 def _guess_channel_axis(shape: tuple[int, ...], axes: str = "") -> int | None:
-    """Channel axis from TIFF axes letters (C or S), else a trailing 3/4 (RGB/RGBA)."""
+    """Channel axis from TIFF axes letters (C or S), else a trailing 3/4 (RGB/RGBA).
+
+    ``axes`` has one letter per axis of the data, tifffile's "Q" (unknown) included;
+    letters that do not match the data's dimensions are ignored.
+    """
+    if len(axes) != len(shape):
+        axes = ""
     for letter in ("S", "C"):
         if letter in axes:
             return axes.index(letter)
@@ -83,8 +90,7 @@ def _read_tiff(path: Path) -> ImageFile:
         series = tif.series[0]
         data = series.asarray()
         axes, kwargs = _tiff_meta(tif)
-    axes_clean = axes.replace("Q", "")
-    return ImageFile(data, _guess_channel_axis(data.shape, axes_clean), axes, kwargs)
+    return ImageFile(data, _guess_channel_axis(data.shape, axes), axes, kwargs)
 
 
 _OME_PIXELS = tuple(
@@ -138,27 +144,34 @@ def write_image_file(path: str | Path, image: ImageFile, data: np.ndarray) -> Pa
     """Write ``data`` like ``image`` was read: TIFF keeps resolution / ImageJ / OME metadata.
 
     JPEG inputs are written as PNG next to the requested name: a denoised image
-    should not be re-compressed with a lossy codec.
+    should not be re-compressed with a lossy codec. The file is written under a
+    hidden name and renamed when complete, so a failed write (full disk, encoder
+    error) never leaves a truncated file, nor truncates the input written over.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".jpg", ".jpeg"):
         path = path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix in (".tif", ".tiff"):
-        import tifffile
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
 
-        kwargs = dict(image.tiff_kwargs)
-        if kwargs.get("imagej") and data.dtype not in (np.uint8, np.uint16, np.float32):
-            kwargs.pop("imagej")
-        if image.channel_axis is not None and data.ndim == 3 and data.shape[-1] in (3, 4) \
-                and image.channel_axis == data.ndim - 1 and not kwargs.get("imagej"):
-            kwargs.setdefault("photometric", "rgb")
-        tifffile.imwrite(path, data, **kwargs)
-    else:
-        import imageio.v3 as iio
+            kwargs = dict(image.tiff_kwargs)
+            if kwargs.get("imagej") and data.dtype not in (np.uint8, np.uint16, np.float32):
+                kwargs.pop("imagej")
+            if image.channel_axis is not None and data.ndim == 3 and data.shape[-1] in (3, 4) \
+                    and image.channel_axis == data.ndim - 1 and not kwargs.get("imagej"):
+                kwargs.setdefault("photometric", "rgb")
+            tifffile.imwrite(partial, data, **kwargs)
+        else:
+            import imageio.v3 as iio
 
-        iio.imwrite(path, data)
+            iio.imwrite(partial, data)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
@@ -275,7 +288,7 @@ def open_lazy(path: str | Path, chunk: int = 1024) -> LazyImage:
             axes, kwargs = _tiff_meta(tif)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ValueError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
-    axis = _guess_channel_axis(shape, axes.replace("Q", ""))
+    axis = _guess_channel_axis(shape, axes)
     spatial = [a for a in range(len(shape)) if a != axis][-2:]
     chunks = tuple(
         min(chunk, n) if a in spatial else (n if a == axis else 1) for a, n in enumerate(shape)
