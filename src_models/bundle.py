@@ -10,6 +10,7 @@ the final file) and be homogeneous; this is checked here, once, before it ships.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,10 +86,16 @@ def bundle_model(source: str | Path, name: str | None = None, dest: Path = BUNDL
     err = float(np.abs(d2 - 3.0 * d1).max() / (np.abs(3.0 * d1).max() + 1e-12))
     if err > 1e-4:
         raise ValueError(f"{source}: not homogeneous (relative error {err:.2e}); refusing to ship")
-    path = save_model(model, Path(dest) / f"{name}.keras", card, include_optimizer=False)
-    if path.stat().st_size > MAX_BYTES:
-        path.unlink()
-        raise ValueError(f"{source}: {name}.keras would be larger than 10 MB")
+    # saved beside the target first: a model over the size limit must not replace the bundled one
+    staged = Path(dest) / f".{name}.staged.keras"
+    try:
+        save_model(model, staged, card, include_optimizer=False)
+        if staged.stat().st_size > MAX_BYTES:
+            raise ValueError(f"{source}: {name}.keras would be larger than 10 MB")
+        path = Path(dest) / f"{name}.keras"
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
     return path
 
 

@@ -17,6 +17,7 @@ from .corruptions import add_gaussian, check_seed, corrupt, poisson_gaussian
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "SCORE_MAX_DB",
     "PairSampler",
     "PatchSampler",
     "check_images",
@@ -28,6 +29,8 @@ __all__ = [
     "split_train_val",
     "validation_set",
 ]
+
+SCORE_MAX_DB = 100.0  # validation PSNRs are capped here: a perfect score must fit in JSON
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -517,11 +520,14 @@ def photon_validation_set(
     return out
 
 
-def psnr(clean: np.ndarray, estimate: np.ndarray, peak: float = 1.0) -> float:
+def psnr(
+    clean: np.ndarray, estimate: np.ndarray, peak: float = 1.0, max_db: float | None = None
+) -> float:
     """Peak signal-to-noise ratio in dB, ``10 log10(peak^2 / mse)``.
 
     The estimate is clipped to [0, peak] first, as when it is displayed or saved;
-    identical images give ``inf``.
+    identical images give ``inf``, or ``max_db`` when given (model cards store
+    validation scores as JSON, which has no infinity).
 
     Parameters
     ----------
@@ -529,6 +535,8 @@ def psnr(clean: np.ndarray, estimate: np.ndarray, peak: float = 1.0) -> float:
         Same shape.
     peak : float
         The maximum signal value (1.0 for [0, 1] images).
+    max_db : float, optional
+        Upper bound of the result.
 
     Returns
     -------
@@ -541,6 +549,5 @@ def psnr(clean: np.ndarray, estimate: np.ndarray, peak: float = 1.0) -> float:
     if peak <= 0:
         raise ValueError(f"peak must be > 0 (got {peak})")
     mse = float(np.mean((clean - np.clip(estimate, 0.0, peak)) ** 2))
-    if mse == 0.0:
-        return float("inf")
-    return float(10.0 * np.log10(peak**2 / mse))
+    db = float(10.0 * np.log10(peak**2 / mse)) if mse > 0.0 else float("inf")
+    return db if max_db is None else min(db, float(max_db))

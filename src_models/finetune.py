@@ -471,11 +471,11 @@ class _Evaluator:
             self.shown = crop
 
     def __call__(self, model) -> dict[str, float]:
-        from .data import psnr
+        from .data import SCORE_MAX_DB, psnr
 
         scores = {}
         for noisy, target, key in self.pairs:
-            scores[key] = psnr(target, _predict(model, noisy, self.multiple))
+            scores[key] = psnr(target, _predict(model, noisy, self.multiple), max_db=SCORE_MAX_DB)
         for key, group in self.groups.items():  # PSNR of the mean squared error over the group
             mse = np.mean(
                 [
@@ -483,7 +483,8 @@ class _Evaluator:
                     for x, t in group
                 ]
             )
-            scores[key] = float(10.0 * np.log10(1.0 / mse)) if mse > 0 else float("inf")
+            db = float(10.0 * np.log10(1.0 / mse)) if mse > 0 else SCORE_MAX_DB
+            scores[key] = min(db, SCORE_MAX_DB)
         if self.on_preview is not None:
             denoised = _predict(model, self.shown, self.multiple)
             self.on_preview(

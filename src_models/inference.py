@@ -577,8 +577,8 @@ class Denoiser:
         tile : int or (int, int), optional
             Tile core size in pixels (rounded up to the size multiple). None
             chooses: the whole plane up to :func:`auto_core` px per side (2080 for
-            the bundled gray U-Nets, 1106 for RGB models; never below 1024), else
-            near-equal cores of at most that size.
+            the bundled gray U-Nets, 1024 for the others), else near-equal cores
+            of at most that size.
         offset : float or "auto", optional
             Black level, subtracted before and added back after denoising (in the
             data's units, one value for all planes). ``"auto"``: estimated per

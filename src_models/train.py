@@ -158,12 +158,12 @@ def _predict_padded(model, image: np.ndarray, multiple: int) -> np.ndarray:
 
 def evaluate(model, val_set, multiple: int) -> dict[str, float]:
     """Mean PSNR (dB, [0,1] images) per label (a sigma, or ``"<photons>ph"``) on fixed pairs."""
-    from .data import psnr
+    from .data import SCORE_MAX_DB, psnr
 
     scores: dict[str, list[float]] = {}
     for noisy, clean, label in val_set:
         est = _predict_padded(model, noisy, multiple)
-        scores.setdefault(label, []).append(psnr(clean, est))
+        scores.setdefault(label, []).append(psnr(clean, est, max_db=SCORE_MAX_DB))
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 

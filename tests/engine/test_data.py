@@ -335,6 +335,24 @@ def test_psnr_identical_is_inf_and_known_mse_matches():
     assert psnr(clean, est) == pytest.approx(10 * np.log10(1 / mse))
 
 
+def test_validation_scores_are_capped_so_a_perfect_score_fits_in_a_model_card():
+    from src_models.config import ModelCard
+    from src_models.data import SCORE_MAX_DB
+    from src_models.train import evaluate
+
+    clean = np.zeros((8, 8, 1), np.float32)
+    assert psnr(clean, clean, max_db=SCORE_MAX_DB) == SCORE_MAX_DB == 100.0
+    assert psnr(clean, clean + 0.1, max_db=SCORE_MAX_DB) == pytest.approx(20.0)
+
+    def identity(x, training=False):
+        return x
+
+    scores = evaluate(identity, [(clean, clean, "black")], multiple=1)
+    assert scores == {"black": 100.0}
+    card = ModelCard(name="m", channels=1, val_psnr=scores)
+    assert ModelCard.model_validate_json(card.model_dump_json()).val_psnr == scores
+
+
 def test_psnr_clips_the_estimate_to_the_peak_range():
     zeros = np.zeros((4, 4, 1), np.float32)
     assert psnr(zeros, zeros - 0.5) == float("inf")

@@ -246,6 +246,21 @@ def test_bundled_card_names_base_models_and_data_as_the_repository_does(tmp_path
     assert shipped.recipe.init_from == "runs/tiny-1/tiny.keras"
 
 
+def test_a_model_over_the_size_limit_leaves_the_bundled_one_in_place(tmp_path, images, monkeypatch):
+    from src_models import bundle
+
+    train_ims, val_ims = images
+    result = train(_recipe(3), tmp_path / "runs" / "tiny", images=train_ims, val_images=val_ims)
+    dest = tmp_path / "pretrained"
+    shipped = bundle.bundle_model(result.model_path, dest=dest)
+    before = shipped.read_bytes()
+    monkeypatch.setattr(bundle, "MAX_BYTES", 100)
+    with pytest.raises(ValueError, match="larger than 10 MB"):
+        bundle.bundle_model(result.model_path, dest=dest)
+    assert shipped.read_bytes() == before
+    assert [p.name for p in dest.iterdir()] == [shipped.name]  # no staged file left
+
+
 def test_resume_must_keep_the_schedule_the_run_started_with(tmp_path, images):
     from src_models.config import ConfigError
 
