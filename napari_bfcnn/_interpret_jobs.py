@@ -36,6 +36,7 @@ __all__ = [
     "largest_side",
     "maps_job",
     "overlay_limit",
+    "plane_offset",
     "read_plane",
     "spectrum_job",
 ]
@@ -71,6 +72,22 @@ def read_plane(inp: LayerInput, lead: Pixel) -> np.ndarray:
     if inp.alpha:
         plane = plane[..., :3]
     return plane
+
+
+def plane_offset(inp: LayerInput, plane: np.ndarray) -> float | None:
+    """The black level the Denoise widget subtracts from this plane by default, or None.
+
+    Why: camera data (12/16-bit, not RGB) are denoised with the black level of each
+    plane removed (``offset="auto"``); the filters shown must be those of that same
+    computation, or ``D(y) = J(y) y`` would describe another output.
+    """
+    from src_models.registry import is_camera_data
+
+    if not is_camera_data(inp.data.dtype, inp.rgb):
+        return None
+    from src_models.noise_model import black_level
+
+    return black_level(plane)
 
 
 def filter_image(pf) -> np.ndarray:
@@ -193,8 +210,12 @@ def filters_job(
         for pixel in pixels:
             lead = tuple(pixel[:-2])
             if lead not in planes:
-                planes[lead] = read_plane(inp, lead)
-            pf = pixel_filter(denoiser, planes[lead], pixel[-2:], channel_axis=channel_axis(inp))
+                plane = read_plane(inp, lead)
+                planes[lead] = (plane, plane_offset(inp, plane))
+            plane, offset = planes[lead]
+            pf = pixel_filter(
+                denoiser, plane, pixel[-2:], channel_axis=channel_axis(inp), offset=offset
+            )
             yield tuple(pixel), pf
     except Exception as err:  # shown as a notification, never as a traceback dialog
         return _message("computing the pixel filter failed", err)
@@ -213,12 +234,14 @@ def maps_job(
     from src_models.interpret import MAP_NAMES, filter_maps
 
     def compute(denoiser) -> dict[str, np.ndarray]:
+        plane = read_plane(inp, lead)
         return filter_maps(
             denoiser,
-            read_plane(inp, lead),
+            plane,
             MAP_NAMES,
             int(probes),
             channel_axis=channel_axis(inp),
+            offset=plane_offset(inp, plane),
             progress=progress,
             cancel=cancel,
         )
@@ -241,11 +264,13 @@ def spectrum_job(
     y0, y1, x0, x1 = box
 
     def compute(denoiser) -> Spectrum:
+        plane = read_plane(inp, lead)
         return jacobian_spectrum(
             denoiser,
-            read_plane(inp, lead)[y0:y1, x0:x1],
+            plane[y0:y1, x0:x1],
             int(k),
             channel_axis=channel_axis(inp),
+            offset=plane_offset(inp, plane),  # the whole plane's, as the denoised output's
             progress=progress,
             cancel=cancel,
         )

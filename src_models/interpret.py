@@ -14,8 +14,9 @@ feeds a pixel to the network more than once, its weights are summed ("folded").
 
 * Scale does not matter: ``J(a y) = J(y)`` for ``a > 0``.
 * Offset does: the network sees ``y - o`` (``o = 0`` for non-negative images,
-  the plane minimum for images with negative values, or the ``offset`` given),
-  so the identity reads ``D(y) - o = J (y - o)``.
+  the plane minimum for images with negative values, the ``offset`` given, or
+  with ``offset="auto"`` the plane's black level, as the Denoiser finds it), so
+  the identity reads ``D(y) - o = J (y - o)``.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ from typing import Any
 import numpy as np
 
 from .inference import (
+    AUTO_OFFSET,
     BATCH_PIXELS,
     Cancelled,
     Denoiser,
+    OffsetArg,
+    _check_offset,
     _fill_non_finite,
     _Layout,
     _layout,
@@ -80,14 +84,19 @@ def _groups(denoiser: Denoiser, layout: _Layout) -> list[_Group]:
 
 
 def _read_plane(
-    image: Any, layout: _Layout, lead: tuple[int, ...], group: _Group, offset: float | None
+    image: Any, layout: _Layout, lead: tuple[int, ...], group: _Group, offset: OffsetArg
 ) -> tuple[np.ndarray, float, float]:
     """One plane's channels as (H, W, c) with non-finite pixels filled, and its offset and scale."""
     full = slice(None)
     plane = layout.to_hwc(np.asarray(image[layout.index(lead, group.chans, full, full)]))
     if plane.dtype.kind == "f":
         plane, _ = _fill_non_finite(plane, f"plane {lead}" if lead else "the image")
-    off, scale = _offset_and_scale(plane, None if offset is None else float(offset))
+    offset = _check_offset(offset)
+    if offset == AUTO_OFFSET:  # as Denoiser._prepare: the black level of this plane's channels
+        from .noise_model import black_level
+
+        offset = black_level(plane)
+    off, scale = _offset_and_scale(plane, offset)
     return plane, off, scale
 
 
@@ -220,7 +229,7 @@ def pixel_filter(
     *,
     channel_axis: int | None = None,
     out_channel: int | None = None,
-    offset: float | None = None,
+    offset: OffsetArg = None,
 ) -> PixelFilter:
     """The weights with which the denoiser averages the image into one output pixel.
 
@@ -241,7 +250,7 @@ def pixel_filter(
         Channel axis of the image, as for :meth:`Denoiser.denoise`.
     out_channel : int, optional
         With a channel axis: only this output channel's filter. None: all.
-    offset : float, optional
+    offset : float or "auto", optional
         As for :meth:`Denoiser.denoise` (None: 0 for non-negative planes, else the minimum).
 
     Returns
@@ -351,7 +360,7 @@ def filter_maps(
     probes: int = 16,
     *,
     channel_axis: int | None = None,
-    offset: float | None = None,
+    offset: OffsetArg = None,
     seed: int = 0,
     tile: int | tuple[int, int] | None = None,
     progress: Callable[[int, int], Any] | None = None,
@@ -402,7 +411,7 @@ def filter_maps(
         Channel axis. Colour maps are the mean over output channels of each
         channel's value (its diagonal entry, its row's energy over all input
         channels, its width; the residual averaged over channels).
-    offset : float, optional
+    offset : float or "auto", optional
         As for :meth:`Denoiser.denoise`.
     seed : int
         Seed of the probes' signs (>= 0); the same seed gives the same maps,
@@ -640,7 +649,7 @@ def crop_jacobian(
     crop: Any,
     *,
     channel_axis: int | None = None,
-    offset: float | None = None,
+    offset: OffsetArg = None,
     progress: Callable[[int, int], Any] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> np.ndarray:
@@ -660,7 +669,7 @@ def crop_jacobian(
         A small image: 2-D, or 3-D with ``channel_axis``.
     channel_axis : int, optional
         Channel axis of the crop.
-    offset : float, optional
+    offset : float or "auto", optional
         As for :meth:`Denoiser.denoise`.
     progress, cancel : callable, optional
         As for :func:`filter_maps`, called after every batch of rows.
@@ -678,7 +687,7 @@ def jacobian_spectrum(
     k: int = 8,
     *,
     channel_axis: int | None = None,
-    offset: float | None = None,
+    offset: OffsetArg = None,
     progress: Callable[[int, int], Any] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> Spectrum:

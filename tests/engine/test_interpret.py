@@ -159,6 +159,24 @@ def test_weights_do_not_depend_on_the_image_scale_and_offsets_are_reported(denoi
     assert f.output_value == pytest.approx(float(den.denoise(shifted)[5, 7]), abs=1e-5)
 
 
+def test_auto_offset_gives_the_filter_of_what_the_denoiser_outputs_for_camera_data(denoisers):
+    from src_models.noise_model import black_level
+
+    den = denoisers["unet"]
+    camera = (100 + 400 * image((24, 20), seed=4)).astype(np.uint16)  # a black level of ~100
+    out = den.denoise(camera, offset="auto")
+    f = pixel_filter(den, camera, (5, 7), offset="auto")
+    assert f.offset == pytest.approx(black_level(camera))
+    assert f.identity_error < 1e-4
+    assert f.output_value == pytest.approx(float(out[5, 7]), abs=0.6)  # uint16 rounding
+    plain = pixel_filter(den, camera, (5, 7))  # offset 0: another input, another filter
+    assert plain.offset == 0.0 and rel(plain.weights, f.weights) > 1e-3
+    maps = filter_maps(den, camera, ["energy"], probes=16, offset="auto")
+    assert np.isfinite(maps["energy"]).all()
+    with pytest.raises(ValueError, match="offset must be"):
+        pixel_filter(den, camera, (5, 7), offset="black")
+
+
 def test_colour_filters_have_channel_blocks_and_obey_euler(denoisers):
     img = image((20, 22, 3), seed=4)
     joint = denoisers["rgb"]  # a 3-channel model mixes channels

@@ -178,6 +178,27 @@ def test_points_on_a_stack_show_filters_on_their_own_slice(viewer_widget, qtbot)
     assert not overlay.data[:2].any()
 
 
+def test_camera_data_show_the_filter_of_the_output_denoised_without_its_black_level(
+    viewer_widget, qtbot
+):
+    from src_models import load_model
+    from src_models.interpret import pixel_filter
+    from src_models.noise_model import black_level
+
+    viewer, widget = viewer_widget
+    rng = np.random.default_rng(3)
+    data = (100 + rng.poisson(rng.uniform(5, 300, (2, 32, 30)))).astype(np.uint16)
+    src = viewer.add_image(data, name="cam")
+    _points(qtbot, widget, src, [[1, 12, 11]])
+    overlay = viewer.layers["cam [filter: tiny-gray]"]
+    expected = pixel_filter(load_model("tiny-gray"), data[1], (12, 11), offset="auto")
+    assert expected.offset == pytest.approx(black_level(data[1])) and expected.offset > 90
+    np.testing.assert_array_equal(overlay.data[1][expected.window], expected.weights)
+    denoised = load_model("tiny-gray").denoise(data[1], offset="auto")  # the Denoise widget's
+    assert expected.output_value == pytest.approx(float(denoised[12, 11]), abs=0.6)
+    assert widget.latest_filter.offset == expected.offset
+
+
 def test_rgb_points_show_the_colour_filter_averaged_over_channels(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     data = np.random.default_rng(3).integers(0, 255, (24, 28, 4), dtype=np.uint8)
