@@ -91,7 +91,9 @@ class DenoiseWidget(ImageModelWidget):
         self._model_memory: dict[int, str] = {}  # id(layer) -> model the user chose for it
         self._proposed = False  # the model combo holds a proposal, not the user's choice
         self._before_proposal: str = AUTO  # what the combo held before it, restored after
-        self._black_by_proposal = False  # the black level was set by that proposal
+        # id(layer) -> (mode, value) the user chose: a black level is a property of the data,
+        # so a value set for one camera must not be subtracted from the next layer
+        self._black_memory: dict[int, tuple[str, float]] = {}
         self._setting = False  # the widget itself is changing model / black level
         self._camera: CameraNoise | None = None
         self._camera_pending = False  # an estimate for the current slice is running
@@ -296,6 +298,7 @@ class DenoiseWidget(ImageModelWidget):
         alive = {layer_key(lyr) for lyr in self._viewer.layers}
         self._axis_memory = {k: v for k, v in self._axis_memory.items() if k in alive}
         self._model_memory = {k: v for k, v in self._model_memory.items() if k in alive}
+        self._black_memory = {k: v for k, v in self._black_memory.items() if k in alive}
         self.reset_choices()
 
     def _follows(self, active, name: str, layer) -> bool:
@@ -382,13 +385,11 @@ class DenoiseWidget(ImageModelWidget):
         try:
             if value is not None and value in self.model.choices:
                 self.model.value = value
-            if camera and self.black_level.value == BLACK_NONE:
-                # camera data: their offset must go (fine-tuning on them removes it too)
-                self.black_level.value = BLACK_AUTO
-                self._black_by_proposal = True
-            elif not camera and self._black_by_proposal:
-                self.black_level.value = BLACK_NONE
-                self._black_by_proposal = False
+            black = self._black_memory.get(layer_key(layer)) if layer is not None else None
+            if black is None:  # camera data: their offset must go (fine-tuning removes it too)
+                black = (BLACK_AUTO if camera else BLACK_NONE, self.black_value.value)
+            self.black_level.value, self.black_value.value = black
+            self.black_value.enabled = black[0] == BLACK_VALUE
         finally:
             self._setting = False
         self._proposed = bool(reason)
@@ -425,7 +426,12 @@ class DenoiseWidget(ImageModelWidget):
     def _on_black_level_changed(self, *_args) -> None:
         self.black_value.enabled = self.black_level.value == BLACK_VALUE
         if not self._setting:
-            self._black_by_proposal = False  # the user's choice from now on
+            layer = self.image.value
+            if layer is not None:  # the user's choice for this layer, from now on
+                self._black_memory[layer_key(layer)] = (
+                    self.black_level.value,
+                    float(self.black_value.value),
+                )
             self._update_estimate()
             self._start_camera_estimate()
 

@@ -188,6 +188,25 @@ def test_a_model_chosen_for_a_layer_is_not_overridden(
     _wait_for_camera_noise(qtbot, widget)
 
 
+def test_a_black_level_set_for_one_layer_stays_with_that_layer(
+    bundled_microscopy, make_napari_viewer, qtbot
+):
+    viewer, widget = _widget(make_napari_viewer)
+    cell = viewer.add_image(_cell(), name="cell")
+    assert widget.black_level.value == BLACK_AUTO
+    widget.black_level.value = BLACK_VALUE
+    widget.black_value.value = 100.0  # this camera's known offset
+    photo = viewer.add_image(np.random.default_rng(0).uniform(0, 1, (32, 32)), name="photo")
+    assert widget.image.value is photo
+    assert widget.black_level.value == BLACK_NONE  # never 100 subtracted from a 0-1 photo
+    assert widget.chosen_offset is None and not widget.black_value.enabled
+    other = viewer.add_image(_cell(photons=30.0), name="other cell")
+    assert widget.image.value is other and widget.chosen_offset == "auto"  # its own default
+    widget.image.value = cell
+    assert widget.chosen_offset == 100.0 and widget.black_value.enabled
+    _wait_for_camera_noise(qtbot, widget)
+
+
 def test_without_a_microscopy_model_nothing_is_proposed(no_bundled, make_napari_viewer, qtbot):
     viewer, widget = _widget(make_napari_viewer)
     viewer.add_image(_cell(), name="cell")
