@@ -94,6 +94,7 @@ class DenoiseWidget(ImageModelWidget):
         # id(layer) -> (mode, value) the user chose: a black level is a property of the data,
         # so a value set for one camera must not be subtracted from the next layer
         self._black_memory: dict[int, tuple[str, float]] = {}
+        self._export_widget = None  # the Export dock opened from here
         self._setting = False  # the widget itself is changing model / black level
         self._camera: CameraNoise | None = None
         self._camera_pending = False  # an estimate for the current slice is running
@@ -287,11 +288,19 @@ class DenoiseWidget(ImageModelWidget):
         """Dock the Export widget with this widget's model chosen (saves finding it in the menu)."""
         from ._export_widget import ExportWidget
 
-        widget = ExportWidget(self._viewer)
-        if self.model.value != AUTO:
+        widget = self._export_widget
+        # one Export dock, however often it is asked for; napari unparents a closed dock's widget
+        if widget is None or widget.native.parent() is None:
+            widget = ExportWidget(self._viewer)
+            self._viewer.window.add_dock_widget(widget, name="Export model")
+            self._export_widget = widget
+        else:
+            widget.native.parent().show()
+            widget.native.parent().raise_()
+        name = self._resolved_name() if self.model.value == AUTO else self.model.value
+        if name is not None:  # "auto": the model auto picks for this layer
             with contextlib.suppress(ValueError):
-                widget.model.value = self.model.value
-        self._viewer.window.add_dock_widget(widget, name="Export model")
+                widget.model.value = name
         return widget
 
     def _on_layers_changed(self, *_args) -> None:
@@ -763,5 +772,15 @@ class DenoiseWidget(ImageModelWidget):
 
 
 def _estimate_crop(data: Any, index: tuple, offset: float | None) -> CameraNoise | None:
-    """Worker body: read one crop (lazy arrays too) and estimate its camera noise."""
-    return estimate_camera_noise(np.asarray(data[index]), offset)
+    """Worker body: read one crop (lazy arrays too) and estimate its camera noise.
+
+    Why it catches everything: the result only feeds a label; a lazy array whose read
+    fails (a moved zarr, a broken dask graph) shows "-" instead of a traceback dialog,
+    and the label does not stay at "estimating...".
+    """
+    try:
+        crop = np.asarray(data[index])
+    except Exception as err:  # noqa: BLE001 - any reader's error
+        log.warning("reading the crop for the camera-noise estimate failed: %s", err)
+        return None
+    return estimate_camera_noise(crop, offset)

@@ -115,6 +115,14 @@ def zstack_sample(slices: int = 8, sigma: float = 20.0) -> list[tuple]:
         blurred = ndimage.gaussian_filter(base, sigma=0.3 + 0.7 * abs(z - mid))
         planes.append(ndimage.shift(blurred, (0.8 * (z - mid), -0.6 * (z - mid)), mode="nearest"))
     clean = np.stack(planes).astype(np.float32)
-    return _gaussian_pair(
-        "coins z-stack", clean, sigma, scale=(3.0, 1.0, 1.0), axis_labels=("z", "y", "x")
-    )
+    labels = {"axis_labels": ("z", "y", "x")} if _has_axis_labels() else {}
+    return _gaussian_pair("coins z-stack", clean, sigma, scale=(3.0, 1.0, 1.0), **labels)
+
+
+def _has_axis_labels() -> bool:
+    """Whether image layers take ``axis_labels`` (napari >= 0.6; the plugin allows 0.5)."""
+    try:
+        from napari.layers import Image
+    except ImportError:  # the sample functions also work without napari
+        return False
+    return hasattr(Image, "axis_labels")

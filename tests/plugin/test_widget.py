@@ -373,3 +373,16 @@ def test_export_button_docks_the_export_widget_with_the_chosen_model(viewer_widg
     export = widget.open_export()
     assert export.model.value == "gray"
     assert export.native.parent() is not None  # docked in the viewer's window
+    widget.model.value = "tiny-gray"
+    assert widget.open_export() is export  # the same dock again, not a second one
+    assert export.model.value == "tiny-gray"
+    _viewer.window.remove_dock_widget(export.native)  # closed by its x
+    again = widget.open_export()
+    assert again is not export and again.native.parent() is not None
+
+
+def test_export_from_auto_picks_the_model_auto_chose_for_the_layer(viewer_widget):
+    viewer, widget = viewer_widget
+    viewer.add_image(np.zeros((32, 32), np.float32), name="g")
+    widget.model.value = "auto"
+    assert widget.open_export().model.value == widget._resolved_name() != "auto"

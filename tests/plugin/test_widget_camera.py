@@ -207,6 +207,18 @@ def test_a_black_level_set_for_one_layer_stays_with_that_layer(
     _wait_for_camera_noise(qtbot, widget)
 
 
+def test_a_crop_that_cannot_be_read_gives_no_estimate_instead_of_an_error():
+    from napari_bfcnn._denoise_widget import _estimate_crop
+
+    class Broken:
+        shape, dtype, ndim = (64, 64), np.dtype(np.uint16), 2
+
+        def __getitem__(self, index):
+            raise OSError("zarr store moved")
+
+    assert _estimate_crop(Broken(), (slice(0, 64), slice(0, 64)), None) is None
+
+
 def test_without_a_microscopy_model_nothing_is_proposed(no_bundled, make_napari_viewer, qtbot):
     viewer, widget = _widget(make_napari_viewer)
     viewer.add_image(_cell(), name="cell")
