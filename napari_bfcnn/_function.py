@@ -22,14 +22,19 @@ def denoise_image(
 ) -> ImageData:
     """Denoise an image or stack with a bias-free CNN.
 
+    Defaults follow the data as on the command line: camera data (12/16-bit
+    integers, not RGB) get the microscopy model (the one for correlated noise
+    where a centre crop shows it) and their black level removed per plane.
+
     Parameters
     ----------
     image : array-like
-        2-D gray, (Y, X, 3|4) RGB(A), or a stack whose last two axes are Y, X.
-        A 3-D array whose last axis is 3 or 4 long is taken as RGB(A).
+        2-D gray, (..., Y, X, 3|4) RGB(A) (a last axis of 3 or 4 is taken as
+        colour: no image is 3 or 4 pixels wide), or a stack whose last two axes
+        are Y, X. Multiscale (pyramid) data are refused: pass one level.
     model : str
-        Model name or ``.keras`` path; ``"auto"`` picks the colour model for
-        RGB and the gray model otherwise.
+        Model name or ``.keras`` path; ``"auto"`` picks by data: colour for RGB,
+        microscopy for camera data, else gray.
     tile : int
         Tile size in pixels; 0 chooses automatically.
     tta : bool
@@ -46,15 +51,25 @@ def denoise_image(
     ValueError
         The image or model cannot be used; the message says why.
     """
+    from src_models.denoise_cmd import BY_DATA, plan_for_data
+
     if image is None:
         return None
+    if isinstance(image, (list, tuple)) or type(image).__name__ == "MultiScaleData":
+        raise ValueError(
+            "multiscale (pyramid) data cannot be denoised as one image: pass one level, "
+            "e.g. the full-resolution layer.data[0]"
+        )
     data = image if hasattr(image, "shape") and hasattr(image, "dtype") else np.asarray(image)
-    rgb = len(data.shape) == 3 and data.shape[-1] in (3, 4)
+    rgb = len(data.shape) >= 3 and data.shape[-1] in (3, 4)
     try:
         inp = read_array(data, name="image", rgb=rgb)
+        _, name, _, offset = plan_for_data(
+            data, inp.channel_axis, None if model in (None, "", AUTO) else model, BY_DATA
+        )
     except LayerError as err:
         raise ValueError(str(err)) from None
-    job = DenoiseJob(inp=inp, model=model or AUTO, tile=tile or None, tta=8 if tta else 1)
+    job = DenoiseJob(inp=inp, model=name, tile=tile or None, offset=offset, tta=8 if tta else 1)
     outcome = run_to_end(denoise_job(job))
     if outcome.error is not None:
         raise ValueError(outcome.error)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "output_path", "parse_offset", "run"]
+__all__ = ["BY_DATA", "add_arguments", "output_path", "parse_offset", "plan_for_data", "run"]
 
 
 def add_arguments(d: argparse.ArgumentParser) -> None:
@@ -58,11 +58,12 @@ def output_path(path: Path, out_dir: Path, suffix: str) -> Path:
 BY_DATA = "by data"  # --offset not given: "auto" for camera data, else none
 
 
-def _plan(
+def plan_for_data(
     data: Any, axis: int | None, model: str | None, offset
 ) -> tuple[int | None, str, bool, float | str | None]:
     """Channel axis (non-negative), model name, whether the last channel is RGBA alpha, and
     the black level for the engine (``offset`` from :func:`parse_offset`, resolved by data).
+    ``model`` None picks by data. The command line and the plugin's function follow it.
 
     Why the default by data: camera data carry an offset the bias-free model must not
     see (it is scale-, not shift-equivariant); the widget sets "auto" for them too. Their
@@ -169,7 +170,7 @@ def _one_lazy(
 
     image = open_lazy(path, chunk=args.tile or 1024)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    axis, name, alpha, offset = _plan(image.data, axis, args.model, offset)
+    axis, name, alpha, offset = plan_for_data(image.data, axis, args.model, offset)
     image.channel_axis = axis
     result = _denoise_lazy(image.data, axis, name, alpha, args.tile or None, offset, args.tta)
     partial = target.with_name(f".{target.name}.partial")
@@ -195,7 +196,7 @@ def _one_file(path: Path, target: Path, args: argparse.Namespace, offset, client
 
     image = read_image_file(path)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    axis, name, alpha, offset = _plan(image.data, axis, args.model, offset)
+    axis, name, alpha, offset = plan_for_data(image.data, axis, args.model, offset)
     tile = args.tile or None
     if client is not None:
         result = _denoise_lazy(image.data, axis, name, alpha, tile, offset, args.tta).compute()

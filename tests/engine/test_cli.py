@@ -213,10 +213,10 @@ def test_a_bad_offset_is_refused_before_any_work(model_dir, tmp_path, capsys):
 def test_camera_files_with_correlated_noise_get_the_model_trained_for_it():
     from synthetic import correlated_counts
 
-    from src_models.denoise_cmd import BY_DATA, _plan
+    from src_models.denoise_cmd import BY_DATA, plan_for_data
 
     frame = correlated_counts((256, 256))
-    assert _plan(frame, None, None, BY_DATA)[1:] == ("microscopy-correlated", False, "auto")
+    assert plan_for_data(frame, None, None, BY_DATA)[1:] == ("microscopy-correlated", False, "auto")
     white = np.random.default_rng(0).poisson(400.0, (256, 256)).astype(np.uint16) + 100
-    assert _plan(white, None, None, BY_DATA)[1] == "microscopy"
-    assert _plan(frame, None, "gray", BY_DATA)[1] == "gray"  # a model named is kept
+    assert plan_for_data(white, None, None, BY_DATA)[1] == "microscopy"
+    assert plan_for_data(frame, None, "gray", BY_DATA)[1] == "gray"  # a model named is kept

@@ -111,6 +111,21 @@ def test_function_contribution_denoises_a_plain_array():
     np.testing.assert_array_equal(out_rgb, load_model("tiny-color").denoise(rgb, channel_axis=-1))
 
 
+def test_function_contribution_takes_rgb_stacks_and_camera_data_as_the_command_line_does():
+    from napari_bfcnn import denoise_image
+    from src_models import load_model
+
+    rng = np.random.default_rng(4)
+    movie = rng.integers(0, 255, (2, 40, 36, 3), dtype=np.uint8)  # T, Y, X, RGB
+    out = denoise_image(movie, model="tiny-color")
+    np.testing.assert_array_equal(out, load_model("tiny-color").denoise(movie, channel_axis=-1))
+    camera = (100 + rng.poisson(50.0, (40, 36))).astype(np.uint16)  # a black level of 100
+    out = denoise_image(camera, model="tiny-gray")
+    np.testing.assert_array_equal(out, load_model("tiny-gray").denoise(camera, offset="auto"))
+    with pytest.raises(ValueError, match="multiscale"):
+        denoise_image([camera, camera[::2, ::2]], model="tiny-gray")
+
+
 def test_function_contribution_tta_averages_eight_flips():
     from napari_bfcnn import denoise_image
     from src_models import load_model
