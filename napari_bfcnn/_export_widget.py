@@ -19,6 +19,7 @@ from typing import Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.utils.notifications import show_error, show_info
 
+from ._dock import on_close
 from ._model_choices import decorate_model_combo, model_choices
 from ._model_events import model_events
 from ._workers import AUTO
@@ -106,7 +107,7 @@ class ExportWidget(Container):
         decorate_model_combo(self.model, self._models)
         self.run_button.changed.connect(lambda *_: self.run())
         model_events.changed.connect(self.reset_choices)
-        self.native.destroyed.connect(self._disconnect)
+        on_close(self.native, self._disconnect)
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         self._models, choices = model_choices()

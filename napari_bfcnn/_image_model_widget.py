@@ -13,6 +13,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container
 
+from ._dock import on_close
 from ._model_choices import model_choices
 from ._model_events import Connection, connect_all, disconnect_all, refresh_events
 
@@ -68,7 +69,7 @@ class ImageModelWidget(Container):
         selection = (self._viewer.layers.selection.events.active, self._on_active_layer)
         events = refresh_events(self._viewer, on_layers, on_models)
         self._connections = connect_all([*events, selection, *more])
-        self.native.destroyed.connect(self._disconnect)
+        on_close(self.native, self._disconnect)
 
     def _disconnect(self, *_args) -> None:
         """Stop listening to the viewer once the dock widget is gone (subclasses add theirs)."""

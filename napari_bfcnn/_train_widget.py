@@ -33,6 +33,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QSize
 from qtpy.QtWidgets import QScrollArea
 
+from ._dock import on_close
 from ._layers import LayerError, current_index, read_layer
 from ._model_choices import decorate_model_combo, model_label
 from ._model_events import connect_all, disconnect_all, notify_models_changed, refresh_events
@@ -218,7 +219,7 @@ class TrainWidget(Container):
         self.delete_button.changed.connect(lambda *_: self.delete_model())
         events = refresh_events(napari_viewer, self.reset_choices, self.reset_choices)
         self._connections = connect_all(events)
-        self.native.destroyed.connect(self._disconnect)
+        on_close(self.native, self._disconnect)
 
     # ------------------------------------------------------------------ layout
 

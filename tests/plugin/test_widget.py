@@ -237,6 +237,26 @@ def test_cancel_stops_a_run_between_tiles(viewer_widget, qtbot, notes):
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
+def test_closing_the_dock_stops_its_run_and_its_listening(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(9).uniform(0, 1, (40, 96, 96)).astype(np.float32)
+    layer = viewer.add_image(data, name="big")
+    widget.image.value = layer
+    widget.model.value = "tiny-gray"
+    widget.tile.value = 16
+    assert widget.run() is not None
+    viewer.window.remove_dock_widget(widget.native)  # the dock's close button does this
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert widget.status.value == "cancelled"
+    assert [lyr.name for lyr in viewer.layers] == ["big"]  # no result from a closed widget
+    assert widget._closed  # its viewer connections are gone; camera estimates stop
+    calls = []
+    widget._start_camera_estimate = lambda *a: calls.append(a)
+    viewer.add_image(np.zeros((32, 32), np.uint16), name="later")
+    viewer.dims.set_point(0, 3)
+    assert calls == []
+
+
 @pytest.mark.parametrize(
     ("make", "words"),
     [
