@@ -54,6 +54,7 @@ from ._layers import (
     LayerInput,
     add_or_replace_output,
     channel_axis_choices,
+    current_index,
     guess_channel_axis,
     layer_key,
     preview_fixed,
@@ -513,20 +514,23 @@ class DenoiseWidget(ImageModelWidget):
             return None
         inp, index, crop_axis = request
         crop = np.asarray(inp.data[index])
-        self._crop_scale = self._peak(crop, self.chosen_offset)
+        self._crop_scale = self._peak(crop, self.chosen_offset, crop_axis)
         return float(estimate_sigma(crop, channel_axis=crop_axis))
 
     @staticmethod
-    def _peak(crop: np.ndarray, offset: float | str | None = None) -> float:
+    def _peak(
+        crop: np.ndarray, offset: float | str | None = None, channel_axis: int | None = None
+    ) -> float:
         """The engine's per-plane scale: largest magnitude after subtracting the black level."""
         finite = crop[np.isfinite(crop)] if crop.dtype.kind == "f" else crop
         if finite.size == 0:
             return 0.0
         lo, hi = float(finite.min()), float(finite.max())
-        if offset == BLACK_AUTO and crop.ndim == 2:
+        if offset == BLACK_AUTO:
             from src_models.noise_model import black_level
 
-            off = black_level(crop)
+            # channels share one level here: a readout, the engine takes each channel's
+            off = black_level(crop if channel_axis is None else np.moveaxis(crop, channel_axis, -1))
         else:
             off = min(lo, 0.0) if offset is None else float(offset)
         return max(hi - off, off - lo)
@@ -569,14 +573,20 @@ class DenoiseWidget(ImageModelWidget):
     def _camera_request(self) -> tuple[Any, tuple, float | None] | None:
         """Data, crop index and known black level for a camera-noise estimate, or None.
 
-        Only single-channel, non-RGB slices: the Poisson-Gaussian model is per channel.
+        Non-RGB slices only, one channel: the Poisson-Gaussian model is per channel, so a
+        multichannel layer is estimated on the channel the viewer shows (its slider's).
         """
         request = self._crop_index(CAMERA_SIDE)
         if request is None:
             return None
         inp, index, crop_axis = request
-        if inp.rgb or crop_axis is not None or inp.channel_axis is not None:
+        if inp.rgb:
             return None
+        if inp.channel_axis is not None:
+            channel = current_index(self.image.value, self._viewer)[inp.channel_axis]
+            index = tuple(
+                channel if ax == inp.channel_axis else ix for ax, ix in enumerate(index)
+            )
         if not is_camera_data(getattr(inp.data, "dtype", np.float64)):
             # camera counts only (12/16-bit): 8-bit and float layers are photos or processed
             # data, where a shot-noise readout means little and its worker is only a cost

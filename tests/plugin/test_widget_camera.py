@@ -145,6 +145,25 @@ def test_correlated_camera_noise_turns_the_proposal_to_the_model_trained_for_it(
     assert "understated" not in widget.noise_level.value
 
 
+def test_multichannel_camera_data_are_read_out_on_the_channel_in_view(
+    bundled_microscopy, make_napari_viewer, qtbot
+):
+    viewer, widget = _widget(make_napari_viewer)
+    white = _cell()[:256, :256]
+    data = np.stack([white, _correlated_camera_frame()[: white.shape[0], : white.shape[1]]])
+    viewer.add_image(data, name="two channels")
+    assert widget.chosen_channel_axis == 0 and widget.chosen_offset == "auto"
+    _wait_for_camera_noise(qtbot, widget)
+    assert widget.noise_level.value.startswith("\u03c3 \u2248 ")  # was "-" with a channel axis
+    assert widget.camera_noise.value.startswith("gain ")
+    assert "correlated" not in widget.camera_noise.value  # channel 0 in view: white noise
+    viewer.dims.set_point(0, 1)  # the slider to channel 1
+    widget._start_camera_estimate()  # what the slider's debounce timer does
+    _wait_for_camera_noise(qtbot, widget)
+    assert "correlated between neighbours" in widget.camera_noise.value
+    assert widget.model.value == "microscopy-correlated"
+
+
 @pytest.mark.parametrize(
     ("data", "rgb"),
     [
