@@ -332,7 +332,8 @@ class DenoiseWidget(ImageModelWidget):
             choices = channel_axis_choices(layer)
             self.channel_axis.reset_choices()
             if layer is not None and len(choices) > 1:
-                axis = self._axis_memory.get(layer_key(layer), guess_channel_axis(layer.data.shape))
+                guess = guess_channel_axis(layer.data.shape, getattr(layer, "axis_labels", None))
+                axis = self._axis_memory.get(layer_key(layer), guess)
                 self.channel_axis.value = NO_AXIS if axis is None else axis
             else:
                 self.channel_axis.value = NO_AXIS

@@ -204,14 +204,30 @@ def _has_finite(data: np.ndarray, chunk: int = 1 << 20) -> bool:
     return any(_has_finite(part, chunk) for part in data)
 
 
-def guess_channel_axis(shape) -> int | None:
-    """A small axis (at most 4 long) that is first or last, for a 3-D+ image; else None."""
+CHANNEL_LABELS = frozenset({"c", "ch", "channel", "channels"})
+LOOP_LABELS = frozenset({"t", "time", "z", "depth", "slice", "frame"})
+
+
+def guess_channel_axis(shape, labels=None) -> int | None:
+    """The channel axis of a 3-D+ image: the one labelled so, else a small one (at most 4
+    long) that is first or last and not labelled as time or depth; else None.
+
+    Why labels first: a 3-slice z-stack and a 3-channel image have the same shape;
+    napari's ``axis_labels`` (or an OME file's axes) tell them apart when they are set.
+    """
     shape = tuple(int(s) for s in shape)
     if len(shape) < 3:
         return None
-    if shape[-1] <= 4 and min(shape[:-1][-2:]) > 4:
+    names = [str(x).strip().lower() for x in labels] if labels is not None else []
+    if len(names) == len(shape):
+        for ax, name in enumerate(names):
+            if name in CHANNEL_LABELS:
+                return ax
+    else:
+        names = [""] * len(shape)
+    if shape[-1] <= 4 and min(shape[:-1][-2:]) > 4 and names[-1] not in LOOP_LABELS:
         return len(shape) - 1
-    if shape[0] <= 4 and min(shape[-2:]) > 4:
+    if shape[0] <= 4 and min(shape[-2:]) > 4 and names[0] not in LOOP_LABELS:
         return 0
     return None
 

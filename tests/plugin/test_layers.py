@@ -33,6 +33,14 @@ def test_guess_channel_axis_picks_small_first_or_last_axis(shape, expected):
     assert guess_channel_axis(shape) == expected
 
 
+def test_axis_labels_tell_a_three_slice_stack_from_three_channels():
+    assert guess_channel_axis((3, 64, 64), ("z", "y", "x")) is None
+    assert guess_channel_axis((3, 64, 64), ("T", "Y", "X")) is None
+    assert guess_channel_axis((3, 64, 64), ("-3", "-2", "-1")) == 0  # napari's defaults: size
+    assert guess_channel_axis((5, 2, 64, 64), ("z", "c", "y", "x")) == 1  # named, any position
+    assert guess_channel_axis((5, 64, 64), ("t", "y")) is None  # labels that do not fit: size
+
+
 def test_rgba_layer_reads_channels_last_with_alpha():
     layer = Image(np.zeros((16, 16, 4), np.uint8), rgb=True)
     inp = read_layer(layer)

@@ -138,6 +138,17 @@ def test_multichannel_layer_uses_the_guessed_channel_axis(viewer_widget, qtbot):
     )
 
 
+def test_a_three_slice_stack_labelled_z_is_not_taken_for_channels(viewer_widget):
+    viewer, widget = viewer_widget
+    data = np.zeros((3, 32, 32), np.float32)
+    viewer.add_image(data, name="unlabelled")
+    assert widget.chosen_channel_axis == 0  # by size alone: three channels
+    if not hasattr(viewer.layers[0], "axis_labels"):
+        pytest.skip("napari < 0.6 has no axis_labels")
+    viewer.add_image(data, name="z", axis_labels=("z", "y", "x"))
+    assert widget.chosen_channel_axis is None
+
+
 def test_zstack_whole_stack_is_denoised_plane_by_plane(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     data = np.random.default_rng(4).uniform(0, 100, (5, 32, 32)).astype(np.float32)
