@@ -9,12 +9,21 @@ contribution and tests use it directly.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["PlanePlan", "PlaneResult", "iter_denoise", "output_dtype", "plan_planes", "run_to_end"]
+__all__ = [
+    "PlanePlan",
+    "PlaneResult",
+    "check_memory",
+    "iter_denoise",
+    "output_dtype",
+    "plan_planes",
+    "run_to_end",
+]
 
 Index = tuple  # tuple of int | slice, one entry per array axis
 
@@ -156,6 +165,32 @@ class PlaneResult:
     skipped: list[Index] = field(default_factory=list)  # planes with no finite pixel
 
 
+MEMORY_SHARE = 0.8  # results may take at most this share of the memory available now
+
+
+def check_memory(plan: PlanePlan, dtype, with_noise: bool = False) -> None:
+    """Raise MemoryError, saying what to do instead, if the results would not fit in RAM.
+
+    Why before allocating: numpy's ``empty`` succeeds on Linux whatever the size
+    (memory is overcommitted), and the process is killed later, halfway through,
+    taking napari and every unsaved layer with it.
+    """
+    try:
+        import psutil  # napari's dependency
+    except ImportError:  # without it, no check: the allocation decides
+        return
+    need = math.prod(plan.out_shape) * np.dtype(dtype).itemsize
+    if with_noise:
+        need += math.prod(plan.noise_shape) * 4
+    available = psutil.virtual_memory().available
+    if need > MEMORY_SHARE * available:
+        raise MemoryError(
+            f"the result would take {need / 2**30:.1f} GiB and {available / 2**30:.1f} GiB "
+            "of memory are free: preview the current slice, or denoise the file chunk by "
+            "chunk into zarr with the command line (napari-bfcnn denoise FILE --out DIR)"
+        )
+
+
 def iter_denoise(
     denoiser,
     data,
@@ -175,6 +210,7 @@ def iter_denoise(
     or None), applied to every plane; ``tta`` the engine's test-time augmentation.
     """
     dtype = output_dtype(data.dtype)
+    check_memory(plan, dtype, with_noise)
     out = np.empty(plan.out_shape, dtype=dtype)
     noise = np.empty(plan.noise_shape, dtype=np.float32) if with_noise else None
     skipped: list[Index] = []

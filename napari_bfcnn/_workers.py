@@ -109,10 +109,9 @@ def denoise_job(job: DenoiseJob) -> Generator[float, None, DenoiseOutcome]:
             tta=job.tta,
         )
         name = result_label(name, job.tta, preview=bool(job.fixed))
-    except MemoryError:
-        return DenoiseOutcome(
-            name, error="not enough memory: try a smaller tile size or preview one slice"
-        )
+    except MemoryError as err:  # ours says what to do; numpy's own only what it failed at
+        text = str(err) if "free" in str(err) else "try a smaller tile size or preview one slice"
+        return DenoiseOutcome(name, error=f"not enough memory: {text}")
     except (LayerError, ValueError, OSError) as err:  # ModelFileError, ConfigError included
         return DenoiseOutcome(name, error=str(err))
     except Exception as err:  # a bug: keep the traceback in the log, show one line

@@ -123,6 +123,32 @@ class _Halve:
         )
 
 
+def test_a_result_larger_than_free_memory_is_refused_before_any_work(monkeypatch):
+    import psutil
+
+    from napari_bfcnn._planes import check_memory
+    from napari_bfcnn._workers import DenoiseJob, denoise_job
+
+    class Free:
+        available = 2**30  # 1 GiB free
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Free())
+    small = plan_planes((4, 256, 256), channel_axis=None, joint=False)
+    check_memory(small, np.float32, with_noise=True)  # 2 MiB: fine
+    big = plan_planes((300, 1024, 1024), channel_axis=None, joint=False)
+    with pytest.raises(MemoryError, match="would take 1.2 GiB and 1.0 GiB of memory are free"):
+        check_memory(big, np.uint32)
+    data = np.broadcast_to(np.float32(1.0), (300, 1024, 1024))  # no memory of its own
+    job = DenoiseJob(inp=read_array(data, name="huge"), model="tiny-gray")
+    gen = denoise_job(job)
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            next(gen)
+    outcome = stop.value.value
+    assert outcome.error.startswith("not enough memory: the result would take 1.2 GiB")
+    assert "command line" in outcome.error
+
+
 def test_iter_denoise_restores_nan_pixels_and_skips_all_nan_planes():
     data = np.ones((3, 8, 8), np.float32) * 4
     data[0, 2, 3] = np.nan
