@@ -55,6 +55,7 @@ from ._layers import (
     add_or_replace_output,
     channel_axis_choices,
     current_index,
+    follow_renames,
     guess_channel_axis,
     layer_key,
     preview_fixed,
@@ -305,6 +306,7 @@ class DenoiseWidget(ImageModelWidget):
         return widget
 
     def _on_layers_changed(self, *_args) -> None:
+        follow_renames(self._viewer.layers)
         alive = {layer_key(lyr) for lyr in self._viewer.layers}
         self._axis_memory = {k: v for k, v in self._axis_memory.items() if k in alive}
         self._model_memory = {k: v for k, v in self._model_memory.items() if k in alive}

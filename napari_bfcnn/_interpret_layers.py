@@ -21,6 +21,7 @@ from ._layers import (
     find_output,
     output_kwargs,
     output_name,
+    provenance,
 )
 
 __all__ = [
@@ -104,10 +105,6 @@ def nonchannel_shape(inp: LayerInput) -> tuple[int, ...]:
     return shape[:-1] if inp.rgb else shape
 
 
-def _provenance(source: str, model: str, kind: str) -> dict:
-    return {"source": source, "model": model, "kind": kind}
-
-
 # --------------------------------------------------------------------------- points
 
 
@@ -143,7 +140,7 @@ def make_points_layer(viewer, source):
         "symbol": "ring",
         "face_color": "yellow",
         "border_width": 0.0,
-        "metadata": {PROVENANCE_KEY: _provenance(source.name, "", POINTS)},
+        "metadata": {PROVENANCE_KEY: provenance(source, "", POINTS)},
     }
     for attr in ("units", "axis_labels"):  # napari >= 0.6
         if hasattr(source, attr):
@@ -220,7 +217,7 @@ def vectors_kwargs(source, data: np.ndarray, model: str, fixed: dict[int, int], 
     shear of the source are not applied (the crop is placed by scale and translate).
     """
     translate = _offset_translate(source, fixed)
-    metadata = {PROVENANCE_KEY: _provenance(source.name, model, VECTORS)}
+    metadata = {PROVENANCE_KEY: provenance(source, model, VECTORS)}
     metadata[PROVENANCE_KEY]["crop_start"] = [int(fixed[a]) for a in sorted(fixed)]
     kw: dict[str, Any] = {
         "name": output_name(source.name, model, VECTORS),

@@ -56,6 +56,7 @@ from ._layers import (
     LayerInput,
     current_index,
     find_output,
+    follow_renames,
     layer_key,
     read_layer,
 )
@@ -288,6 +289,10 @@ class InterpretWidget(ImageModelWidget):
         return self._timer.isActive() or self._filter_worker is not None or self._pending
 
     def _on_layers_changed(self, *_args) -> None:
+        follow_renames(self._viewer.layers)
+        alive = {layer_key(lyr) for lyr in self._viewer.layers}
+        for key in [k for k in self._cache if k[0] not in alive]:  # a removed layer's filters:
+            del self._cache[key]  # never shown for a new layer that reuses its id
         self.reset_choices()
         layers = self._viewer.layers
         if self._points is not None and self._points not in layers:

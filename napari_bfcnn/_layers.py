@@ -21,10 +21,12 @@ __all__ = [
     "channel_axis_choices",
     "current_index",
     "find_output",
+    "follow_renames",
     "guess_channel_axis",
     "layer_key",
     "output_kwargs",
     "output_name",
+    "provenance",
     "preview_fixed",
     "read_array",
     "read_layer",
@@ -271,8 +273,36 @@ def output_name(source: str, model: str, kind: str = "denoised") -> str:
     return f"{source} [{kind}: {model}]"
 
 
-def _provenance(source: str, model: str, kind: str) -> dict:
-    return {"source": source, "model": model, "kind": kind}
+def provenance(source, model: str, kind: str) -> dict:
+    """What an output records about how it was made: source name and id, model, kind.
+
+    Why the id too: outputs are found by their source's name, and :func:`follow_renames`
+    uses the id (napari's ``unique_id``) to keep that name right when the user renames it.
+    """
+    prov = {"source": source.name, "model": model, "kind": kind}
+    uid = getattr(source, "unique_id", None)
+    if uid is not None:
+        prov["source_id"] = str(uid)
+    return prov
+
+
+def follow_renames(layers) -> int:
+    """Point outputs at their source's current name after a rename; returns how many changed.
+
+    Why: a re-run must still replace its own earlier output, and the Interpret widget must
+    still find its points, after ``img`` was renamed ``cells``.
+    """
+    names = {str(lyr.unique_id): lyr.name for lyr in layers if hasattr(lyr, "unique_id")}
+    changed = 0
+    for lyr in layers:
+        prov = lyr.metadata.get(PROVENANCE_KEY)
+        if not isinstance(prov, dict) or prov.get("source_id") not in names:
+            continue
+        name = names[prov["source_id"]]
+        if prov.get("source") != name:
+            lyr.metadata = {**lyr.metadata, PROVENANCE_KEY: {**prov, "source": name}}
+            changed += 1
+    return changed
 
 
 def _offset_translate(layer, fixed: dict[int, int] | None) -> np.ndarray:
@@ -322,7 +352,7 @@ def output_kwargs(
     The removed noise gets a gray colormap with limits symmetric around zero.
     """
     metadata = dict(layer.metadata)
-    prov = _provenance(layer.name, model, kind)
+    prov = provenance(layer, model, kind)
     prov["planes"] = "current" if fixed else "all"
     metadata[PROVENANCE_KEY] = prov
     rgb = bool(layer.rgb) and data.ndim == layer.data.ndim and data.shape[-1] in (3, 4)

@@ -178,6 +178,21 @@ def test_points_on_a_stack_show_filters_on_their_own_slice(viewer_widget, qtbot)
     assert not overlay.data[:2].any()
 
 
+def test_renaming_the_source_keeps_its_points_and_overlay(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(5).uniform(0, 1, (32, 30)).astype(np.float32)
+    src = viewer.add_image(data, name="img")
+    points = _points(qtbot, widget, src, [[10, 12]])
+    overlay = viewer.layers["img [filter: tiny-gray]"]
+    src.name = "cells"
+    assert widget.pick_pixels(layer=src) is points  # found again, not a second points layer
+    points.data = np.asarray([[20, 8]], dtype=float)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert overlay in viewer.layers and len(viewer.layers) == 3  # the same overlay, updated
+    pf = _filter("tiny-gray", data, (20, 8))
+    np.testing.assert_array_equal(overlay.data[pf.window], pf.weights)
+
+
 def test_camera_data_show_the_filter_of_the_output_denoised_without_its_black_level(
     viewer_widget, qtbot
 ):

@@ -194,6 +194,7 @@ def test_output_kwargs_copy_spatial_properties_and_record_provenance():
     assert kw["metadata"]["who"] == "me"
     assert kw["metadata"]["bfcnn"] == {
         "source": "src",
+        "source_id": str(src.unique_id),  # follows renames of the source
         "model": "gray",
         "kind": "denoised",
         "planes": "current",

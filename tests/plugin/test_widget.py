@@ -198,6 +198,18 @@ def test_dtype_family_is_kept(viewer_widget, qtbot, dtype, out_dtype):
     np.testing.assert_allclose(out.data, expected, rtol=1e-5, atol=1e-2)
 
 
+def test_a_rerun_after_renaming_the_source_still_replaces_its_own_output(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(8).uniform(0, 1, (32, 32)).astype(np.float32)
+    layer = viewer.add_image(data, name="img")
+    _run(qtbot, widget, layer)
+    out = viewer.layers["img [denoised: tiny-gray]"]
+    layer.name = "cells"
+    assert out.metadata["bfcnn"]["source"] == "cells"  # followed the rename
+    _run(qtbot, widget, layer)
+    assert len(viewer.layers) == 2 and out in viewer.layers  # replaced, not added
+
+
 def test_rerun_replaces_only_its_own_output(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     data = np.random.default_rng(7).uniform(0, 1, (32, 32)).astype(np.float32)
