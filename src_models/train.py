@@ -19,6 +19,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -358,10 +359,21 @@ def train(
             fluorescence=recipe.data.fluorescence,
         )
 
+    if resume and not ckpt.is_file():
+        warnings.warn(f"nothing to resume in {out} (no {CHECKPOINT}): step 0", stacklevel=2)
     model, base_card, resumed = _build_or_load(recipe, ckpt, resume)
     if recipe.init_from:  # fine-tuning (or resuming a fine-tuning run): keep the base's statistics
         freeze_norm_statistics(model)
     state = json.loads(state_path.read_text()) if resumed and state_path.is_file() else {}
+    if resumed and base_card is not None and int(state.get("step", -1)) != base_card.steps_done:
+        # the checkpoint (model and optimizer) is written before the state file: a stop between
+        # the two leaves the state behind; the checkpoint's own card says where it really is
+        warnings.warn(
+            f"{state_path.name} in {out} says step {state.get('step')}, its checkpoint step "
+            f"{base_card.steps_done}: continuing from the checkpoint's",
+            stacklevel=2,
+        )
+        state = {**state, "step": base_card.steps_done, "elapsed_s": base_card.training_time_s}
     if not resumed:
         loss = make_loss(t_cfg.loss, t_cfg.hinge_margin)
         model.compile(optimizer=_optimizer(recipe, timed), loss=loss)

@@ -123,6 +123,33 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp
     assert steps == sorted(steps) and steps[-1] == 40 and len(set(steps)) == len(steps)
 
 
+def test_resume_trusts_the_checkpoint_over_a_state_file_left_behind(tmp_path, images):
+    import json
+
+    train_ims, val_ims = images
+    kw = dict(images=train_ims, val_images=val_ims)
+    calls = {"n": 0}
+
+    def stop_after_12():
+        calls["n"] += 1
+        return calls["n"] > 12
+
+    first = train(_recipe(20), tmp_path / "r", should_stop=stop_after_12, **kw)
+    assert first.steps_done == 12
+    state_path = tmp_path / "r" / "state.json"
+    state = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps({**state, "step": 5}))  # a stop between the two writes
+    with pytest.warns(UserWarning, match="says step 5, its checkpoint step 12"):
+        second = train(_recipe(20), tmp_path / "r", resume=True, **kw)
+    assert second.steps_done == 20
+    log = (tmp_path / "r" / "log.csv").read_text().splitlines()[1:]
+    steps = [int(x.split(",")[0]) for x in log]
+    assert len(set(steps)) == len(steps)  # no step done twice
+    with pytest.warns(UserWarning, match="nothing to resume"):
+        fresh = train(_recipe(3), tmp_path / "new", resume=True, **kw)
+    assert fresh.steps_done == 3
+
+
 def test_should_stop_returns_quickly_with_a_checkpoint(tmp_path, images):
     train_ims, val_ims = images
     t0 = []
