@@ -47,6 +47,7 @@ from .inference import (
     _layout,
     _normalise,
     _offset_and_scale,
+    _round_up,
     predict_averaged,
 )
 
@@ -120,10 +121,6 @@ class _ModelRef:
 
 
 # --------------------------------------------------------------------------- chunk geometry
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 def _aligned_chunks(

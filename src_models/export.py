@@ -28,6 +28,7 @@ import numpy as np
 
 from .export_bioimageio import PackageInfo, halo_and_min_size
 from .export_tf import ExportError
+from .inference import _round_up
 
 if TYPE_CHECKING:
     from .inference import Denoiser
@@ -115,10 +116,6 @@ def _numpy(x) -> np.ndarray:
     import keras
 
     return np.asarray(keras.ops.convert_to_numpy(x))
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 def _model_file(name_or_path: str | Path) -> Path:

@@ -39,6 +39,7 @@ from .inference import (
     _fill_non_finite,
     _Layout,
     _layout,
+    _normalise,
     _offset_and_scale,
     _tiling,
     padded_index,
@@ -98,11 +99,6 @@ def _read_plane(
         offset = black_level(plane)
     off, scale = _offset_and_scale(plane, offset)
     return plane, off, scale
-
-
-def _normalise(values: np.ndarray, offset: float, scale: float) -> np.ndarray:
-    """(values - offset) / scale in float64, stored as float32: exactly as the Denoiser does."""
-    return ((values.astype(np.float64) - offset) / scale).astype(np.float32)
 
 
 def _model_vjp(denoiser: Denoiser, x: np.ndarray, u: np.ndarray, repeat: int):
