@@ -412,6 +412,11 @@ def train(
             fluorescence=recipe.data.fluorescence,
         )
     if hasattr(sampler, "bind"):
+        if workers:  # a worker process would pickle the model as it is now and never see it learn
+            raise ConfigError(
+                "a sampler that reads the model being trained (bind) needs workers=0; "
+                f"got workers={workers}"
+            )
         sampler.bind(model)
 
     def weights(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray | None:

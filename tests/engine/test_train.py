@@ -150,6 +150,23 @@ def test_resume_trusts_the_checkpoint_over_a_state_file_left_behind(tmp_path, im
     assert fresh.steps_done == 3
 
 
+def test_a_sampler_that_reads_the_model_refuses_prefetch_workers(tmp_path, images):
+    from src_models.config import ConfigError
+
+    train_ims, val_ims = images
+
+    class Bound:
+        def bind(self, model):
+            raise AssertionError("not reached")
+
+        def batch(self, step):
+            raise AssertionError("not reached")
+
+    with pytest.raises(ConfigError, match="needs workers=0; got workers=2"):
+        train(_recipe(3), tmp_path / "w", images=train_ims, val_images=val_ims,
+              sampler=Bound(), workers=2)
+
+
 def test_should_stop_returns_quickly_with_a_checkpoint(tmp_path, images):
     train_ims, val_ims = images
     t0 = []
