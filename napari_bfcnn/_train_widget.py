@@ -625,6 +625,10 @@ class TrainWidget(Container):
         layer = self._tagged(kind)
         if layer is not None and layer.data.shape == placed["data"].shape:
             layer.data = placed["data"]
+            layer.name = name  # another source or slice: name and place follow it
+            for attr in ("scale", "translate"):
+                if attr in placed:
+                    setattr(layer, attr, placed[attr])
             return layer
         if layer is not None:
             self._viewer.layers.remove(layer)

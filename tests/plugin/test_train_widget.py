@@ -194,8 +194,14 @@ def test_preview_adds_a_corrupted_patch_with_the_chosen_noise(viewer_widgets, no
     # sigma 20/255 of the plane's peak (200): about 15.7 in the layer's units
     assert np.std(out.data) == pytest.approx(20 / 255 * 200, rel=0.1)
     train.patch.value = 40  # previews twice the training patch
-    assert train.preview_corruption().data.shape == (80, 80)
+    small = train.preview_corruption()
+    assert small.data.shape == (80, 80)
     assert len(viewer.layers) == 2  # replaced, not added
+    other = viewer.add_image(np.full((200, 200), 90, np.uint8), name="other", translate=(-5, 0))
+    train.layers.value = [other]
+    again = train.preview_corruption()  # same patch shape, another layer: name and place follow
+    assert again is small and again.name == "other [corrupted patch]"
+    np.testing.assert_allclose(again.translate, (-5 + 60, 0 + 60))
 
 
 def test_user_models_are_renamed_and_deleted_and_broken_ones_show_the_reason(
