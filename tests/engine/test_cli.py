@@ -220,3 +220,12 @@ def test_camera_files_with_correlated_noise_get_the_model_trained_for_it():
     white = np.random.default_rng(0).poisson(400.0, (256, 256)).astype(np.uint16) + 100
     assert plan_for_data(white, None, None, BY_DATA)[1] == "microscopy"
     assert plan_for_data(frame, None, "gray", BY_DATA)[1] == "gray"  # a model named is kept
+
+
+def test_bench_subcommand_passes_its_options_to_the_benchmark(monkeypatch):
+    from src_models import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "main", lambda argv: seen.append(list(argv)) or 0)
+    assert main(["bench", "--data", "../shared/data", "--out", "o", "--quick"]) == 0
+    assert seen == [["--data", "../shared/data", "--out", "o", "--quick"]]  # was "unrecognized"
