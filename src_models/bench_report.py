@@ -457,8 +457,8 @@ SPEED_NOTE = (
     "Mpix/s: median of up to 3 calls after a warm-up call (one in --quick), uint8 input, gray "
     "for gray models and RGB for colour models, automatic tiling. The large image is one cold "
     "call in a fresh process; its peak resident memory (RSS) is that whole process's, "
-    "TensorFlow included. The paper's BF-DnCNN rows are timed on 512x512 only (about 0.05 "
-    "Mpix/s at any size) and get no memory run."
+    "TensorFlow included. The paper's BF-DnCNN rows are timed on 512x512 only (as slow at "
+    "any size) and get no memory run."
 )
 
 
