@@ -242,15 +242,20 @@ def test_removed_noise_layer_is_source_minus_denoised(viewer_widget, qtbot):
     assert lo == -hi
 
 
-def test_cancel_stops_a_run_between_tiles(viewer_widget, qtbot, notes):
-    viewer, widget = viewer_widget
+def _start_long_run(viewer, widget):
+    """Start denoising a 40-plane stack in 16-px tiles: long enough to stop halfway."""
     data = np.random.default_rng(9).uniform(0, 1, (40, 96, 96)).astype(np.float32)
-    layer = viewer.add_image(data, name="big")
-    widget.image.value = layer
+    widget.image.value = viewer.add_image(data, name="big")
     widget.model.value = "tiny-gray"
     widget.tile.value = 16
     worker = widget.run()
     assert worker is not None and widget.cancel_button.enabled
+    return worker
+
+
+def test_cancel_stops_a_run_between_tiles(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    _start_long_run(viewer, widget)
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
     assert widget.status.value == "cancelled"
@@ -262,12 +267,7 @@ def test_cancel_stops_a_run_between_tiles(viewer_widget, qtbot, notes):
 
 def test_closing_the_dock_stops_its_run_and_its_listening(viewer_widget, qtbot):
     viewer, widget = viewer_widget
-    data = np.random.default_rng(9).uniform(0, 1, (40, 96, 96)).astype(np.float32)
-    layer = viewer.add_image(data, name="big")
-    widget.image.value = layer
-    widget.model.value = "tiny-gray"
-    widget.tile.value = 16
-    assert widget.run() is not None
+    _start_long_run(viewer, widget)
     viewer.window.remove_dock_widget(widget.native)  # the dock's close button does this
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
     assert widget.status.value == "cancelled"
