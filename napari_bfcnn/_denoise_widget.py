@@ -223,8 +223,10 @@ class DenoiseWidget(ImageModelWidget):
         )
         self.noise_level.tooltip = (
             "estimated Gaussian noise sigma of the current slice, in the layer's units "
-            "(in brackets: as the model sees it, on the 0-255 scale of its training range; "
-            "the engine scales each plane by its largest value)"
+            "(in brackets: as the model sees it, to compare with its trained range; the "
+            "engine maps each plane to 0-1, from its black level, or its minimum if that is "
+            "negative, to its largest value, so noise reaching beyond the data's nominal range "
+            "makes this smaller than sigma on that range)"
         )
         self.camera_noise.tooltip = (
             "Poisson-Gaussian fit of the current slice (centre crop): variance = "
@@ -552,7 +554,7 @@ class DenoiseWidget(ImageModelWidget):
         peak = getattr(self, "_crop_scale", 0.0)
         if peak > 0:
             rel = 255.0 * sigma / peak
-            text += f"  (= {rel:.0f} on a 0-255 scale)"
+            text += f"  (= {rel:.0f}/255 for the model)"
             info = self._models.get(self._resolved_name() or "")
             if info is not None and info.error is None and rel > info.sigma_range[1]:
                 text += ", above its range"

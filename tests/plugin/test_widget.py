@@ -396,6 +396,10 @@ def test_noise_estimate_is_in_layer_units(viewer_widget):
     widget.image.value = layer
     assert widget.estimate_noise() == pytest.approx(40, rel=0.15)
     assert widget.noise_level.value.startswith("\u03c3 \u2248 ")
+    # the model sees the plane scaled to its largest value (about 1800): 40 -> about 6/255
+    assert widget.noise_level.value.endswith("/255 for the model)")
+    rel = float(widget.noise_level.value.split("(= ")[1].split("/255")[0])
+    assert rel == pytest.approx(255 * 40 / float(layer.data.max()), rel=0.2)
 
 
 def test_auto_model_follows_the_layer_kind(viewer_widget, qtbot):
