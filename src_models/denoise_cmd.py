@@ -59,11 +59,13 @@ BY_DATA = "by data"  # --offset not given: "auto" for camera data, else none
 
 
 def plan_for_data(
-    data: Any, axis: int | None, model: str | None, offset
+    data: Any, axis: int | None, model: str | None, offset, samples: bool = False
 ) -> tuple[int | None, str, bool, float | str | None]:
     """Channel axis (non-negative), model name, whether the last channel is RGBA alpha, and
     the black level for the engine (``offset`` from :func:`parse_offset`, resolved by data).
     ``model`` None picks by data. The command line and the plugin's function follow it.
+    ``samples``: the channel axis is a TIFF's samples axis (S), so 3 of them are RGB even
+    when stored planar (channels first); a last axis of 3 or 4 is RGB(A) in any case.
 
     Why the default by data: camera data carry an offset the bias-free model must not
     see (it is scale-, not shift-equivariant); the widget sets "auto" for them too. Their
@@ -75,14 +77,20 @@ def plan_for_data(
     shape, dtype = tuple(int(n) for n in data.shape), data.dtype
     if axis is not None:
         axis = int(axis) % len(shape)
-    rgb = axis is not None and axis == len(shape) - 1 and shape[axis] in (3, 4)
+    last = axis is not None and axis == len(shape) - 1
+    rgb = axis is not None and ((last and shape[axis] in (3, 4)) or (samples and shape[axis] == 3))
     noise = None
     if model is None and is_camera_data(dtype, rgb):
         noise = estimate_centre_crop(data, axis)
     name = model or default_model(3 if rgb else 1, rgb=rgb, dtype=dtype, noise=noise)
     if offset == BY_DATA:
         offset = "auto" if is_camera_data(dtype, rgb) else None
-    return axis, name, rgb and shape[axis] == 4, offset
+    return axis, name, rgb and last and shape[axis] == 4, offset
+
+
+def _axis_letter(axes: str, ndim: int, axis: int) -> str:
+    """The TIFF axes letter of ``axis`` ("" when the file has no axes for every dimension)."""
+    return axes[axis % ndim] if axes and len(axes) == ndim else ""
 
 
 def parse_offset(text: str | None) -> float | str | None:
@@ -170,7 +178,8 @@ def _one_lazy(
 
     image = open_lazy(path, chunk=args.tile or 1024)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    axis, name, alpha, offset = plan_for_data(image.data, axis, args.model, offset)
+    samples = axis is not None and _axis_letter(image.axes, image.data.ndim, axis) == "S"
+    axis, name, alpha, offset = plan_for_data(image.data, axis, args.model, offset, samples)
     image.channel_axis = axis
     result = _denoise_lazy(image.data, axis, name, alpha, args.tile or None, offset, args.tta)
     partial = target.with_name(f".{target.name}.partial")
@@ -196,7 +205,8 @@ def _one_file(path: Path, target: Path, args: argparse.Namespace, offset, client
 
     image = read_image_file(path)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    axis, name, alpha, offset = plan_for_data(image.data, axis, args.model, offset)
+    samples = axis is not None and _axis_letter(image.axes, image.data.ndim, axis) == "S"
+    axis, name, alpha, offset = plan_for_data(image.data, axis, args.model, offset, samples)
     tile = args.tile or None
     if client is not None:
         result = _denoise_lazy(image.data, axis, name, alpha, tile, offset, args.tta).compute()

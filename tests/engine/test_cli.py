@@ -229,3 +229,19 @@ def test_bench_subcommand_passes_its_options_to_the_benchmark(monkeypatch):
     monkeypatch.setattr(bench, "main", lambda argv: seen.append(list(argv)) or 0)
     assert main(["bench", "--data", "../shared/data", "--out", "o", "--quick"]) == 0
     assert seen == [["--data", "../shared/data", "--out", "o", "--quick"]]  # was "unrecognized"
+
+
+def test_planar_rgb_tiff_is_denoised_as_colour_with_its_layout_kept(model_dir, tmp_path):
+    from src_models.denoise_cmd import BY_DATA, plan_for_data
+    from src_models.registry import load_model
+
+    rgb = _noisy((3, 40, 48), 2).astype("uint8")  # stored channels first: axes "SYX"
+    tifffile.imwrite(tmp_path / "p.tif", rgb, photometric="rgb", planarconfig="separate")
+    _, name, alpha, _ = plan_for_data(rgb, 0, None, BY_DATA, samples=True)
+    assert load_model(name).channels == 3 and not alpha
+    assert plan_for_data(rgb, 0, None, BY_DATA)[1] != name  # a C axis of 3: channels, not colour
+    out = tmp_path / "out"
+    assert main(["denoise", str(tmp_path / "p.tif"), "--out", str(out), "--quiet"]) == 0
+    written = tifffile.imread(out / "p_denoised.tif")
+    assert written.shape == rgb.shape
+    np.testing.assert_array_equal(written, load_model(name).denoise(rgb, channel_axis=0))
