@@ -61,11 +61,12 @@ BY_DATA = "by data"  # --offset not given: "auto" for camera data, else none
 def plan_for_data(
     data: Any, axis: int | None, model: str | None, offset, samples: bool = False
 ) -> tuple[int | None, str, bool, float | str | None]:
-    """Channel axis (non-negative), model name, whether the last channel is RGBA alpha, and
+    """Channel axis (non-negative), model name, whether the last channel is alpha, and
     the black level for the engine (``offset`` from :func:`parse_offset`, resolved by data).
     ``model`` None picks by data. The command line and the plugin's function follow it.
-    ``samples``: the channel axis is a TIFF's samples axis (S), so 3 of them are RGB even
-    when stored planar (channels first); a last axis of 3 or 4 is RGB(A) in any case.
+    ``samples``: the channel axis holds a pixel's samples (a TIFF's S axis, a PNG's
+    colour type), so 3 of them are RGB even when stored planar (channels first) and a
+    last axis of 2 is gray + alpha; a last axis of 3 or 4 is RGB(A) in any case.
 
     Why the default by data: camera data carry an offset the bias-free model must not
     see (it is scale-, not shift-equivariant); the widget sets "auto" for them too. Their
@@ -85,7 +86,8 @@ def plan_for_data(
     name = model or default_model(3 if rgb else 1, rgb=rgb, dtype=dtype, noise=noise)
     if offset == BY_DATA:
         offset = "auto" if is_camera_data(dtype, rgb) else None
-    return axis, name, rgb and last and shape[axis] == 4, offset
+    alpha = last and ((rgb and shape[axis] == 4) or (samples and shape[axis] == 2))
+    return axis, name, alpha, offset
 
 
 def _axis_letter(axes: str, ndim: int, axis: int) -> str:
@@ -115,15 +117,15 @@ def _denoise_lazy(
     data: Any, axis: int | None, name: str, alpha: bool, tile: int | None, offset=None,
     tta: int = 1,
 ) -> Any:
-    """dask in, dask out; RGBA alpha passed through untouched."""
+    """dask in, dask out; alpha (the last channel of RGBA or gray + alpha) passed through."""
     import dask.array as da
 
     from .dask_inference import denoise_dask
 
     kwargs = dict(channel_axis=axis, tile=tile, offset=offset, tta=tta)
     if alpha:
-        rgb = denoise_dask(data[..., :3], name, **kwargs)
-        return da.concatenate([rgb, data[..., 3:].astype(rgb.dtype)], axis=-1)
+        colour = denoise_dask(data[..., :-1], name, **kwargs)
+        return da.concatenate([colour, data[..., -1:].astype(colour.dtype)], axis=-1)
     return denoise_dask(data, name, **kwargs)
 
 
@@ -137,10 +139,10 @@ def _denoise_in_memory(
 
     rgba = data
     if alpha:
-        data = data[..., :3]
+        data = data[..., :-1]
     result = load_model(name).denoise(data, channel_axis=axis, tile=tile, offset=offset, tta=tta)
     if alpha:
-        result = np.concatenate([result, rgba[..., 3:].astype(result.dtype)], axis=-1)
+        result = np.concatenate([result, rgba[..., -1:].astype(result.dtype)], axis=-1)
     return result
 
 
@@ -205,7 +207,9 @@ def _one_file(path: Path, target: Path, args: argparse.Namespace, offset, client
 
     image = read_image_file(path)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    samples = axis is not None and _axis_letter(image.axes, image.data.ndim, axis) == "S"
+    tiff = path.suffix.lower() in (".tif", ".tiff")
+    letter = _axis_letter(image.axes, image.data.ndim, axis) if axis is not None else ""
+    samples = axis is not None and (letter == "S" or not tiff)  # PNG, JPEG, BMP: samples
     axis, name, alpha, offset = plan_for_data(image.data, axis, args.model, offset, samples)
     tile = args.tile or None
     if client is not None:

@@ -80,7 +80,8 @@ def read_image_file(path: str | Path) -> ImageFile:
         data = np.asarray(iio.imread(path))
     except (OSError, ValueError, SyntaxError, RuntimeError) as err:  # decoders raise many kinds
         raise ValueError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
-    return ImageFile(data, _guess_channel_axis(data.shape))
+    la = data.ndim == 3 and data.shape[-1] == 2  # gray + alpha (PNG colour type 4)
+    return ImageFile(data, 2 if la else _guess_channel_axis(data.shape))
 
 
 def _read_tiff(path: Path) -> ImageFile:

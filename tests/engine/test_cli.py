@@ -245,3 +245,17 @@ def test_planar_rgb_tiff_is_denoised_as_colour_with_its_layout_kept(model_dir, t
     written = tifffile.imread(out / "p_denoised.tif")
     assert written.shape == rgb.shape
     np.testing.assert_array_equal(written, load_model(name).denoise(rgb, channel_axis=0))
+
+
+def test_gray_and_alpha_png_keeps_its_alpha_and_denoises_the_gray(model_dir, tmp_path):
+    from src_models.registry import load_model
+
+    la = np.stack([_noisy((40, 48), 3), np.full((40, 48), 200.0)], axis=-1).astype("uint8")
+    iio.imwrite(tmp_path / "la.png", la)
+    out = tmp_path / "out"
+    assert main(["denoise", str(tmp_path / "la.png"), "--out", str(out), "--model", "pyramid",
+                 "--quiet"]) == 0
+    written = iio.imread(out / "la_denoised.png")
+    assert written.shape == la.shape
+    np.testing.assert_array_equal(written[..., 1], la[..., 1])  # alpha untouched
+    np.testing.assert_array_equal(written[..., 0], load_model("pyramid").denoise(la[..., 0]))
