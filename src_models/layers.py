@@ -28,7 +28,6 @@ __all__ = [
 ]
 
 _PKG = "bfcnn"
-_TINY = 1e-20  # under a square root: 1e-10 floor, far below any real feature scale
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
@@ -89,8 +88,19 @@ class ScaleNorm(keras.layers.Layer):
         return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
 
 
+def _safe_sqrt(power):
+    """sqrt(power), 1 where power is 0 (features all zero there: what it divides is 0 too).
+
+    Why not ``sqrt(power + eps)``: an epsilon is an additive constant, so a gate built on
+    it would stop being scale-free for features near ``sqrt(eps)``, i.e. for data in tiny
+    physical units; this is exactly scale-free for any power > 0, and its gradient is
+    finite everywhere.
+    """
+    return ops.sqrt(ops.where(power > 0, power, ops.ones_like(power)))
+
+
 def _channel_rms(x, axis=-1):
-    return ops.sqrt(ops.mean(ops.square(x), axis=axis, keepdims=True) + _TINY)
+    return _safe_sqrt(ops.mean(ops.square(x), axis=axis, keepdims=True))
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
@@ -151,7 +161,7 @@ class LocalSqueezeExcite(keras.layers.Layer):
     def call(self, x):
         mean = self.pool(x)
         power = self.pool(ops.mean(ops.square(x), axis=-1, keepdims=True))
-        descriptor = mean / ops.sqrt(power + _TINY)
+        descriptor = mean / _safe_sqrt(power)
         return x * self.expand(self.reduce(descriptor))
 
     def get_config(self):

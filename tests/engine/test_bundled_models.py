@@ -44,9 +44,10 @@ def test_bundled_model_is_homogeneous(bundled):
     m = bundled.card.size_multiple
     y = rng.uniform(0, 1, size=(1, 8 * m, 8 * m, bundled.channels)).astype("float32")
     d = bundled.predict_batch(y)
-    for a in (0.25, 2.0, 10.0):
-        da = bundled.predict_batch(a * y)
-        assert np.abs(da - a * d).max() / np.abs(a * d).max() < 1e-4
+    for a in (1e-6, 0.25, 2.0, 10.0, 1e4):  # the raw model, without the engine's scaling
+        ad = np.float32(a) * d
+        da = bundled.predict_batch(np.float32(a) * y)
+        assert np.abs(da - ad).max() / np.abs(ad).max() < 1e-4, a
 
 
 def test_bundled_model_removes_noise_at_sigma_25_by_at_least_6_db(bundled):

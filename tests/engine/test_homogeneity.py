@@ -49,6 +49,6 @@ def test_every_architecture_is_positively_homogeneous(name):
     y = rng.uniform(0.0, 1.0, size=(2, 32, 32, config.channels)).astype("float32")
     base = np.asarray(model(y, training=False))
     assert _relative(base, y) > 1e-3  # the model really transforms its input
-    for a in (0.25, 2.0, 10.0):
+    for a in (1e-12, 0.25, 2.0, 10.0, 1e6):  # tiny physical units too: no epsilon anywhere
         scaled = np.asarray(model(np.float32(a) * y, training=False))
-        assert _relative(scaled, a * base) < 1e-4, (name, a)
+        assert _relative(scaled, np.float32(a) * base) < 1e-4, (name, a)
