@@ -7,6 +7,8 @@ caller decides how to show errors).
 
 # no ``from __future__ import annotations``: magicgui must see the real ImageData type
 
+from typing import Annotated
+
 import numpy as np
 from napari.types import ImageData
 
@@ -17,8 +19,18 @@ from ._workers import AUTO, DenoiseJob, denoise_job
 __all__ = ["denoise_image"]
 
 
+def _model_menu(_widget=None) -> list[tuple[str, str]]:
+    """Installed models for the generated widget's combo, "auto" first, as the docks list them."""
+    from ._model_choices import model_choices
+
+    return model_choices()[1]
+
+
 def denoise_image(
-    image: ImageData, model: str = AUTO, tile: int = 0, tta: bool = False
+    image: ImageData,
+    model: Annotated[str, {"choices": _model_menu}] = AUTO,
+    tile: Annotated[int, {"min": 0, "max": 8192, "step": 64}] = 0,
+    tta: bool = False,
 ) -> ImageData:
     """Denoise an image or stack with a bias-free CNN.
 
