@@ -90,9 +90,14 @@ def plan_for_data(
     return axis, name, alpha, offset
 
 
-def _axis_letter(axes: str, ndim: int, axis: int) -> str:
-    """The TIFF axes letter of ``axis`` ("" when the file has no axes for every dimension)."""
-    return axes[axis % ndim] if axes and len(axes) == ndim else ""
+def _holds_samples(path: Path, axes: str, ndim: int, axis: int | None) -> bool:
+    """Whether ``axis`` holds a pixel's samples (see :func:`plan_for_data`): a TIFF's S
+    axis (when the file names every axis), or any channel axis of a PNG, JPEG or BMP."""
+    if axis is None:
+        return False
+    if path.suffix.lower() in (".tif", ".tiff", ".zarr"):
+        return len(axes) == ndim and axes[axis % ndim] == "S"
+    return True
 
 
 def parse_offset(text: str | None) -> float | str | None:
@@ -180,7 +185,7 @@ def _one_lazy(
 
     image = open_lazy(path, chunk=args.tile or 1024)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    samples = axis is not None and _axis_letter(image.axes, image.data.ndim, axis) == "S"
+    samples = _holds_samples(path, image.axes, image.data.ndim, axis)
     axis, name, alpha, offset = plan_for_data(image.data, axis, args.model, offset, samples)
     image.channel_axis = axis
     result = _denoise_lazy(image.data, axis, name, alpha, args.tile or None, offset, args.tta)
@@ -207,9 +212,7 @@ def _one_file(path: Path, target: Path, args: argparse.Namespace, offset, client
 
     image = read_image_file(path)
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
-    tiff = path.suffix.lower() in (".tif", ".tiff")
-    letter = _axis_letter(image.axes, image.data.ndim, axis) if axis is not None else ""
-    samples = axis is not None and (letter == "S" or not tiff)  # PNG, JPEG, BMP: samples
+    samples = _holds_samples(path, image.axes, image.data.ndim, axis)
     axis, name, alpha, offset = plan_for_data(image.data, axis, args.model, offset, samples)
     tile = args.tile or None
     if client is not None:
