@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "PlanePlan",
     "PlaneResult",
+    "ResultTooLarge",
     "check_memory",
     "iter_denoise",
     "output_dtype",
@@ -168,8 +169,12 @@ class PlaneResult:
 MEMORY_SHARE = 0.8  # results may take at most this share of the memory available now
 
 
+class ResultTooLarge(MemoryError):
+    """The results would not fit in the memory free now; the message says what to do."""
+
+
 def check_memory(plan: PlanePlan, dtype, with_noise: bool = False) -> None:
-    """Raise MemoryError, saying what to do instead, if the results would not fit in RAM.
+    """Raise :class:`ResultTooLarge`, saying what to do, if the results would not fit in RAM.
 
     Why before allocating: numpy's ``empty`` succeeds on Linux whatever the size
     (memory is overcommitted), and the process is killed later, halfway through,
@@ -184,7 +189,7 @@ def check_memory(plan: PlanePlan, dtype, with_noise: bool = False) -> None:
         need += math.prod(plan.noise_shape) * 4
     available = psutil.virtual_memory().available
     if need > MEMORY_SHARE * available:
-        raise MemoryError(
+        raise ResultTooLarge(
             f"the result would take {need / 2**30:.1f} GiB and {available / 2**30:.1f} GiB "
             "of memory are free: preview the current slice, or denoise the file chunk by "
             "chunk into zarr with the command line (napari-bfcnn denoise FILE --out DIR)"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._layers import LayerError, LayerInput
-from ._planes import PlaneResult, iter_denoise, plan_planes
+from ._planes import PlaneResult, ResultTooLarge, iter_denoise, plan_planes
 
 __all__ = [
     "DenoiseJob",
@@ -109,9 +109,12 @@ def denoise_job(job: DenoiseJob) -> Generator[float, None, DenoiseOutcome]:
             tta=job.tta,
         )
         name = result_label(name, job.tta, preview=bool(job.fixed))
-    except MemoryError as err:  # ours says what to do; numpy's own only what it failed at
-        text = str(err) if "free" in str(err) else "try a smaller tile size or preview one slice"
-        return DenoiseOutcome(name, error=f"not enough memory: {text}")
+    except ResultTooLarge as err:  # says what to do instead
+        return DenoiseOutcome(name, error=f"not enough memory: {err}")
+    except MemoryError:  # numpy's own says only what it failed at
+        return DenoiseOutcome(
+            name, error="not enough memory: try a smaller tile size or preview one slice"
+        )
     except (LayerError, ValueError, OSError) as err:  # ModelFileError, ConfigError included
         return DenoiseOutcome(name, error=str(err))
     except Exception as err:  # a bug: keep the traceback in the log, show one line

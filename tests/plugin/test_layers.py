@@ -126,7 +126,7 @@ class _Halve:
 def test_a_result_larger_than_free_memory_is_refused_before_any_work(monkeypatch):
     import psutil
 
-    from napari_bfcnn._planes import check_memory
+    from napari_bfcnn._planes import ResultTooLarge, check_memory
     from napari_bfcnn._workers import DenoiseJob, denoise_job
 
     class Free:
@@ -136,7 +136,7 @@ def test_a_result_larger_than_free_memory_is_refused_before_any_work(monkeypatch
     small = plan_planes((4, 256, 256), channel_axis=None, joint=False)
     check_memory(small, np.float32, with_noise=True)  # 2 MiB: fine
     big = plan_planes((300, 1024, 1024), channel_axis=None, joint=False)
-    with pytest.raises(MemoryError, match="would take 1.2 GiB and 1.0 GiB of memory are free"):
+    with pytest.raises(ResultTooLarge, match="would take 1.2 GiB and 1.0 GiB of memory are free"):
         check_memory(big, np.uint32)
     data = np.broadcast_to(np.float32(1.0), (300, 1024, 1024))  # no memory of its own
     job = DenoiseJob(inp=read_array(data, name="huge"), model="tiny-gray")
