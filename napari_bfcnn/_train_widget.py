@@ -69,6 +69,7 @@ SCORE_LABELS = {
 
 # one training per napari process: two would share (and halve) the same CPU or GPU
 _TRAINING = threading.Lock()
+_ACTIVE: list[TrainJob] = []  # the job holding _TRAINING, seen by every Fine-tune widget
 
 
 def _noisy_methods() -> tuple[list[tuple[str, str]], str]:
@@ -498,21 +499,35 @@ class TrainWidget(Container):
         if job is None:
             _TRAINING.release()
             return None
-        worker = make_train_worker(job)
-        worker.yielded.connect(self._on_report)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
-        self._worker, self._job = worker, job
-        self._start_ui(job)
-        worker.start()
+        try:
+            worker = make_train_worker(job)
+            worker.yielded.connect(self._on_report)
+            worker.returned.connect(self._on_returned)
+            worker.errored.connect(self._on_errored)
+            worker.finished.connect(self._on_finished)
+            self._worker, self._job = worker, job
+            _ACTIVE[:] = [job]
+            self._start_ui(job)
+            worker.start()
+        except Exception as err:  # never leave the lock held: every later Train would be refused
+            self._on_finished()
+            self.status.value = "not started"
+            show_error(f"could not start the training: {err}")
+            return None
         return worker
 
     def _make_job(self, resume: bool) -> TrainJob | None:
+        from src_models.config import ConfigError
+        from src_models.finetune import _target_path, run_dir
         from src_models.registry import user_model_dir
+        from src_models.train import CHECKPOINT
 
         settings = self.settings()
         images, targets = self._data()
+        # refused here, before the last run's plot and preview layers are cleared
+        _target_path(settings.name, allow_existing=True)  # a bundled model's name
+        if resume and not (run_dir(settings.name) / CHECKPOINT).is_file():
+            raise ConfigError(f"nothing to resume: '{settings.name}' has no stopped run")
         overwrite = False
         if not resume and (user_model_dir() / f"{settings.name}.keras").exists():
             question = f"A model named '{settings.name}' exists. Replace it with the new one?"
@@ -567,6 +582,14 @@ class TrainWidget(Container):
             show_error(outcome.error)
             return
         r = outcome.result
+        if not r.saved:
+            every = r.recipe.training.val_every
+            self.status.value = (
+                f"stopped at step {r.steps_done}, before the first validation (every {every} "
+                "steps): nothing saved; Resume continues"
+            )
+            show_info(f"Training of '{r.name}' stopped before any validation: nothing saved.")
+            return
         key = next(iter(r.val_psnr_best), None)
         score = ""
         if key is not None:
@@ -590,6 +613,8 @@ class TrainWidget(Container):
         show_error(f"training failed: {err}")
 
     def _on_finished(self, *_args) -> None:
+        if any(job is self._job for job in _ACTIVE):  # identity: jobs hold arrays
+            _ACTIVE.clear()
         self._worker = None
         self._job = None
         with contextlib.suppress(RuntimeError):
@@ -616,8 +641,10 @@ class TrainWidget(Container):
         lead = len(plane)
         arr = data.reshape((1,) * lead + data.shape)
         offset = np.array([*plane, y0, x0], dtype=float) * scale[: lead + 2]
-        kwargs = dict(scale=scale, translate=translate + offset, rgb=bool(layer.rgb))
-        if not layer.rgb:
+        # a gray base trains an RGB layer channel by channel: its previews are one channel
+        rgb = bool(layer.rgb) and data.ndim == 3 and data.shape[-1] in (3, 4)
+        kwargs = dict(scale=scale, translate=translate + offset, rgb=rgb)
+        if not rgb:
             kwargs["contrast_limits"] = tuple(float(c) for c in layer.contrast_limits)
         return dict(data=arr, **kwargs)
 
@@ -625,8 +652,8 @@ class TrainWidget(Container):
         layer = self._tagged(kind)
         if layer is not None and layer.data.shape == placed["data"].shape:
             layer.data = placed["data"]
-            layer.name = name  # another source or slice: name and place follow it
-            for attr in ("scale", "translate"):
+            layer.name = name  # another source or slice: name, place and contrast follow it
+            for attr in ("scale", "translate", "contrast_limits"):
                 if attr in placed:
                     setattr(layer, attr, placed[attr])
             return layer
@@ -683,7 +710,7 @@ class TrainWidget(Container):
                 self.corruption(),
                 patch_size=max(64, int(self.patch.value) * 2 or 128),
                 plane=plane,
-                seed=int(self.seed.value),
+                seed=int(self.seed.value),  # black level: "camera", as the training uses
             )
         except (LayerError, ValueError) as err:
             show_error(str(err))
@@ -699,8 +726,15 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------ your models
 
-    def _busy_with(self, name: str) -> bool:
-        return self._job is not None and self._job.settings.name == name
+    @staticmethod
+    def _busy_with(name: str) -> str:
+        """Why the running training needs this model name ('' if it does not)."""
+        for job in _ACTIVE:
+            if job.settings.name == name:
+                return "is being trained"
+            if job.settings.base == name:
+                return "is the base of the running training"
+        return ""
 
     def rename_model(self) -> bool:
         """Rename the chosen user model to the 'rename to' text; True on success."""
@@ -711,8 +745,10 @@ class TrainWidget(Container):
         if not old or not new:
             show_warning("Choose one of your models and type its new name.")
             return False
-        if self._busy_with(old):
-            show_warning(f"'{old}' is being trained; rename it when the training has ended.")
+        busy = self._busy_with(old) or self._busy_with(new)
+        if busy:
+            which = old if self._busy_with(old) else new
+            show_warning(f"'{which}' {busy}; rename it when the training has ended.")
             return False
         try:
             rename_user_model(old, new)
@@ -734,8 +770,9 @@ class TrainWidget(Container):
         name = self.user_models.value
         if not name:
             return False
-        if self._busy_with(name):
-            show_warning(f"'{name}' is being trained; stop the training first.")
+        busy = self._busy_with(name)
+        if busy:
+            show_warning(f"'{name}' {busy}; stop the training first.")
             return False
         if not _confirm(self.native, f"Delete your model '{name}'? This cannot be undone."):
             return False

@@ -253,12 +253,18 @@ class FinetuneResult:
     val_psnr_best: dict[str, float]
     recipe: RecipeConfig
     card: ModelCard
+    saved: bool = True  # False: stopped before the first validation, nothing was written
 
 
 def run_dir(name: str) -> Path:
-    """Checkpoint folder of a run (hidden inside the user-model folder, so never listed)."""
-    from .registry import user_model_dir
+    """Checkpoint folder of a run (hidden inside the user-model folder, so never listed).
 
+    The name is checked first: a run's folder is deleted when a fresh run starts, so a
+    name such as ``..`` must never reach the file system.
+    """
+    from .registry import _check_name, user_model_dir
+
+    _check_name(name, "model")
     return user_model_dir() / RUNS / name
 
 
@@ -551,8 +557,10 @@ def finetune(
         Receives a :class:`ValidationPreview` after every validation (and before training).
     should_stop : callable, optional
         Polled every step; the run then saves the best model so far and returns.
+        Stopped before the first validation, it saves nothing (``result.saved`` is
+        False): no trained weights have been scored yet. Resume continues either way.
     max_seconds : float, optional
-        Wall-clock budget.
+        Wall-clock budget (stops like ``should_stop``).
 
     Returns
     -------
@@ -596,11 +604,19 @@ def finetune(
     recipe = build_recipe(settings, train_in, base.channels, base.multiple, base.card, base.path)
     t_cfg = recipe.training
     out = run_dir(settings.name)
+    sources = [im.describe() for im in images]
+    if targets:
+        sources += [f"clean: {t.describe()}" for t in targets]
+    identity = _run_identity(settings, sources)
     if resume:
         if not (out / CHECKPOINT).is_file():
             raise ConfigError(f"nothing to resume: no checkpoint of {settings.name!r} in {out}")
-    elif out.exists():
-        shutil.rmtree(out)
+        _check_same_run(out / RUN_SETTINGS, identity, settings.name)
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        (out / RUN_SETTINGS).write_text(json.dumps(identity, indent=1), encoding="utf-8")
 
     sampler = None
     r2r = None
@@ -647,9 +663,6 @@ def finetune(
         r2r=r2r,
         r2r_signal=r2r_signal,
     )
-    sources = [im.describe() for im in images]
-    if targets:
-        sources += [f"clean: {t.describe()}" for t in targets]
     extra: dict[str, Any] = {
         "training_data": sources,
         "base_model": settings.base,
@@ -673,6 +686,23 @@ def finetune(
         keep_initial=base.card is not None,  # never replace a base by a worse model
     )
 
+    if result.stopped and result.steps_done < t_cfg.val_every:
+        # No trained weights were scored yet: what the run dir holds as "best" is the
+        # starting model (a copy of the base, or an untrained network), never worth a name.
+        return FinetuneResult(
+            name=settings.name,
+            model_path=target_path,
+            run_dir=out,
+            region=region,
+            steps_done=result.steps_done,
+            total_steps=t_cfg.steps,
+            stopped=True,
+            val_psnr_initial=dict(result.val_psnr_initial),
+            val_psnr_best=dict(result.val_psnr_initial),
+            recipe=recipe,
+            card=read_card(result.model_path),
+            saved=False,
+        )
     best = read_card(result.model_path)
     kept = (
         f"the model after step {best.steps_done}"
@@ -742,6 +772,52 @@ def finetune(
         recipe=recipe,
         card=card,
     )
+
+
+RUN_SETTINGS = "settings.json"  # what a run trains on and how; Resume must match it
+# everything but the length of the run (steps, rate, validation interval may change on Resume)
+_RESUME_KEYS = (
+    "mode",
+    "base",
+    "architecture",
+    "corruption",
+    "patch_size",
+    "batch_size",
+    "val_sigmas",
+    "noisy_method",
+    "n2n_gamma",
+    "r2r_alpha",
+    "black_level",
+    "tuned_weight",
+    "seed",
+)
+
+
+def _run_identity(settings: FinetuneSettings, sources: list[str]) -> dict[str, Any]:
+    """The settings and data a run's checkpoint and best score belong to, as JSON values."""
+    values = {key: getattr(settings, key) for key in _RESUME_KEYS}
+    values["corruption"] = settings.corruption.model_dump(mode="json")
+    values["sources"] = sources
+    return json.loads(json.dumps(values, default=str))
+
+
+def _check_same_run(path: Path, identity: dict[str, Any], name: str) -> None:
+    """Refuse to resume with other data or settings.
+
+    Why: the checkpoint, its optimiser state and the best validation score so far
+    belong to the stopped run; another noise range, base or layer would be scored
+    against a best from other data, and averaged with another base.
+    """
+    if not path.is_file():  # a run from before this record: nothing to compare
+        return
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    changed = [key for key in identity if saved.get(key) != identity[key]]
+    if changed:
+        what = ", ".join("layers" if key == "sources" else key for key in changed)
+        raise ConfigError(
+            f"cannot resume {name!r} with other settings or layers (changed: {what}); "
+            "set them back as they were, or train anew (Train) to start over"
+        )
 
 
 def _black_level_text(black_level: str | float) -> str:

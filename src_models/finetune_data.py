@@ -26,6 +26,7 @@ Rules (the inference engine's, so training sees what denoising will see):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -251,14 +252,37 @@ def samples(
         raise ValueError("no images to train on: give at least one image")
     black_level = check_black_level(black_level)
     out = []
+    empty: list[str] = []
     for i, src in enumerate(sources):
         camera = _is_camera(src)
         for lead, hwc in _planes(src):
             for ch, plane in _groups(hwc, channels):
                 where = f"'{src.name}' plane {lead}"
+                if _no_data(plane):
+                    empty.append(where)
+                    continue
                 plane, off, scale = _normaliser(plane, where, black_level, camera)
                 out.append(Sample(_norm(plane, off, scale), i, lead, ch, off, scale))
+    _report_empty(empty, bool(out))
     return out
+
+
+def _no_data(plane: np.ndarray) -> bool:
+    """A channel without a finite value (an empty slice of a registered stack, a lost frame)."""
+    return not bool(np.isfinite(plane).any(axis=(0, 1)).all())
+
+
+def _report_empty(empty: list[str], any_left: bool) -> None:
+    """Skipped all-NaN planes are a warning; nothing left to train on is an error."""
+    if not empty:
+        return
+    listed = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+    if not any_left:
+        raise ValueError(f"no finite values to train on: {listed} hold only NaN or inf")
+    warnings.warn(
+        f"skipped {len(empty)} plane(s) without finite values (all NaN or inf): {listed}",
+        stacklevel=3,
+    )
 
 
 def paired_samples(
@@ -283,6 +307,7 @@ def paired_samples(
     black_level = check_black_level(black_level)
     out_n: list[Sample] = []
     out_c: list[Sample] = []
+    empty: list[str] = []
     for i, (n_src, c_src) in enumerate(zip(noisy, clean, strict=True)):
         if tuple(n_src.data.shape) != tuple(c_src.data.shape):
             raise ValueError(
@@ -293,12 +318,16 @@ def paired_samples(
             for (ch, n_plane), (_, c_plane) in zip(
                 _groups(n_hwc, channels), _groups(c_hwc, channels), strict=True
             ):
+                if _no_data(n_plane) or _no_data(c_plane):
+                    empty.append(f"'{n_src.name}' / '{c_src.name}' plane {lead}")
+                    continue
                 n_plane, off, scale = _normaliser(
                     n_plane, f"'{n_src.name}' plane {lead}", black_level, _is_camera(n_src)
                 )
                 c_plane, _, _ = _normaliser(c_plane, f"'{c_src.name}' plane {lead}")
                 out_n.append(Sample(_norm(n_plane, off, scale), i, lead, ch, off, scale))
                 out_c.append(Sample(_norm(c_plane, off, scale), i, lead, ch, off, scale))
+    _report_empty(empty, bool(out_n))
     return out_n, out_c
 
 
@@ -421,6 +450,7 @@ def corrupted_preview(
     patch_size: int = 128,
     plane: tuple[int, ...] | None = None,
     seed: int = 0,
+    black_level: str | float = "camera",
 ) -> CorruptedPatch:
     """The centre patch of one plane of ``source``, corrupted as training would corrupt it.
 
@@ -437,6 +467,9 @@ def corrupted_preview(
     plane : tuple of int, optional
         Index along the looped axes (default: the first plane).
     seed : int
+    black_level : {"camera", "auto", "none"} or float
+        As for :func:`samples`: camera data lose their black level before the noise is
+        added, as in training, so shot noise does not grow on the camera's offset.
 
     Returns
     -------
@@ -450,7 +483,12 @@ def corrupted_preview(
             f"plane={lead} must give {len(loop)} index(es) for '{source.name}' "
             f"(shape {tuple(source.data.shape)})"
         )
-    hwc, off, scale = _normaliser(_read_plane(source, lead), f"'{source.name}' plane {lead}")
+    hwc, off, scale = _normaliser(
+        _read_plane(source, lead),
+        f"'{source.name}' plane {lead}",
+        check_black_level(black_level),
+        _is_camera(source),
+    )
     h, w = hwc.shape[:2]
     ph, pw = min(h, int(patch_size)), min(w, int(patch_size))
     y, x = (h - ph) // 2, (w - pw) // 2

@@ -43,7 +43,8 @@ MICROSCOPY_MODEL = "microscopy"  # the bundled model trained on Poisson-Gaussian
 # ... and the one also trained on noise correlated between neighbouring pixels
 MICROSCOPY_CORRELATED_MODEL = "microscopy-correlated"
 ENV_MODEL_DIR = "NAPARI_BFCNN_MODEL_DIR"
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# a letter, digit or "_" first: never "." or ".." (paths) nor a hidden file the list skips
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
 @dataclass(frozen=True)
@@ -294,9 +295,15 @@ def _broken_note() -> str:
 
 
 def _check_name(name: str, what: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 64:
+    if (
+        not isinstance(name, str)
+        or not _NAME.match(name)
+        or len(name) > 64
+        or name.lower().endswith(".keras")  # would be read as a file path, not a name
+    ):
         raise ValueError(
-            f"{what} {name!r} is not a valid model name: use 1-64 letters, digits, '_', '.' or '-'"
+            f"{what} {name!r} is not a valid model name: use 1-64 letters, digits, '_', '.' "
+            "or '-', starting with a letter, digit or '_', and not ending in '.keras'"
         )
 
 

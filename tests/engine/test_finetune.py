@@ -191,6 +191,16 @@ def test_rgb_and_multichannel_layers_become_samples_for_the_model_channels():
     assert float(items[1].image.max()) == 1.0
 
 
+def test_planes_without_finite_values_are_skipped_with_a_warning_unless_none_is_left():
+    stack = np.random.default_rng(0).random((3, 32, 40)).astype(np.float32)
+    stack[1] = np.nan  # an empty slice after registration
+    with pytest.warns(UserWarning, match=r"skipped 1 plane\(s\).*'zyx' plane \(1,\)"):
+        items = samples([SourceImage("zyx", stack)], channels=1)
+    assert [s.plane for s in items] == [(0,), (2,)]
+    with pytest.raises(ValueError, match="no finite values to train on"):
+        samples([SourceImage("empty", np.full((2, 32, 40), np.nan, np.float32))], channels=1)
+
+
 def test_camera_data_train_without_their_black_level_as_they_will_be_denoised():
     from src_models.config import ConfigError
     from src_models.noise_model import black_level
@@ -213,24 +223,72 @@ def test_camera_data_train_without_their_black_level_as_they_will_be_denoised():
         FinetuneSettings(name="x", black_level=float("nan")).check()
 
 
-def test_stop_returns_within_two_seconds_keeping_the_best_model_and_resume_finishes(user_dir):
-    calls, flipped = [], []
+def test_corrupted_preview_of_camera_data_puts_no_shot_noise_on_the_black_level():
+    from src_models.finetune_data import corrupted_preview
 
-    def stop() -> bool:  # asked once per step; stop at the 30th, well after the first (traced) step
+    frame = np.full((64, 64), 100, np.uint16)  # black level 100 ADU on the left
+    frame[:, 32:] = 400
+    shot = CorruptionConfig(sigma_range=(0, 0), clean_prob=0.0, poisson_gaussian_prob=1.0,
+                            photons_range=(10, 10), read_noise_range=(0, 0))
+    patch = corrupted_preview(SourceImage("cam", frame), shot, patch_size=64)
+    dark, bright = patch.noisy[:, :28], patch.noisy[:, 36:]
+    np.testing.assert_allclose(dark, 100.0, atol=1e-3)  # no signal above the offset: no shot noise
+    assert bright.std() > 30.0  # 10 photons at the peak: about 300 / sqrt(10) ADU
+    as_signal = corrupted_preview(SourceImage("cam", frame), shot, 64, black_level="none")
+    assert as_signal.noisy[:, :28].std() > 30.0  # the old preview: the offset taken for signal
+
+
+def _stop_at(n: int, flipped: list[float]):
+    calls: list[int] = []
+
+    def stop() -> bool:  # asked once per step
         calls.append(1)
-        if len(calls) == 30:
+        if len(calls) == n:
             flipped.append(time.monotonic())
-        return len(calls) >= 30
+        return len(calls) >= n
 
+    return stop
+
+
+def test_stop_before_the_first_validation_saves_nothing_and_resume_finishes(user_dir):
+    flipped: list[float] = []
     settings = _settings(steps=100_000, val_every=100_000)
-    result = finetune(settings, [SourceImage("text", skdata.text())], should_stop=stop)
+    # stop at the 30th step, well after the first (traced) one
+    text = [SourceImage("text", skdata.text())]
+    result = finetune(settings, text, should_stop=_stop_at(30, flipped))
     assert time.monotonic() - flipped[0] < 2.0
-    assert result.stopped and result.steps_done == 29
-    assert read_card(result.model_path).notes["stopped_early"] == "true"
+    assert result.stopped and result.steps_done == 29 and not result.saved
+    assert not (user_dir / "ft.keras").exists()  # no copy of the unscored start under the name
 
     settings.steps = result.steps_done + 10
     resumed = finetune(settings, [SourceImage("text", skdata.text())], resume=True)
-    assert not resumed.stopped and resumed.steps_done == result.steps_done + 10
+    assert not resumed.stopped and resumed.saved and resumed.steps_done == result.steps_done + 10
+    assert (user_dir / "ft.keras").is_file()
+
+
+def test_resume_with_other_settings_or_layers_is_refused_naming_what_changed(user_dir):
+    from src_models.config import ConfigError
+
+    text = [SourceImage("text", skdata.text())]
+    settings = _settings(steps=100_000, val_every=100_000)
+    finetune(settings, text, should_stop=_stop_at(3, []))
+    changed = _settings(steps=100_000, val_every=100_000, corruption=SIGMA_25)
+    with pytest.raises(ConfigError, match=r"changed: corruption\)"):
+        finetune(changed, text, resume=True)
+    camera = [SourceImage("camera", skdata.camera())]
+    with pytest.raises(ConfigError, match=r"changed: layers\)"):
+        finetune(settings, camera, resume=True)
+    settings.steps = 8  # the length of the run may change
+    assert finetune(settings, text, resume=True).steps_done == 8
+
+
+def test_stop_after_a_validation_keeps_the_best_scored_model(user_dir):
+    settings = _settings(steps=100_000, val_every=10)
+    result = finetune(settings, [SourceImage("text", skdata.text())], should_stop=_stop_at(26, []))
+    assert result.stopped and result.saved and result.steps_done == 25
+    card = read_card(result.model_path)
+    assert card.notes["stopped_early"] == "true"
+    assert card.steps_done in (0, 10, 20)  # the start or a validated step, never the last one
 
 
 def test_a_save_killed_after_the_temp_file_is_written_leaves_the_previous_model(
@@ -271,6 +329,11 @@ def test_existing_and_bundled_names_are_refused_unless_overwriting(user_dir):
         finetune(_settings(name="other", steps=5), [SourceImage("t", skdata.text())], resume=True)
     with pytest.raises(ValueError, match="too small"):
         finetune(_settings(name="tiny"), [SourceImage("t", np.ones((20, 20)))])
+    with pytest.raises(ConfigError, match="bundled model"):
+        finetune(_settings(name="gray", steps=5), [SourceImage("t", skdata.text())])
+    with pytest.raises(ConfigError, match="not a valid model name"):
+        finetune(_settings(name="..", steps=5), [SourceImage("t", skdata.text())])
+    assert (user_dir / "ft.keras").is_file()  # nothing above touched the existing model
 
 
 def test_neighbor2neighbor_on_a_noisy_only_image_beats_the_noisy_input(user_dir):

@@ -105,6 +105,18 @@ def test_rename_refuses_bad_names_and_clashes(user_models, no_bundled):
         registry.rename_user_model("ghost", "x")
 
 
+@pytest.mark.parametrize("name", ["..", ".", ".cells", "cells.keras", "a/b", "", "x" * 65])
+def test_names_that_are_paths_hidden_files_or_file_names_are_refused(name, user_models, no_bundled):
+    # ".." as a run folder would be the user-model folder itself, deleted by a fresh run
+    from src_models.finetune import run_dir
+
+    with pytest.raises(ValueError, match="not a valid model name"):
+        registry.rename_user_model("gray", name)
+    with pytest.raises(ValueError, match="not a valid model name"):
+        run_dir(name)
+    assert (user_models / "gray.keras").is_file()
+
+
 def test_delete_user_model_removes_it_but_refuses_bundled(user_models, no_bundled):
     shutil.copy(user_models / "resnet.keras", no_bundled / "builtin.keras")
     registry.delete_user_model("pyramid")

@@ -13,6 +13,7 @@ from skimage import data as skdata
 import napari_bfcnn._train_widget as tw
 from napari_bfcnn._denoise_widget import DenoiseWidget
 from napari_bfcnn._train_widget import TAG, TrainWidget
+from src_models.registry import list_models
 
 pytestmark = pytest.mark.gui
 
@@ -121,12 +122,24 @@ def test_second_training_is_refused_and_stop_ends_the_run_then_resume_finishes(
     assert other.run() is None  # another widget in the same napari
     assert len(notes["warning"]) == 2 and "already running" in notes["warning"][0]
 
+    # the running job's base and its future name are off limits, from any Fine-tune widget
+    other.user_models.value = "tiny-gray"
+    other.rename_to.value = "renamed"
+    assert not other.rename_model() and not other.delete_model()
+    other.user_models.value, other.rename_to.value = "tiny-color", "long"
+    assert not other.rename_model()
+    assert "base of the running training" in notes["warning"][2]
+    assert "'long' is being trained" in notes["warning"][4]
+    assert {"tiny-gray", "tiny-color"} <= {m.name for m in list_models()}
+
     t0 = time.monotonic()
     train.stop()
     qtbot.waitUntil(lambda: not train.running, timeout=10_000)
     assert time.monotonic() - t0 < 3.0
     assert "stopped at step" in train.status.value
     steps_done = int(re.search(r"stopped at step (\d+)", train.status.value).group(1))
+    assert "nothing saved" in train.status.value  # no validation ran: no model named 'long' yet
+    assert "long" not in [m.name for m in list_models()]
 
     train.steps.value = steps_done + 4
     assert train.run(resume=True) is not None
@@ -260,3 +273,17 @@ def test_screenshot_of_the_training_widget_mid_run(make_napari_viewer, qtbot, us
     imsave(image, shot, check_contrast=False)
     assert image.stat().st_size > 10_000
     assert notes["error"] == []
+
+
+def test_bundled_names_and_resume_without_a_run_are_refused_before_anything_starts(
+    viewer_widgets, notes
+):
+    viewer, train, _ = viewer_widgets
+    layer = viewer.add_image(_text(), name="text")
+    _setup(train, layer, name="never-run")
+    assert train.run(resume=True) is None and not train.running
+    assert "nothing to resume" in notes["error"][-1]
+    _setup(train, layer, name="gray")  # a bundled model's name
+    assert train.run() is None and not train.running
+    assert "bundled model" in notes["error"][-1]
+    assert train.status.value == "not started"
