@@ -15,10 +15,37 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _expand_inputs(inputs: Sequence[str], lazy: bool = False) -> tuple[list[Path], list[str]]:
+def _matches(item: str) -> list[str]:
+    """The paths an input names: itself when it exists (``img[1].tif`` is a file name, not a
+    pattern), else the glob's matches (none for a missing plain name)."""
+    if Path(item).exists() or not any(c in item for c in "*?["):
+        return [item]
+    return sorted(glob.glob(item))
+
+
+def _folder_images(folder: Path, kinds: Sequence[str], skip_suffix: str | None) -> list[Path]:
+    """The images in a folder, without hidden files and earlier outputs.
+
+    Why: ``._a.tif`` (macOS AppleDouble) and ``.partial`` files are not images, and a
+    rerun into the same folder must not denoise ``a_denoised.tif`` again.
+    """
+    from .files import split_name
+
+    def wanted(p: Path) -> bool:
+        if p.name.startswith(".") or p.suffix.lower() not in kinds:
+            return False
+        return not (skip_suffix and split_name(p)[0].endswith(skip_suffix))
+
+    return sorted(p for p in folder.iterdir() if wanted(p))
+
+
+def _expand_inputs(
+    inputs: Sequence[str], lazy: bool = False, skip_suffix: str | None = None
+) -> tuple[list[Path], list[str]]:
     """Files, globs and folders (non-recursive) -> image files, plus what matched nothing.
 
     ``lazy``: ``.zarr`` folders count as images (the denoise command reads them chunk by chunk).
+    ``skip_suffix``: in folders, names whose base ends with it are earlier outputs, skipped.
     """
     from .files import LAZY_SUFFIXES, SUFFIXES
 
@@ -26,13 +53,13 @@ def _expand_inputs(inputs: Sequence[str], lazy: bool = False) -> tuple[list[Path
     files: list[Path] = []
     missing: list[str] = []
     for item in inputs:
-        matches = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
+        matches = _matches(item)
         if not matches:
             missing.append(item)
         for m in matches:
             p = Path(m)
             if p.is_dir() and not (lazy and p.suffix.lower() in LAZY_SUFFIXES):
-                files += sorted(q for q in p.iterdir() if q.suffix.lower() in kinds)
+                files += _folder_images(p, kinds, skip_suffix)
             elif p.exists():
                 files.append(p)
             else:
@@ -162,6 +189,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     what = "stopped" if result.stopped else "finished"
     print(f"{what} at step {result.steps_done}/{result.total_steps}")
     print(f"validation PSNR before: {before}; after: {after}")
+    if not result.saved:
+        print(
+            f"nothing saved: stopped before the first validation (every "
+            f"{result.recipe.training.val_every} steps); --resume continues the run"
+        )
+        return 0
     print(f"saved {result.name}: {result.model_path}")
     return 0
 

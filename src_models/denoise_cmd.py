@@ -48,11 +48,38 @@ def add_arguments(d: argparse.ArgumentParser) -> None:
 
 
 def output_path(path: Path, out_dir: Path, suffix: str) -> Path:
-    """Where the result of ``path`` goes: same name plus ``suffix``; JPEG becomes PNG (lossless)."""
-    ext = path.suffix
+    """Where the result of ``path`` goes: same name plus ``suffix``; JPEG becomes PNG (lossless).
+
+    The suffix goes before the whole extension, ``.ome.tif`` included
+    (``s_denoised.ome.tif``): OME readers recognise OME files by that extension.
+    """
+    from .files import split_name
+
+    base, ext = split_name(path)
     if ext.lower() in (".jpg", ".jpeg"):
         ext = ".png"
-    return out_dir / f"{path.stem}{suffix}{ext}"
+    return out_dir / f"{base}{suffix}{ext}"
+
+
+def _clashes(files: list[Path], targets: list[Path]) -> list[list[Path]]:
+    """Groups of inputs that would be written to the same output (``a/x.tif`` and
+    ``b/x.tif``, or ``p.jpg`` and ``p.png``): the later one would replace the earlier."""
+    by_target: dict[Path, list[Path]] = {}
+    for path, target in zip(files, targets, strict=True):
+        by_target.setdefault(target.resolve(), []).append(path)
+    return [group for group in by_target.values() if len(group) > 1]
+
+
+def _check_axis(axis: int, shape: tuple[int, ...]) -> int:
+    """``axis`` as a non-negative index; out of range is an error, never wrapped around
+    (axis 3 of a ZYX stack is no axis, not axis 0)."""
+    n = len(shape)
+    if not -n <= axis < n:
+        raise ValueError(
+            f"channel axis {axis} is out of range for an image of {n} dimensions {shape} "
+            f"(use {-n} to {n - 1})"
+        )
+    return axis % n
 
 
 BY_DATA = "by data"  # --offset not given: "auto" for camera data, else none
@@ -77,7 +104,7 @@ def plan_for_data(
 
     shape, dtype = tuple(int(n) for n in data.shape), data.dtype
     if axis is not None:
-        axis = int(axis) % len(shape)
+        axis = _check_axis(int(axis), shape)
     last = axis is not None and axis == len(shape) - 1
     rgb = axis is not None and ((last and shape[axis] in (3, 4)) or (samples and shape[axis] == 3))
     noise = None
@@ -237,8 +264,25 @@ def _is_lazy(path: Path, clustered: bool) -> bool:
         return False
 
 
+def _model_exists(model: str) -> bool:
+    """Whether ``--model`` names a model; if not, says so with the available ones.
+
+    Why before the loop: otherwise the same message comes once per file, after reading it.
+    """
+    from .modelfile import ModelFileError
+    from .registry import _resolve
+
+    try:
+        _resolve(model)
+    except (ValueError, ModelFileError) as err:
+        print(f"error: --model: {err}", file=sys.stderr)
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the denoise subcommand; 0 if every input was written, else 1."""
+    """Run the denoise subcommand; 0 if every input was written, 1 if any failed, 2 if
+    nothing was tried (a bad ``--offset`` or ``--model``, two inputs with one output)."""
     from tqdm import tqdm
 
     from .cli import _expand_inputs
@@ -248,7 +292,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    files, missing = _expand_inputs(args.inputs, lazy=True)
+    if args.model is not None and not _model_exists(args.model):
+        return 2
+    files, missing = _expand_inputs(args.inputs, lazy=True, skip_suffix=args.suffix)
     failed = len(missing)
     for m in missing:
         print(f"error: {m}: no such file or folder", file=sys.stderr)
@@ -256,6 +302,16 @@ def run(args: argparse.Namespace) -> int:
         print("error: no input images found", file=sys.stderr)
         return 1
     out_dir = Path(args.out)
+    targets = [output_path(path, out_dir, args.suffix) for path in files]
+    clashes = _clashes(files, targets)
+    for group in clashes:
+        names = ", ".join(str(p) for p in group)
+        print(f"error: {names} would all be written to "
+              f"{output_path(group[0], out_dir, args.suffix)}", file=sys.stderr)
+    if clashes:
+        print("error: nothing written: denoise them in separate runs, with different --out "
+              "folders or --suffix values", file=sys.stderr)
+        return 2
     out_dir.mkdir(parents=True, exist_ok=True)
     client = None
     if args.workers or args.scheduler:
@@ -264,9 +320,8 @@ def run(args: argparse.Namespace) -> int:
         client = local_client(args.workers, args.scheduler, args.threads_per_worker)
     bar = tqdm(files, unit="file", disable=args.quiet)
     try:
-        for path in bar:
+        for path, target in zip(bar, targets, strict=True):
             bar.set_description(path.name)
-            target = output_path(path, out_dir, args.suffix)
             try:
                 lazy = _is_lazy(path, client is not None)
                 if target.resolve() == path.resolve() and (lazy or not args.overwrite):

@@ -250,7 +250,7 @@ def iter_export(
     targets = {f: output_path(out, name, f) for f in fmts}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
-        raise ValueError(f"{', '.join(existing)} exist(s); use overwrite to replace")
+        raise ValueError(f"{', '.join(existing)} exist(s); use overwrite (--overwrite) to replace")
     out.mkdir(parents=True, exist_ok=True)
 
     _, min_size = halo_and_min_size(card)
@@ -369,7 +369,10 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Run the ``export`` subcommand; prints one line per format. Returns the exit code."""
+    """Run the ``export`` subcommand; prints one line per format. Returns the exit code:
+    1 if an export failed its check, 2 for anything refused or unwritable (an unknown
+    model or format, an existing output, ``--out`` a file or read-only: ``OSError``s,
+    reported as one line, not a traceback)."""
     from .modelfile import ModelFileError
 
     info = PackageInfo(
@@ -388,7 +391,7 @@ def run_export(args: argparse.Namespace) -> int:
         for r in results:
             err = f"max |export - keras| {r.max_error:.1e}"
             print(f"{r.format}: {r.path} ({err}, {r.seconds:.1f} s)")
-    except (ExportError, ValueError, ModelFileError) as err:
+    except (ExportError, ValueError, ModelFileError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1 if isinstance(err, ExportError) else 2
     return 0

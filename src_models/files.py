@@ -22,6 +22,7 @@ __all__ = [
     "SUFFIXES",
     "open_lazy",
     "read_image_file",
+    "split_name",
     "tiff_nbytes",
     "write_image_file",
     "write_tiff_lazy",
@@ -30,6 +31,8 @@ __all__ = [
 
 SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 LAZY_SUFFIXES = (".zarr",)  # folders read and written chunk by chunk
+# extensions of two parts: OME readers recognise OME files by the whole of it
+_DOUBLE_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.zarr")
 LAZY_TIFF_BYTES = 1 << 30  # TIFFs with more pixel bytes than this are read chunk by chunk
 TIFF_TILE = 512  # tile side of TIFFs written chunk by chunk (a multiple of 16)
 
@@ -42,6 +45,40 @@ class ImageFile:
     channel_axis: int | None
     axes: str = ""
     tiff_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def split_name(path: str | Path) -> tuple[str, str]:
+    """File name -> (base, extension), ``.ome.tif``, ``.ome.tiff`` and ``.ome.zarr`` kept whole.
+
+    Why: a name made from the base must keep the OME extension at its end
+    (``s.ome.tif`` -> ``s_denoised.ome.tif``), or OME readers take it for a plain TIFF.
+    """
+    name = Path(path).name
+    for ext in _DOUBLE_SUFFIXES:
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], name[-len(ext) :]
+    p = Path(name)
+    return p.stem, p.suffix
+
+
+class _SeriesError(ValueError):
+    """A TIFF holding several image series (its message names the file and the count)."""
+
+
+def _only_series(tif: Any, path: str | Path) -> Any:
+    """The single image series of a TIFF; several are refused, not silently cut to the first.
+
+    Why: Micro-Manager multi-position files, and frames written one ``TiffWriter.write``
+    at a time, hold one series each; reading the first would drop all the others.
+    """
+    count = len(tif.series)
+    if count != 1:
+        raise _SeriesError(
+            f"{path}: holds {count} image series (e.g. positions, or frames written one "
+            "at a time); only single-series TIFFs are supported: split it into one file "
+            "per series (e.g. with tifffile or Fiji) and denoise those"
+        )
+    return tif.series[0]
 
 
 def _guess_channel_axis(shape: tuple[int, ...], axes: str = "") -> int | None:
@@ -78,6 +115,8 @@ def read_image_file(path: str | Path) -> ImageFile:
         import imageio.v3 as iio
 
         data = np.asarray(iio.imread(path))
+    except _SeriesError:
+        raise
     except (OSError, ValueError, SyntaxError, RuntimeError) as err:  # decoders raise many kinds
         raise ValueError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
     la = data.ndim == 3 and data.shape[-1] == 2  # gray + alpha (PNG colour type 4)
@@ -88,8 +127,7 @@ def _read_tiff(path: Path) -> ImageFile:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        data = series.asarray()
+        data = _only_series(tif, path).asarray()
         axes, kwargs = _tiff_meta(tif)
     return ImageFile(data, _guess_channel_axis(data.shape, axes), axes, kwargs)
 
@@ -100,8 +138,25 @@ _OME_PIXELS = tuple(
 )
 
 
+def _tag(el: Any) -> str:
+    return el.tag.rsplit("}", 1)[-1]
+
+
+def _ome_channel_names(pixels: Any) -> list[str]:
+    """Names of an OME ``Pixels`` element's channels; none unless each one-sample channel has one.
+
+    Why all or nothing: tifffile writes the names in order, one per channel of the C axis.
+    """
+    channels = [el for el in pixels if _tag(el) == "Channel"]
+    if any("Name" not in c.attrib or c.attrib.get("SamplesPerPixel", "1") != "1"
+           for c in channels):
+        return []
+    return [c.attrib["Name"] for c in channels]
+
+
 def _ome_pixels(xml: str) -> dict[str, Any]:
-    """Physical pixel sizes and time step of the first OME image (what tifffile writes back)."""
+    """Physical pixel sizes, time step and channel names of the first OME image
+    (what tifffile writes back)."""
     import xml.etree.ElementTree as ET
 
     try:
@@ -109,12 +164,15 @@ def _ome_pixels(xml: str) -> dict[str, Any]:
     except ET.ParseError:
         return {}
     for el in root.iter():
-        if el.tag.rsplit("}", 1)[-1] == "Pixels":
+        if _tag(el) == "Pixels":
             out: dict[str, Any] = {}
             for key in _OME_PIXELS:
                 if key in el.attrib:
                     value = el.attrib[key]
                     out[key] = value if key.endswith("Unit") else float(value)
+            names = _ome_channel_names(el)
+            if names:
+                out["Channel"] = {"Name": names}
             return out
     return {}
 
@@ -198,19 +256,23 @@ class LazyImage:
 
 
 def tiff_nbytes(path: str | Path) -> int:
-    """Uncompressed size of a TIFF's first series in bytes, read from its header only."""
+    """Uncompressed size of a TIFF's image series in bytes, read from its header only."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
+        series = _only_series(tif, path)
         return int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
 
 
 def _open_zarr(path: Path) -> Any:
-    """The array in a ``.zarr`` folder: the array itself, or level 0 of an OME-Zarr group."""
+    """The array in a ``.zarr`` folder: the array itself, or level 0 of an OME-Zarr group.
+
+    The path is made absolute: zarr keeps it as given, and dask workers running in
+    another working directory would otherwise read (and write) somewhere else.
+    """
     import zarr
 
-    node = zarr.open(str(path), mode="r")
+    node = zarr.open(str(path.resolve()), mode="r")
     if hasattr(node, "shape"):
         return node
     scales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
@@ -230,7 +292,7 @@ def _ome_zarr_channel_axis(path: Path) -> int | None:
     import zarr
 
     try:
-        node = zarr.open(str(path), mode="r")
+        node = zarr.open(str(path.resolve()), mode="r")
         scales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
         axes = scales[0]["axes"]
     except (KeyError, IndexError, TypeError, AttributeError, ValueError):
@@ -284,9 +346,11 @@ def open_lazy(path: str | Path, chunk: int = 1024) -> LazyImage:
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+            series = _only_series(tif, path)
             shape, dtype = tuple(series.shape), np.dtype(series.dtype)
             axes, kwargs = _tiff_meta(tif)
+    except _SeriesError:
+        raise
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ValueError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
     axis = _guess_channel_axis(shape, axes)
@@ -307,7 +371,8 @@ def write_zarr_lazy(path: str | Path, image: LazyImage, data: Any) -> Any:
     Keeps the source's chunk shape (when it was zarr) and its attributes. Why
     ``store`` and not ``to_zarr``: ``to_zarr`` into an existing array re-chunks to
     dask's "auto" size (and warns); here every dask chunk is exactly one zarr
-    chunk, which is what makes parallel writes safe, with any dask version.
+    chunk, which is what makes parallel writes safe, with any dask version. The
+    path is made absolute, as dask workers may run in another working directory.
     """
     import dask.array as da
     import zarr
@@ -316,7 +381,8 @@ def write_zarr_lazy(path: str | Path, image: LazyImage, data: Any) -> Any:
     chunks = tuple(min(c, n) for c, n in zip(chunks, data.shape, strict=True))
     fmt = {"zarr_format": image.zarr_format} if image.zarr_format else {}  # zarr 3 only
     out = zarr.open_array(
-        str(path), mode="w-", shape=data.shape, chunks=chunks, dtype=data.dtype, **fmt
+        str(Path(path).resolve()), mode="w-", shape=data.shape, chunks=chunks, dtype=data.dtype,
+        **fmt,
     )
     if image.zarr_attrs:
         out.attrs.update(image.zarr_attrs)

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from imageio import v3 as iio
 
-from src_models.cli import main
+from src_models.cli import _expand_inputs, main
 
 
 def _noisy(shape, seed=0):
@@ -94,7 +94,8 @@ def test_denoise_keeps_ome_tiff_metadata_and_writes_jpeg_as_png_without_overwrit
     assert code == 1
     assert "q_denoised.png exists" in capsys.readouterr().out
     assert (out / "q_denoised.png").read_bytes() == b"earlier result"
-    with tifffile.TiffFile(out / "s.ome_denoised.tif") as tif:
+    assert not (out / "s.ome_denoised.tif").exists()  # OME readers go by ".ome.tif"
+    with tifffile.TiffFile(out / "s_denoised.ome.tif") as tif:
         assert tif.series[0].axes == "ZCYX" and tif.series[0].shape == (2, 3, 24, 20)
         assert 'PhysicalSizeX="0.25"' in tif.ome_metadata
     p = iio.imread(out / "p_denoised.png")
@@ -259,3 +260,77 @@ def test_gray_and_alpha_png_keeps_its_alpha_and_denoises_the_gray(model_dir, tmp
     assert written.shape == la.shape
     np.testing.assert_array_equal(written[..., 1], la[..., 1])  # alpha untouched
     np.testing.assert_array_equal(written[..., 0], load_model("pyramid").denoise(la[..., 0]))
+
+
+def test_an_existing_name_with_glob_characters_is_that_file_not_a_pattern(tmp_path):
+    for name in ("img[1].tif", "img1.tif", "what?.png"):
+        (tmp_path / name).write_bytes(b"")
+    files, missing = _expand_inputs([str(tmp_path / "img[1].tif"), str(tmp_path / "what?.png")])
+    assert [f.name for f in files] == ["img[1].tif", "what?.png"] and missing == []
+    files, missing = _expand_inputs([str(tmp_path / "img*.tif"), str(tmp_path / "no[1].tif")])
+    assert [f.name for f in files] == ["img1.tif", "img[1].tif"]  # a pattern still globs
+    assert missing == [str(tmp_path / "no[1].tif")]
+
+
+def test_a_folder_input_skips_hidden_files_and_earlier_outputs(tmp_path):
+    names = ["a.tif", "a_denoised.tif", "._a.tif", ".a.partial.tif", "s.ome.tif",
+             "s_denoised.ome.tif", "p.jpg", "p_denoised.png", "notes.txt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "z.zarr").mkdir()
+    (tmp_path / "z_denoised.zarr").mkdir()
+
+    files, _ = _expand_inputs([str(tmp_path)], lazy=True, skip_suffix="_denoised")
+    assert [f.name for f in files] == ["a.tif", "p.jpg", "s.ome.tif", "z.zarr"]
+    files, _ = _expand_inputs([str(tmp_path)], skip_suffix="")  # no suffix: nothing is output
+    assert [f.name for f in files] == [
+        "a.tif", "a_denoised.tif", "p.jpg", "p_denoised.png", "s.ome.tif", "s_denoised.ome.tif"
+    ]
+    files, _ = _expand_inputs([str(tmp_path / "a_denoised.tif")], skip_suffix="_denoised")
+    assert [f.name for f in files] == ["a_denoised.tif"]  # named explicitly: kept
+
+
+def test_inputs_that_would_share_an_output_are_refused_before_any_work(tmp_path, capsys):
+    for day in ("day1", "day2"):
+        (tmp_path / day).mkdir()
+        iio.imwrite(tmp_path / day / "img.png", _noisy((16, 16)).astype("uint8"))
+    iio.imwrite(tmp_path / "p.jpg", _noisy((16, 16, 3)).astype("uint8"))
+    iio.imwrite(tmp_path / "p.png", _noisy((16, 16, 3)).astype("uint8"))
+    out = tmp_path / "out"
+
+    code = main(["denoise", str(tmp_path / "day1"), str(tmp_path / "day2"), str(tmp_path / "p.jpg"),
+                 str(tmp_path / "p.png"), "--out", str(out), "--overwrite", "--quiet"])
+
+    assert code == 2
+    err = capsys.readouterr().err.splitlines()
+    day1, day2 = tmp_path / "day1" / "img.png", tmp_path / "day2" / "img.png"
+    assert f"error: {day1}, {day2} would all be written to {out / 'img_denoised.png'}" in err
+    p_jpg, p_png = tmp_path / "p.jpg", tmp_path / "p.png"
+    assert f"error: {p_jpg}, {p_png} would all be written to {out / 'p_denoised.png'}" in err
+    assert not out.exists()
+
+
+def test_an_unknown_model_is_reported_once_before_reading_any_file(model_dir, tmp_path, capsys):
+    for name in ("a.png", "b.png"):
+        iio.imwrite(tmp_path / name, _noisy((16, 16)).astype("uint8"))
+    code = main(["denoise", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out",
+                 str(tmp_path / "o"), "--model", "nope", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("unknown model 'nope'") == 1 and "pyramid" in err  # lists the available
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("axis", "index"), [(0, 0), (2, 2), (-1, 2), (-3, 0)])
+def test_a_channel_axis_in_range_counts_from_either_end(axis, index):
+    from src_models.denoise_cmd import plan_for_data
+
+    assert plan_for_data(np.zeros((3, 8, 8), np.uint8), axis, "gray", None)[0] == index
+
+
+@pytest.mark.parametrize("axis", [3, -4])
+def test_an_out_of_range_channel_axis_is_an_error_not_wrapped_around(axis):
+    from src_models.denoise_cmd import plan_for_data
+
+    with pytest.raises(ValueError, match=rf"channel axis {axis} is out of range .* -3 to 2"):
+        plan_for_data(np.zeros((3, 8, 8), np.uint8), axis, "gray", None)

@@ -277,6 +277,20 @@ def test_cli_export_writes_and_reports_each_format(model_dir, tmp_path, capsys):
     assert "pyramid.tflite exist" in capsys.readouterr().err
 
 
+def test_cli_export_reports_unwritable_or_existing_outputs_as_errors(model_dir, tmp_path, capsys):
+    from src_models.cli import main
+
+    taken = tmp_path / "a-file"
+    taken.write_bytes(b"keep me")
+    assert main(["export", "pyramid", "--to", "tflite", "--out", str(taken)]) == 2  # no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(taken) in err
+    assert taken.read_bytes() == b"keep me"
+    (tmp_path / "pyramid.tflite").write_bytes(b"keep me")
+    assert main(["export", "pyramid", "--to", "tflite", "--out", str(tmp_path)]) == 2
+    assert "pyramid.tflite exist(s); use overwrite (--overwrite)" in capsys.readouterr().err
+
+
 def test_invalid_license_or_author_is_refused_before_any_work(model_dir, tmp_path):
     from src_models.export_bioimageio import PackageInfo
 

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from src_models.files import ImageFile, open_lazy, read_image_file, write_image_file
+from src_models.files import (
+    ImageFile,
+    LazyImage,
+    open_lazy,
+    read_image_file,
+    split_name,
+    tiff_nbytes,
+    write_image_file,
+    write_zarr_lazy,
+)
 
 
 @pytest.mark.parametrize(
@@ -48,3 +57,61 @@ def test_a_failed_write_leaves_the_earlier_file_whole_and_no_partial_file(tmp_pa
     monkeypatch.undo()
     assert write_image_file(path, like, ones) == path
     assert np.array_equal(tifffile.imread(path), ones)
+
+
+@pytest.mark.parametrize(
+    ("name", "parts"),
+    [
+        ("s.ome.tif", ("s", ".ome.tif")),
+        ("s.OME.TIFF", ("s", ".OME.TIFF")),
+        ("plate.ome.zarr", ("plate", ".ome.zarr")),
+        ("a.b.tif", ("a.b", ".tif")),
+        ("p.jpg", ("p", ".jpg")),
+        (".ome.tif", (".ome", ".tif")),  # nothing before the OME extension: a plain split
+    ],
+)
+def test_split_name_keeps_the_ome_extension_whole(name, parts):
+    assert split_name(name) == parts
+
+
+def test_a_tiff_of_several_series_is_refused_naming_the_count(tmp_path):
+    path = tmp_path / "frames.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for i in range(3):  # one write per frame: tifffile reads three series
+            tif.write(np.full((8, 8), i, np.uint8))
+    for read in (read_image_file, open_lazy, tiff_nbytes):
+        with pytest.raises(ValueError, match=r"frames.tif: holds 3 image series.*split it"):
+            read(path)
+
+
+def test_ome_tiff_channel_names_are_written_back(tmp_path):
+    src = tmp_path / "s.ome.tif"
+    names = ["DAPI", "GFP", "RFP"]
+    tifffile.imwrite(src, np.zeros((2, 3, 8, 8), np.uint16), ome=True,
+                     metadata={"axes": "ZCYX", "PhysicalSizeX": 0.5, "Channel": {"Name": names}})
+    image = read_image_file(src)
+    write_image_file(tmp_path / "out.ome.tif", image, image.data + 1)
+    with tifffile.TiffFile(tmp_path / "out.ome.tif") as tif:
+        xml = tif.ome_metadata
+        assert tif.series[0].axes == "ZCYX"
+    assert [f'Name="{n}"' in xml for n in names] == [True] * 3
+    assert 'PhysicalSizeX="0.5"' in xml
+
+
+def test_relative_zarr_paths_still_work_from_another_working_directory(tmp_path, monkeypatch):
+    """dask workers may run elsewhere: a relative store path would read fill values (zeros)."""
+    zarr = pytest.importorskip("zarr", minversion="3")
+    img = np.arange(1, 97, dtype=np.uint16).reshape(8, 12)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    zarr.open_array("in.zarr", mode="w", shape=img.shape, chunks=(4, 4), dtype=img.dtype)[:] = img
+    image = open_lazy("in.zarr")
+    write = write_zarr_lazy("out.zarr", LazyImage(image.data, None, "zarr"), image.data * 2)
+
+    monkeypatch.chdir(tmp_path / "elsewhere")  # where a worker might be
+    np.testing.assert_array_equal(image.data.compute(), img)
+    write.compute()
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    written = zarr.open_array(str(tmp_path / "work" / "out.zarr"), mode="r")[:]
+    np.testing.assert_array_equal(written, img * 2)
