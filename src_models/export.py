@@ -144,8 +144,9 @@ def _documentation(den: Denoiser, model_file: Path, errors: dict[str, float], si
 
 Input `noisy`: float32 `[batch, y, x, channel]`, {card.channels} channel(s), in any intensity
 scale: the network is bias-free, hence positively homogeneous (`D(a·y) = a·D(y)`), so raw 8-bit,
-16-bit or float data go in as they are. It is not offset-equivariant: intensities should be
-non-negative (subtract a negative offset first, add it back after). Height and width must be
+16-bit or float data go in as they are. It is not offset-equivariant: subtract a camera's black
+level (12/16-bit camera data: e.g. the dark background's level) or a negative minimum first, and
+add it back to the output; napari-bfcnn does so per plane for camera data. Height and width must be
 multiples of {m}; tiles should be at least {min_size} pixels and overlap by the halo of {halo}
 pixels (receptive field ±{card.receptive_field} px). Output `denoised`: same shape and units.
 

@@ -145,7 +145,9 @@ def _rdf(
         spec.InputTensorDescr(
             id=tid,
             description="noisy image, float32, any intensity scale (the network is "
-            "positively homogeneous: D(a*y) = a*D(y))",
+            "positively homogeneous: D(a*y) = a*D(y)) but not offset-equivariant: subtract "
+            "a camera's black level (or a negative minimum) first and add it back to the "
+            "output, as napari-bfcnn does for 12/16-bit camera data",
             axes=in_axes,
             test_tensor=spec.FileDescr(source=files["test_input"]),
             sample_tensor=spec.FileDescr(source=files["sample_input"]),
