@@ -37,6 +37,10 @@ def test_bundled_model_card_is_complete_and_file_is_small(bundled):
     path = Path(__file__).resolve().parents[2] / "src_models" / "pretrained" / f"{card.name}.keras"
     assert path.is_file(), "a bundled model's card names its own file"
     assert path.stat().st_size <= 10 * 1024 * 1024
+    # the card names its data as the repository does, never the training machine's folder
+    # (it becomes the README of exported bioimage.io packages)
+    for folder in [*card.training_data, *card.recipe.data.train]:
+        assert folder.startswith("../shared/data/train/"), folder
 
 
 def test_bundled_model_is_homogeneous(bundled):
