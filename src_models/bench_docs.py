@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .bench_quality import TTA, tta_label
+from .bundle import portable_data_path
 from .bench_report import (
     PROTOCOL,
     SPEED_NOTE,
@@ -191,7 +192,8 @@ def card_markdown(card, rows: Sequence[Row], meta: dict, name: str | None = None
         ("parameters", f"{card.parameters:,}"),
         ("receptive field", f"±{card.receptive_field} px ({2 * card.receptive_field + 1}² pixels)"),
         ("size multiple", str(card.size_multiple)),
-        ("training data", ", ".join(card.training_data) or "–"),
+        # as the repository names it, whichever machine's folder a run recorded
+        ("training data", ", ".join(portable_data_path(d) for d in card.training_data) or "–"),
         (
             "corruptions",
             _corruptions_text(card.recipe)
