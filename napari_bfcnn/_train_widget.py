@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
+import math
 import threading
 from typing import Any
 
@@ -37,6 +38,7 @@ from ._dock import on_close
 from ._layers import LayerError, current_index, read_layer
 from ._model_choices import decorate_model_combo, model_label
 from ._model_events import connect_all, disconnect_all, notify_models_changed, refresh_events
+from ._planes import ResultTooLarge, check_free_memory
 from ._train_jobs import TrainJob, TrainOutcome, make_train_worker
 from ._train_plot import TrainingPlot
 
@@ -491,7 +493,7 @@ class TrainWidget(Container):
             return None
         try:
             job = self._make_job(resume)
-        except (LayerError, ValueError, OSError) as err:  # ConfigError is a ValueError
+        except (LayerError, ValueError, OSError, ResultTooLarge) as err:  # ConfigError: ValueError
             _TRAINING.release()
             self.status.value = "not started"
             show_error(str(err))
@@ -528,6 +530,14 @@ class TrainWidget(Container):
         _target_path(settings.name, allow_existing=True)  # a bundled model's name
         if resume and not (run_dir(settings.name) / CHECKPOINT).is_file():
             raise ConfigError(f"nothing to resume: '{settings.name}' has no stopped run")
+        # every plane becomes float32 samples (R2R adds its noise maps) before training starts
+        copies = 3 if settings.mode == "noisy" and settings.noisy_method == "r2r" else 2
+        pixels = sum(math.prod(src.data.shape) for src in [*images, *(targets or [])])
+        check_free_memory(
+            4 * copies * pixels,
+            "the training samples",
+            "train on fewer planes (e.g. a substack as its own layer) or a crop",
+        )
         overwrite = False
         if not resume and (user_model_dir() / f"{settings.name}.keras").exists():
             question = f"A model named '{settings.name}' exists. Replace it with the new one?"

@@ -287,3 +287,19 @@ def test_bundled_names_and_resume_without_a_run_are_refused_before_anything_star
     assert train.run() is None and not train.running
     assert "bundled model" in notes["error"][-1]
     assert train.status.value == "not started"
+
+
+def test_training_that_would_not_fit_in_free_memory_is_refused_before_it_starts(
+    viewer_widgets, notes, monkeypatch
+):
+    import types
+
+    import psutil
+
+    viewer, train, _ = viewer_widgets
+    layer = viewer.add_image(_text(), name="text")
+    _setup(train, layer, name="big")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=10_000))
+    assert train.run() is None and not train.running
+    assert "the training samples would take" in notes["error"][-1]
+    assert "fewer planes" in notes["error"][-1]
