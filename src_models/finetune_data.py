@@ -345,8 +345,9 @@ def choose_validation(
     """The held-out region: a band of rows at the bottom of the largest plane.
 
     Deterministic: the largest sample by area (the first on ties), its bottom
-    ``fraction`` of rows (at least 16, a multiple of ``2 * multiple`` so that
-    Neighbor2Neighbor halves stay model-sized), at most ``max_side`` rows, and a
+    ``fraction`` of rows (at least 16, a multiple of ``lcm(2, multiple)``: model-sized,
+    and even so that Neighbor2Neighbor's half-size sub-images are whole; those are
+    padded to the model's multiple when validated), at most ``max_side`` rows, and a
     centred span of at most ``max_side`` columns.
 
     Parameters
