@@ -7,6 +7,8 @@ caller decides how to show errors).
 
 # no ``from __future__ import annotations``: magicgui must see the real ImageData type
 
+import contextlib
+import weakref
 from typing import Annotated
 
 import numpy as np
@@ -19,11 +21,35 @@ from ._workers import AUTO, DenoiseJob, denoise_job
 __all__ = ["denoise_image"]
 
 
-def _model_menu(_widget=None) -> list[tuple[str, str]]:
-    """Installed models for the generated widget's combo, "auto" first, as the docks list them."""
+_FOLLOWING: "weakref.WeakSet[object]" = weakref.WeakSet()  # combos refreshed on model events
+
+
+def _model_menu(widget=None) -> list[tuple[str, str]]:
+    """Installed models for the generated widget's combo, "auto" first, as the docks list them.
+
+    Why the hook: napari refreshes a generated widget's choices on layer events only;
+    the combo must also follow models trained, renamed or deleted in the Fine-tune widget.
+    """
     from ._model_choices import model_choices
 
+    if widget is not None and widget not in _FOLLOWING:
+        _FOLLOWING.add(widget)
+        _follow_model_events(widget)
     return model_choices()[1]
+
+
+def _follow_model_events(widget) -> None:
+    from ._model_events import model_events
+
+    ref = weakref.ref(widget)
+
+    def refresh() -> None:
+        combo = ref()
+        if combo is not None:
+            with contextlib.suppress(RuntimeError):  # its Qt widget was deleted
+                combo.reset_choices()
+
+    model_events.changed.connect(refresh)
 
 
 def denoise_image(

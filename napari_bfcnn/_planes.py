@@ -180,19 +180,28 @@ def check_memory(plan: PlanePlan, dtype, with_noise: bool = False) -> None:
     (memory is overcommitted), and the process is killed later, halfway through,
     taking napari and every unsaved layer with it.
     """
+    need = math.prod(plan.out_shape) * np.dtype(dtype).itemsize
+    if with_noise:
+        need += math.prod(plan.noise_shape) * 4
+    check_free_memory(
+        need,
+        "the result",
+        "preview the current slice, or denoise the file chunk by chunk into zarr with the "
+        "command line (napari-bfcnn denoise FILE --out DIR)",
+    )
+
+
+def check_free_memory(need: float, what: str, advice: str) -> None:
+    """Raise :class:`ResultTooLarge` if ``need`` bytes exceed the share of free memory we allow."""
     try:
         import psutil  # napari's dependency
     except ImportError:  # without it, no check: the allocation decides
         return
-    need = math.prod(plan.out_shape) * np.dtype(dtype).itemsize
-    if with_noise:
-        need += math.prod(plan.noise_shape) * 4
     available = psutil.virtual_memory().available
     if need > MEMORY_SHARE * available:
         raise ResultTooLarge(
-            f"the result would take {need / 2**30:.1f} GiB and {available / 2**30:.1f} GiB "
-            "of memory are free: preview the current slice, or denoise the file chunk by "
-            "chunk into zarr with the command line (napari-bfcnn denoise FILE --out DIR)"
+            f"{what} would take {need / 2**30:.1f} GiB and {available / 2**30:.1f} GiB "
+            f"of memory are free: {advice}"
         )
 
 
