@@ -30,6 +30,8 @@ __all__ = [
     "JobOutcome",
     "compose_overlay",
     "crop_box",
+    "crop_with_plane_offset",
+    "default_offsets",
     "filter_image",
     "filter_summary",
     "filters_job",
@@ -90,19 +92,60 @@ def plane_offset(inp: LayerInput, plane: np.ndarray) -> float | None:
     return black_level(plane)
 
 
+def default_offsets(plane: np.ndarray, joint: bool) -> np.ndarray:
+    """The offset the Denoiser subtracts by default (``offset=None``) from each channel.
+
+    ``min(minimum of the finite pixels, 0)`` over the channels it denoises
+    together: all of them (``joint``, or a gray plane), or each alone. Why the
+    finite pixels: the Denoiser fills NaN/inf with a channel's median, never
+    below its minimum. Returns (1,) for a gray plane or a joint colour plane,
+    else (C,).
+    """
+    chans = [plane] if plane.ndim == 2 or joint else list(np.moveaxis(plane, -1, 0))
+    return np.array([float(np.min(c[np.isfinite(c)], initial=0.0)) for c in chans])
+
+
+def crop_with_plane_offset(
+    inp: LayerInput, plane: np.ndarray, box: tuple[int, int, int, int], model_channels: int
+) -> tuple[np.ndarray, float]:
+    """A crop of ``plane`` and the offset under which its Jacobian is the denoised plane's.
+
+    Why: the crop's own minimum is not the plane's, and the Jacobian depends on
+    the offset; the plane's is what the Denoise widget subtracts (the black
+    level for camera data, see :func:`plane_offset`). Where a gray model runs on
+    each colour channel with a different offset, the crop is returned shifted by
+    them with offset 0: scale does not change ``J``, so it is the same matrix.
+    """
+    y0, y1, x0, x1 = box
+    crop = plane[y0:y1, x0:x1]
+    camera = plane_offset(inp, plane)
+    if camera is not None:
+        return crop, camera
+    joint = plane.ndim == 2 or plane.shape[-1] == model_channels
+    offsets = default_offsets(plane, joint)
+    if np.all(offsets == offsets[0]):
+        return crop, float(offsets[0])
+    return crop.astype(np.float64) - offsets, 0.0
+
+
 def filter_image(pf) -> np.ndarray:
     """A pixel filter as one (h, w) float32 image.
 
-    Gray: the weights. Colour: for each output channel the weights summed over
-    input channels, averaged over output channels (what one colour pixel takes
-    from each input pixel on average).
+    Gray: the weights. Colour, weights (C_out, h, w, C_in): the mean over
+    channels ``q`` of the same-channel block ``weights[q, :, :, q]`` (what each
+    channel takes from itself), so its centre is the readout's mean centre
+    weight. Why not sums over input and output channels (``1^T J 1 / C``): that
+    keeps only the filter of brightness; a model that filters colour differences
+    otherwise (their weights sum to 0 over channels) would show none of it. One
+    output channel's weights (h, w, C_in), which do not say which channel they
+    are for: summed over input channels.
     """
     w = np.asarray(pf.weights, dtype=np.float32)
     if w.ndim == 2:
         return w
     if w.ndim == 3:  # (h, w, C_in): one output channel
         return w.sum(axis=-1)
-    return w.sum(axis=-1).mean(axis=0)
+    return np.mean([w[q, ..., q] for q in range(w.shape[0])], axis=0, dtype=np.float32)
 
 
 def filter_summary(pf) -> dict[str, float]:
@@ -265,12 +308,13 @@ def spectrum_job(
 
     def compute(denoiser) -> Spectrum:
         plane = read_plane(inp, lead)
+        crop, offset = crop_with_plane_offset(inp, plane, (y0, y1, x0, x1), denoiser.channels)
         return jacobian_spectrum(
             denoiser,
-            plane[y0:y1, x0:x1],
+            crop,
             int(k),
             channel_axis=channel_axis(inp),
-            offset=plane_offset(inp, plane),  # the whole plane's, as the denoised output's
+            offset=offset,
             progress=progress,
             cancel=cancel,
         )

@@ -62,6 +62,7 @@ from ._layers import (
 )
 from ._model_choices import decorate_model_combo
 from ._model_events import Connection, connect_all, disconnect_all
+from ._planes import ResultTooLarge, check_free_memory
 from ._workers import AUTO, resolve_model
 
 __all__ = ["InterpretWidget"]
@@ -143,6 +144,7 @@ class InterpretWidget(ImageModelWidget):
         self._left_out = 0  # points outside the image or over the limit
         self._reported = ""  # last automatic error shown (not repeated)
         self._generation = 0
+        self._cache_epoch = 0  # bumped when the cache is cleared: late filters are dropped
         self._filter_worker = None
         self._pending = False
         self._job_worker = None
@@ -297,6 +299,7 @@ class InterpretWidget(ImageModelWidget):
         layers = self._viewer.layers
         if self._points is not None and self._points not in layers:
             self._link(self._source, None)
+            self._points_removed()
         if self._source is not None and self._source not in layers:
             self._link(None, None)
         if self._source is not None and self._points is None:
@@ -304,6 +307,17 @@ class InterpretWidget(ImageModelWidget):
             if points is not None:
                 self._link(self._source, points)
                 self._schedule()
+
+    def _points_removed(self) -> None:
+        """The points are gone: so are their filters (overlay, enlarged plot, readout)."""
+        source, wanted_for = self._source, self._wanted_for
+        self._wanted, self._generation = [], self._generation + 1
+        if source is not None and wanted_for is not None:
+            overlay = find_output(self._viewer.layers, source.name, wanted_for[1], FILTER)
+            if overlay is not None:
+                self._viewer.layers.remove(overlay)
+        self._show_latest()
+        self.status.value = "points removed: press 'Pick pixels' to add new ones"
 
     def _on_source_changed(self, *_args) -> None:
         layer = self.image.value
@@ -314,7 +328,7 @@ class InterpretWidget(ImageModelWidget):
     def _on_models_changed(self, *_args) -> None:
         """Model files changed: list them again and forget filters (a name may mean a new model)."""
         self.reset_choices()
-        self._cache.clear()
+        self._clear_cache()
         self._shown = None
         self._schedule()
 
@@ -348,9 +362,14 @@ class InterpretWidget(ImageModelWidget):
         disconnect_all(self._links)
 
     def _on_source_data(self, *_args) -> None:
-        self._cache.clear()
+        self._clear_cache()
         self._shown = None
         self._schedule()
+
+    def _clear_cache(self) -> None:
+        """Forget every filter, including those still being computed for the old data or model."""
+        self._cache.clear()
+        self._cache_epoch += 1
 
     def _on_points_data(self, event=None) -> None:
         action = str(getattr(event, "action", "changed"))
@@ -478,14 +497,17 @@ class InterpretWidget(ImageModelWidget):
 
         generation = self._generation
         worker = create_worker(filters_job, inp, model, pixels, _start_thread=False)
-        worker.yielded.connect(lambda item: self._on_filter(key, generation, item))
+        epoch = self._cache_epoch
+        worker.yielded.connect(lambda item: self._on_filter(key, generation, item, epoch))
         worker.returned.connect(lambda err: self._on_filters_returned(generation, err))
         worker.finished.connect(self._on_filters_finished)
         self._filter_worker = worker
         self.status.value = f"computing {len(pixels)} filter(s) with {model}..."
         worker.start()
 
-    def _on_filter(self, key: tuple, generation: int, item) -> None:
+    def _on_filter(self, key: tuple, generation: int, item, epoch: int) -> None:
+        if epoch != self._cache_epoch:
+            return  # computed on data or a model that has changed since
         pixel, pf = item
         self._cache[(*key, pixel)] = pf
         self._cache.move_to_end((*key, pixel))
@@ -690,6 +712,18 @@ class InterpretWidget(ImageModelWidget):
             self.status.value = f"maps done in {outcome.seconds:.1f} s"
 
         probes = int(self.probes.value)
+        h, w = nonchannel_shape(inp)[-2:]
+        # five float64 sums per pixel and channel, the plane, and a batch of (padded) probes
+        need = h * w * max(1, inp.channels) * (5 * 8 + 4 + 2 * 4 * probes)
+        try:
+            check_free_memory(
+                need,
+                "the maps of this plane",
+                "compute them on a crop of the image added as its own layer, or with fewer probes",
+            )
+        except ResultTooLarge as err:
+            show_error(str(err))
+            return None
         return self._start_job(
             f"Filter maps of {layer.name}", maps_job, inp, model, lead, probes, done=done
         )

@@ -14,6 +14,8 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ._layers import LayerError, LayerInput
 from ._planes import PlaneResult, ResultTooLarge, iter_denoise, plan_planes
 
@@ -56,12 +58,17 @@ class DenoiseOutcome:
 
 
 def resolve_model(name: str, inp: LayerInput) -> str:
-    """``"auto"`` -> the engine's default for the layer (rgb -> colour, else gray)."""
+    """``"auto"`` -> the engine's default for the layer: colour for RGB, ``microscopy``
+    for camera data (12/16-bit integers), else gray.
+
+    Why the dtype: the Interpret widget must explain camera data with the model that
+    the Denoise widget and the command line denoise them with.
+    """
     if name != AUTO:
         return name
     from src_models import default_model
 
-    return default_model(inp.channels, inp.rgb)
+    return default_model(inp.channels, inp.rgb, np.dtype(inp.data.dtype))
 
 
 def result_label(model: str, tta: int = 1, preview: bool = False) -> str:

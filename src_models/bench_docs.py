@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .bench_quality import TTA, tta_label
-from .bundle import portable_data_path
 from .bench_report import (
     PROTOCOL,
     SPEED_NOTE,
@@ -32,6 +31,7 @@ from .bench_report import (
     result_datasets,
     speed_table,
 )
+from .bundle import portable_data_path
 
 __all__ = [
     "MARK_END",

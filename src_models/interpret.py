@@ -151,7 +151,10 @@ def _check_callable(name: str, fn: Any) -> None:
 
 @dataclass(frozen=True)
 class PixelFilter:
-    """The adaptive filter that makes one output pixel: ``D(y)_i = sum_j weights_j * y_j``.
+    """The adaptive filter that makes one output pixel: ``D(y)_i - o = sum_j weights_j (y_j - o)``.
+
+    ``o`` is :attr:`offset`, subtracted before the network (0 for non-negative
+    images, so then simply ``D(y)_i = sum_j weights_j y_j``).
 
     Attributes
     ----------
@@ -167,7 +170,10 @@ class PixelFilter:
     output_value : float or np.ndarray
         ``D(y)_i`` in image units (per output channel for colour).
     identity_error : float or np.ndarray
-        ``|J_i (y - o) - (D(y)_i - o)| / |D(y)_i - o|``: Euler's identity, ~1e-6.
+        ``|J_i (y - o) - (D(y)_i - o)| / sum_j |J_ij (y_j - o)|``: Euler's identity,
+        ~1e-7. Relative to the sum of the magnitudes of its terms, the scale of
+        float32 rounding, so an output near the offset (a dark background) does not
+        inflate it; a receptive field too small for the model does.
     weight_sum : float or np.ndarray
         Sum of the weights (about 1 where the filter averages).
     centre_weight : float or np.ndarray
@@ -302,9 +308,8 @@ def pixel_filter(
         for b, c in enumerate(outs):
             weights[c, :, :, group.chans] = folded[b]
             d = float(y[b, at[0], at[1], group.channels.index(c)])
-            euler = float(np.sum(folded[b] * seen))
             values[0, c] = d * scale + off
-            values[1, c] = abs(euler - d) / max(abs(d), np.finfo(np.float32).tiny)
+            values[1, c] = _identity_error(folded[b], seen, d)
             values[2, c] = off
 
     worst = float(values[1, wanted].max())
@@ -346,6 +351,18 @@ def pixel_filter(
     )
 
 
+def _identity_error(weights: np.ndarray, seen: np.ndarray, output: float) -> float:
+    """``|sum_j w_j x_j - D_i| / sum_j |w_j x_j|`` for the normalised pixels ``x = (y - o) / s``.
+
+    Why not relative to ``|D_i|``: where the output lies near the offset (a dark
+    background) the terms cancel and ``|D_i|`` is tiny though the filter is
+    exact; float32 rounding errors scale with the terms' magnitudes instead.
+    """
+    terms = weights * seen
+    error = abs(float(np.sum(terms)) - output)
+    return error / max(float(np.sum(np.abs(terms))), np.finfo(np.float32).tiny)
+
+
 # --------------------------------------------------------------------------- whole-image maps
 
 
@@ -378,16 +395,20 @@ def filter_maps(
     * ``residual``: ``y - D(y)`` in image units (exact, no probes).
 
     The probes are coloured (Tang and Saad's probing): pixels are split into
-    ``d x d`` interleaved classes (``d = floor(sqrt(probes))``: members of a
-    class are multiples of ``d`` apart in x and y) and each probe carries random
-    signs on one class only, the classes taken in turn. All estimates stay
-    unbiased, but the error of ``J_ii`` comes only from weights ``J_ij`` at
-    offsets that are multiples of ``d`` (with 256 probes the nearest is 16 px
-    away), not from the whole filter as with plain sign vectors; energy and
-    width err only through pairs of filter pixels in one class. The diagonal is
-    exact once ``d`` exceeds the receptive field, energy and width once ``d``
-    exceeds twice it. With fewer classes than the filters are wide, expect
-    errors of a few to a few tens of per cent per pixel.
+    ``d x d`` interleaved classes (members of a class are multiples of ``d``
+    apart in x and y), and for a model that sees ``C`` channels together each
+    class is split by channel too; each probe carries random signs on one
+    (pixel class, channel) only, the classes taken in turn, so
+    ``d = floor(sqrt(probes / C))`` (``C = 1`` for gray models, also when they
+    run on each channel of a colour image; with fewer probes than channels,
+    channels share classes). All estimates stay unbiased, but the error of
+    ``J_ii`` comes only from same-channel weights ``J_ij`` at offsets that are
+    multiples of ``d`` (with 256 gray probes the nearest is 16 px away), not from
+    the whole filter as with plain sign vectors; energy and width err only
+    through pairs of filter entries in one class. The diagonal is exact once
+    ``d`` exceeds the receptive field, energy and width once ``d`` exceeds twice
+    it. With fewer classes than the filters are wide, expect errors of a few to a
+    few tens of per cent per pixel.
 
     Each probe costs one forward-mode pass per tile (three tangents sharing one
     evaluation of ``D`` with ``width``). Tiles overlap by the receptive field as
@@ -402,7 +423,8 @@ def filter_maps(
     maps : iterable of str
         Any of ``"residual", "centre_weight", "energy", "width"``.
     probes : int
-        Number of probe vectors (a perfect square uses all of them for classes).
+        Number of probe vectors (``C`` times a perfect square uses all of them for
+        classes: 16 or 256 for gray, 48 or 768 for a colour model).
     channel_axis : int, optional
         Channel axis. Colour maps are the mean over output channels of each
         channel's value (its diagonal entry, its row's energy over all input
@@ -457,7 +479,7 @@ def filter_maps(
     calls = math.ceil(probes / per_call)
     groups = _groups(denoiser, layout)
     total = len(groups) * calls * probe.tiling.count
-    classes = _ProbeClasses(probes, layout.height, layout.width)
+    classes = _ProbeClasses(probes, layout.height, layout.width, len(groups[0].channels))
     done = 0
     if progress is not None:
         progress(0, total)
@@ -465,7 +487,7 @@ def filter_maps(
         probe.load(image, group, offset)
         for call in range(calls):
             ids = range(call * per_call, min(probes, (call + 1) * per_call))
-            v, weights = classes.draw(ids, len(group.channels), (seed, group.channels[0]))
+            v, weights = classes.draw(ids, (seed, group.channels[0]))
             pv = v[:, probe.rows][:, :, probe.cols]  # reflect-padded like the image
             for y, x in probe.tiling.boxes():
                 probe.tile(v, pv, weights, y, x, with_output=call == 0)
@@ -491,33 +513,51 @@ def _owned(starts: tuple[int, ...], core: int, length: int) -> dict[int, tuple[i
 
 
 class _ProbeClasses:
-    """Coloured probes: probe ``p`` has random signs on pixel class ``p mod d^2`` only."""
+    """Coloured probes: probe ``p`` has random signs on one (pixel class, channel class) only.
 
-    def __init__(self, probes: int, height: int, width: int):
-        self.d = max(1, math.isqrt(probes))
-        k = self.d * self.d
+    Why channels too: signs on every channel of a pixel would add the weights
+    between channels at the same pixel, ``J_{iq,iq'}``, to the estimate of
+    ``J_{iq,iq}``, an error no spatial spacing removes, and colour models mix
+    channels most at the pixel itself. With ``m = min(channels, probes)``
+    channel classes (channel ``q`` in class ``q mod m``) and
+    ``d = floor(sqrt(probes / m))`` there are ``d^2 m`` classes; probe ``p``
+    takes class ``k = p mod d^2 m``: pixel class ``k // m``, channel class ``k mod m``.
+    """
+
+    def __init__(self, probes: int, height: int, width: int, channels: int = 1):
+        self.m = max(1, min(channels, probes))
+        self.d = max(1, math.isqrt(probes // self.m))
+        k = self.d * self.d * self.m
         self.uses = np.array([probes // k + (c < probes % k) for c in range(k)])
         self.row_class = np.arange(height) % self.d
         self.col_class = np.arange(width) % self.d
+        self.chan_class = np.arange(channels) % self.m
 
-    def draw(self, ids: range, channels: int, key: tuple[int, ...]):
+    def draw(self, ids: range, key: tuple[int, ...]):
         """Probe vectors (n, H, W, c) float32 and each one's weight (1 / uses of its class).
 
         Probe ``p`` comes from its own generator seeded by ``(*key, p)``, so the
         probes do not depend on how they are batched (tile size, window size).
         """
-        shape = (self.row_class.size, self.col_class.size, channels)
+        shape = (self.row_class.size, self.col_class.size, self.chan_class.size)
         v = np.empty((len(ids), *shape), dtype=np.float32)
         weights = np.empty(len(ids))
         for b, p in enumerate(ids):
             rng = np.random.default_rng([*key, p])
             v[b] = rng.integers(0, 2, size=shape, dtype=np.int8) * 2 - 1
-            c = p % (self.d * self.d)
-            cy, cx = divmod(c, self.d)
-            keep = (self.row_class == cy)[:, None] & (self.col_class == cx)[None, :]
-            v[b] *= keep[..., None]
-            weights[b] = 1.0 / self.uses[c]
+            v[b] *= self._mask(p % self.uses.size)
+            weights[b] = 1.0 / self.uses[p % self.uses.size]
         return v, weights
+
+    def _mask(self, k: int) -> np.ndarray:
+        """(H, W, c) bool: the pixels and channels of class ``k``."""
+        pixels, q = divmod(k, self.m)
+        cy, cx = divmod(pixels, self.d)
+        return (
+            (self.row_class == cy)[:, None, None]
+            & (self.col_class == cx)[None, :, None]
+            & (self.chan_class == q)[None, None, :]
+        )
 
 
 def _filled(image: Any, layout: _Layout, denoiser: Denoiser, offset: float | None) -> np.ndarray:
@@ -702,7 +742,8 @@ def jacobian_spectrum(
     k : int
         Number of singular vectors to return.
     channel_axis, offset, progress, cancel
-        As for :func:`crop_jacobian`.
+        As for :func:`crop_jacobian`; ``cancel`` is also polled before each of the
+        two eigen-decompositions.
 
     Returns
     -------
@@ -712,7 +753,7 @@ def jacobian_spectrum(
         raise ValueError(f"k must be a non-negative integer (got k={k!r})")
     J, seen, out, layout = _crop_jacobian(denoiser, crop, channel_axis, offset, progress, cancel)
     n = J.shape[0]
-    s, vecs = _right_singular(J, min(int(k), n))
+    s, vecs = _right_singular(J, min(int(k), n), cancel)
     k = vecs.shape[0]
     H, W, C = layout.height, layout.width, layout.channels
     shape = (k, H, W) if layout.channel_axis is None else (k, H, W, C)
@@ -788,23 +829,34 @@ def _crop_jacobian(denoiser, crop, channel_axis, offset, progress, cancel):
     return jac.reshape(n, n), seen.ravel(), out.ravel(), layout
 
 
-def _right_singular(J: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _right_singular(
+    J: np.ndarray, k: int, cancel: Callable[[], bool] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """All singular values (descending) and the top-k right singular vectors of J, as rows.
 
     Why through the Gram matrix ``J^T J``: its symmetric eigensolver is about three
     times faster than an SVD, and precision below ``1e-8 * sigma_max`` does not
-    matter for a spectrum plot.
+    matter for a spectrum plot. ``cancel`` is polled before each eigensolver
+    (seconds to tens of seconds at 4096 values, and not interruptible).
     """
     from scipy.linalg import eigh, eigvalsh
 
     n = J.shape[0]
     gram = J.T @ J
+    _poll(cancel, "before its eigenvalues")
     values = np.sqrt(np.clip(eigvalsh(gram), 0.0, None))[::-1].copy()
     if k == 0:
         return values, np.zeros((0, n))
+    _poll(cancel, "before its singular vectors")
     _, vecs = eigh(gram, subset_by_index=[n - k, n - 1])
     vecs = vecs[:, ::-1].T.copy()
     for vec in vecs:  # a deterministic sign: the largest entry positive
         if vec[np.argmax(np.abs(vec))] < 0:
             vec *= -1
     return values, vecs
+
+
+def _poll(cancel: Callable[[], bool] | None, when: str) -> None:
+    """Raise :class:`Cancelled` if ``cancel()`` says so."""
+    if cancel is not None and cancel():
+        raise Cancelled(f"Jacobian spectrum cancelled {when}")

@@ -8,6 +8,8 @@ The models are saved and loaded, as the plugin gets them.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -131,6 +133,23 @@ def test_euler_identity_holds_at_interior_and_border_pixels(denoisers, name):
         )
 
 
+@pytest.mark.parametrize("name", ["dncnn", "unet"])
+def test_euler_identity_by_hand_subtracts_the_offset(denoisers, name):
+    """``D(y)_i - o = sum_j w_j (y_j - o)``: without ``o`` the sum misses ``o (sum_j w_j - 1)``."""
+    den = denoisers[name]
+    img = (100 + 200 * image((30, 28), seed=13)).astype(np.float32)  # values in [140, 260]
+    out = den.denoise(img, offset=100)
+    for pixel in [(0, 0), (15, 14), (29, 27)]:
+        f = pixel_filter(den, img, pixel, offset=100)
+        assert f.offset == 100.0 and f.identity_error < 1e-4
+        assert f.output_value == pytest.approx(float(out[pixel]), rel=1e-5)
+        by_hand = float(np.sum(f.weights.astype(np.float64) * (img[f.window] - 100.0)))
+        assert by_hand == pytest.approx(f.output_value - 100.0, rel=1e-4)
+        no_offset = float(np.sum(f.weights.astype(np.float64) * img[f.window]))
+        assert no_offset - f.output_value == pytest.approx(100.0 * (f.weight_sum - 1), rel=1e-3)
+        assert abs(f.weight_sum - 1) > 1e-2  # random weights: the offset really matters
+
+
 @pytest.mark.parametrize("name", ["unet", "resnet"])
 def test_pixel_filter_is_the_finite_difference_jacobian_row(denoisers, name):
     den = denoisers[name]
@@ -211,6 +230,22 @@ def test_pixel_filter_warns_when_the_card_understates_the_receptive_field(denois
     assert f.identity_error > 1e-3
 
 
+def test_identity_error_stays_small_where_the_output_equals_the_offset(denoisers):
+    """A dark pixel: ``D(y)_i - o`` near 0 though its terms ``w_j (y_j - o)`` are not."""
+    den = denoisers["dncnn"]
+    img = image((24, 24), seed=14)
+    pixel, o = (12, 12), 0.5
+    for _ in range(8):  # Newton on o: d(D_i - o)/do = -sum_j w_j, as D(y) - o = N(y - o)
+        f = pixel_filter(den, img, pixel, offset=o)
+        o += (f.output_value - o) / f.weight_sum
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "the filter of pixel", RuntimeWarning)
+        f = pixel_filter(den, img, pixel, offset=o)
+    terms = np.abs(f.weights.astype(np.float64) * (img[f.window] - o)).sum()
+    assert abs(f.output_value - o) < 1e-4 * terms  # the terms cancel
+    assert f.identity_error < 1e-5
+
+
 def test_pixel_filter_rejects_bad_pixels(denoisers):
     den = denoisers["dncnn"]
     img = image((16, 16))
@@ -255,6 +290,34 @@ def test_jacobian_spectrum_is_sorted_with_trace_and_frobenius(denoisers):
     assert 0 < spec.symmetry_error < 2
 
 
+@pytest.mark.parametrize(
+    "answers, when",
+    [((False, True), "before its eigenvalues"), ((False, False, True), "before its singular vec")],
+)
+def test_cancel_after_the_jacobian_stops_the_spectrum_before_each_eigensolver(
+    denoisers, answers, when
+):
+    """The first poll after the last batch is the Jacobian loop's; then one per eigensolver."""
+    den = denoisers["dncnn"]
+    calls: list[tuple[int, int]] = []
+    polls_after_jacobian: list[bool] = []
+
+    def cancel() -> bool:
+        done, total = calls[-1]
+        if done < total:
+            return False
+        polls_after_jacobian.append(answers[len(polls_after_jacobian)])
+        return polls_after_jacobian[-1]
+
+    def progress(done: int, total: int) -> None:
+        calls.append((done, total))
+
+    crop = image((12, 12), seed=16)
+    with pytest.raises(Cancelled, match=when):
+        jacobian_spectrum(den, crop, k=2, progress=progress, cancel=cancel)
+    assert tuple(polls_after_jacobian) == answers
+
+
 def test_jacobian_spectrum_refuses_crops_over_64x64(denoisers):
     den = denoisers["dncnn"]
     assert MAX_JACOBIAN_VALUES == 64 * 64
@@ -267,18 +330,24 @@ def test_jacobian_spectrum_refuses_crops_over_64x64(denoisers):
 # ------------------------------------------------------------------ whole-image maps
 
 
-def exact_maps(den: Denoiser, img: np.ndarray) -> dict[str, np.ndarray]:
-    """Centre weight, energy and width of every pixel's filter from the full Jacobian."""
-    h, w = img.shape
-    J = crop_jacobian(den, img)
-    yy, xx = np.divmod(np.arange(h * w), w)
+def exact_maps(den: Denoiser, img: np.ndarray, channel_axis=None) -> dict[str, np.ndarray]:
+    """Centre weight, energy and width of every pixel's filter from the full Jacobian.
+
+    Colour (channel last): each output channel's value, averaged over channels,
+    as :func:`filter_maps` reports them.
+    """
+    h, w = img.shape[:2]
+    c = 1 if channel_axis is None else img.shape[-1]
+    J = crop_jacobian(den, img, channel_axis=channel_axis)  # rows and columns in (h, w, c) order
+    yy, xx = np.divmod(np.arange(h * w).repeat(c), w)
     dist2 = (yy[:, None] - yy[None]) ** 2 + (xx[:, None] - xx[None]) ** 2
     energy = np.sum(J**2, axis=1)
-    return {
-        "centre_weight": np.diag(J).reshape(h, w),
-        "energy": energy.reshape(h, w),
-        "width": np.sqrt(np.sum(J**2 * dist2, axis=1) / energy).reshape(h, w),
+    maps = {
+        "centre_weight": np.diag(J),
+        "energy": energy,
+        "width": np.sqrt(np.sum(J**2 * dist2, axis=1) / energy),
     }
+    return {name: m.reshape(h, w, c).mean(axis=-1) for name, m in maps.items()}
 
 
 def mean_rel(a, b) -> float:
@@ -310,6 +379,41 @@ def test_probe_maps_are_exact_when_probe_classes_are_wider_than_the_filters(deno
     maps = filter_maps(den, img, maps=("energy", "width"), probes=(2 * rf + 1) ** 2)
     for name in maps:
         np.testing.assert_allclose(maps[name], exact[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_colour_probe_maps_are_exact_when_classes_split_channels_and_are_wider_than_filters(
+    denoisers,
+):
+    """A 3-channel model mixes channels at the pixel itself: ``J_{iq,iq'}`` must not leak in."""
+    den = denoisers["rgb"]
+    rf = den.card.receptive_field
+    img = image((20, 23, 3), seed=15)
+    exact = exact_maps(den, img, channel_axis=-1)
+    J = crop_jacobian(den, img, channel_axis=-1).reshape(20, 23, 3, 20, 23, 3)
+    cross = np.einsum("yxqyxr->yxqr", J)[..., ~np.eye(3, dtype=bool)]  # other channels, same pixel
+    assert np.abs(cross).mean() > 0.03 * np.abs(exact["centre_weight"]).mean()  # >> 1e-4
+    maps = filter_maps(den, img, ["centre_weight"], probes=(rf + 1) ** 2 * 3, channel_axis=-1)
+    np.testing.assert_allclose(maps["centre_weight"], exact["centre_weight"], rtol=1e-4, atol=1e-5)
+    maps = filter_maps(den, img, ["energy", "width"], probes=(2 * rf + 1) ** 2 * 3, channel_axis=-1)
+    for name in maps:
+        np.testing.assert_allclose(maps[name], exact[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("probes, spacing", [(1, 1), (2, 1), (3, 1), (16, 2), (48, 4), (50, 4)])
+def test_probe_classes_cover_every_pixel_and_channel_once(probes, spacing):
+    """Unbiased only if each (pixel, channel) has exactly one class, used at least once."""
+    from src_models.interpret import _ProbeClasses
+
+    classes = _ProbeClasses(probes, 7, 9, channels=3)
+    v, weights = classes.draw(range(probes), key=(0, 0))
+    assert classes.d == spacing and classes.uses.sum() == probes and classes.uses.min() >= 1
+    per_class = np.zeros((classes.uses.size, 7, 9, 3))
+    for p in range(probes):
+        per_class[p % classes.uses.size] = np.abs(v[p])
+    np.testing.assert_array_equal(per_class.sum(axis=0), 1)  # one class each
+    if probes >= 3:  # channels never share a probe
+        assert np.all(np.count_nonzero(v, axis=-1) <= 1)
+    np.testing.assert_allclose(weights, 1 / classes.uses[np.arange(probes) % classes.uses.size])
 
 
 def test_energy_width_and_residual_maps_match_the_exact_jacobian(denoisers):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import napari_bfcnn._interpret_widget as iw
-from napari_bfcnn._interpret_jobs import compose_overlay, filter_image
+from napari_bfcnn._interpret_jobs import compose_overlay, filter_image, spectrum_job
 from napari_bfcnn._interpret_widget import InterpretWidget
+from napari_bfcnn._layers import LayerInput
 
 pytestmark = pytest.mark.gui
 
@@ -193,6 +194,31 @@ def test_renaming_the_source_keeps_its_points_and_overlay(viewer_widget, qtbot):
     np.testing.assert_array_equal(overlay.data[pf.window], pf.weights)
 
 
+def test_removing_the_points_layer_removes_their_filters(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(6).uniform(0, 1, (32, 30)).astype(np.float32)
+    src = viewer.add_image(data, name="img")
+    points = _points(qtbot, widget, src, [[10, 12]])
+    assert "img [filter: tiny-gray]" in viewer.layers and widget.latest_filter is not None
+    viewer.layers.remove(points)
+    assert "img [filter: tiny-gray]" not in viewer.layers  # no filters of points that are gone
+    assert widget.latest_filter is None and widget.readout.value == iw.HINT
+    assert [lyr.name for lyr in viewer.layers] == ["img"]
+
+
+def test_auto_explains_camera_data_with_the_model_that_denoises_them():
+    from napari.layers import Image
+
+    from napari_bfcnn._layers import read_layer
+    from napari_bfcnn._workers import AUTO, resolve_model
+
+    camera = Image(np.full((2, 16, 16), 300, np.uint16))
+    photo = Image(np.zeros((16, 16), np.float32))
+    assert resolve_model(AUTO, read_layer(camera)) == "microscopy"  # as the Denoise widget
+    assert resolve_model(AUTO, read_layer(photo)) == "gray"
+    assert resolve_model("tiny-gray", read_layer(camera)) == "tiny-gray"
+
+
 def test_camera_data_show_the_filter_of_the_output_denoised_without_its_black_level(
     viewer_widget, qtbot
 ):
@@ -214,7 +240,8 @@ def test_camera_data_show_the_filter_of_the_output_denoised_without_its_black_le
     assert widget.latest_filter.offset == expected.offset
 
 
-def test_rgb_points_show_the_colour_filter_averaged_over_channels(viewer_widget, qtbot):
+def test_rgb_points_show_the_same_channel_filters_averaged_over_channels(viewer_widget, qtbot):
+    """Each channel's weights on itself, so the drawn centre is the readout's centre weight."""
     viewer, widget = viewer_widget
     data = np.random.default_rng(3).integers(0, 255, (24, 28, 4), dtype=np.uint8)
     src = viewer.add_image(data, name="rgba", rgb=True)
@@ -222,11 +249,20 @@ def test_rgb_points_show_the_colour_filter_averaged_over_channels(viewer_widget,
     overlay = viewer.layers["rgba [filter: tiny-color]"]
     assert overlay.data.shape == (24, 28) and not overlay.rgb
     pf = _filter("tiny-color", data[..., :3], (8, 9), channel_axis=-1)
-    np.testing.assert_allclose(
-        overlay.data[pf.window], pf.weights.sum(axis=-1).mean(axis=0), rtol=1e-6
-    )
+    same_channel = (pf.weights[0, ..., 0] + pf.weights[1, ..., 1] + pf.weights[2, ..., 2]) / 3
+    np.testing.assert_allclose(overlay.data[pf.window], same_channel, rtol=1e-6, atol=1e-8)
     np.testing.assert_array_equal(filter_image(pf), overlay.data[pf.window])
+    centre = float(np.mean(pf.centre_weight))
+    cy, cx = 8 - pf.window[0].start, 9 - pf.window[1].start
+    assert overlay.data[8, 9] == pytest.approx(centre, rel=1e-6)
+    summed_inputs = float(pf.weights[:, cy, cx].sum(axis=-1).mean())
+    assert abs(summed_inputs - centre) > 1e-5 * abs(centre)  # channels mix at the pixel
+    assert f"centre weight {centre:.3f}" in widget.readout.value
     assert "mean over colours" in widget.readout.value
+    image = widget.filter_plot.figure.axes[0].images[0]  # the enlarged filter in the dock
+    x0, y0 = image.get_extent()[0] + 0.5, image.get_extent()[3] + 0.5
+    zoom = image.get_array()
+    assert zoom[int(8 - y0), int(9 - x0)] == pytest.approx(centre, rel=1e-6)
 
 
 def test_maps_button_adds_four_maps_and_a_rerun_replaces_them(viewer_widget, qtbot, notes):
@@ -308,6 +344,37 @@ def test_spectrum_button_plots_singular_values_and_adds_the_vectors(viewer_widge
     assert lo == -hi
     assert widget.spectrum.effective_dimension == pytest.approx(engine.effective_dimension)
     assert notes["error"] == []
+
+
+def test_spectrum_of_a_crop_uses_the_whole_planes_offset(model_dir):
+    """The crop's own minimum is not what the Denoiser subtracts from the plane."""
+    from src_models import load_model
+    from src_models.interpret import jacobian_spectrum
+
+    rng = np.random.default_rng(9)
+    data = rng.uniform(0, 1, (24, 24)).astype(np.float32)
+    data[20:, 20:] -= 30  # negative pixels far from the crop: the plane's offset is their minimum
+    box = (0, 8, 0, 8)
+    outcome = spectrum_job(LayerInput("img", data, None, False, False), "tiny-gray", (), box, 2)
+    assert outcome.error is None
+    den = load_model("tiny-gray")
+    plane = jacobian_spectrum(den, data[:8, :8], 2, offset=float(data.min()))
+    own = jacobian_spectrum(den, data[:8, :8], 2)  # the crop's own offset, 0
+    np.testing.assert_allclose(outcome.value.jacobian, plane.jacobian, rtol=1e-5, atol=1e-7)
+    off_centre = plane.jacobian - np.diag(np.diag(plane.jacobian))
+    assert np.abs(own.jacobian - plane.jacobian).max() > 0.3 * np.abs(off_centre).max()
+
+    # a gray model runs on each colour channel alone, each with its own offset
+    rgb = rng.uniform(0, 1, (24, 24, 3)).astype(np.float32)
+    rgb[20:, 20:, 1] -= 30
+    outcome = spectrum_job(LayerInput("rgb", rgb, 2, True, False), "tiny-gray", (), box, 2)
+    assert outcome.error is None
+    blocks = outcome.value.jacobian.reshape(8, 8, 3, 8, 8, 3)
+    for c in range(3):
+        alone = jacobian_spectrum(den, rgb[:8, :8, c], 0, offset=float(rgb[..., c].min(initial=0)))
+        np.testing.assert_allclose(
+            blocks[:, :, c, :, :, c].reshape(64, 64), alone.jacobian, rtol=1e-5, atol=1e-7
+        )
 
 
 def test_spectrum_without_a_point_asks_for_one(viewer_widget, notes):
