@@ -46,6 +46,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Pixel = tuple[int, ...]
+# a filter overlay of a stack above this is lazy: a click must not allocate a whole time-lapse
+DENSE_OVERLAY_BYTES = 256 * 2**20
 LIMIT_MASS = 0.3  # overlay_limit: the largest weights, carrying this much of |w|, saturate
 
 
@@ -168,14 +170,38 @@ def compose_overlay(shape: Sequence[int], filters: Iterable[tuple[Pixel, Any]]) 
 
     Returns
     -------
-    np.ndarray
-        float32 of ``shape``, zero outside all windows.
+    np.ndarray or dask array
+        float32 of ``shape``, zero outside all windows. A stack larger than
+        :data:`DENSE_OVERLAY_BYTES` gets a dask array whose planes without a filter
+        are never allocated (napari reads only the slice in view).
     """
-    out = np.zeros(tuple(int(s) for s in shape), dtype=np.float32)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2 or math.prod(shape) * 4 <= DENSE_OVERLAY_BYTES:
+        out = np.zeros(shape, dtype=np.float32)
+        for pixel, pf in filters:
+            rows, cols = pf.window
+            out[(*pixel[:-2], rows, cols)] += filter_image(pf)
+        return out
+    planes: dict[tuple[int, ...], np.ndarray] = {}
     for pixel, pf in filters:
+        plane = planes.setdefault(tuple(pixel[:-2]), np.zeros(shape[-2:], np.float32))
         rows, cols = pf.window
-        out[(*pixel[:-2], rows, cols)] += filter_image(pf)
-    return out
+        plane[rows, cols] += filter_image(pf)
+    return _sparse_stack(shape, planes)
+
+
+def _sparse_stack(shape: tuple[int, ...], planes: dict[tuple[int, ...], np.ndarray]):
+    """A lazy (*lead, H, W) stack: the given planes, zeros elsewhere (one chunk per plane)."""
+    import dask.array as da
+
+    def block(block_info=None) -> np.ndarray:
+        lead = tuple(lo for lo, _ in block_info[None]["array-location"][:-2])
+        plane = planes.get(lead)
+        out = np.zeros(shape[-2:], np.float32) if plane is None else plane
+        return out.reshape((1,) * (len(shape) - 2) + shape[-2:])
+
+    chunks = tuple((1,) * n for n in shape[:-2]) + ((shape[-2],), (shape[-1],))
+    return da.map_blocks(block, dtype=np.float32, chunks=chunks)
 
 
 def overlay_limit(filters: Iterable[Any], mass: float = LIMIT_MASS) -> float:

@@ -179,6 +179,27 @@ def test_points_on_a_stack_show_filters_on_their_own_slice(viewer_widget, qtbot)
     assert not overlay.data[:2].any()
 
 
+def test_the_overlay_of_a_large_stack_is_lazy_and_holds_only_the_clicked_planes(
+    viewer_widget, qtbot, monkeypatch
+):
+    import dask.array as da
+
+    import napari_bfcnn._interpret_jobs as ij
+
+    monkeypatch.setattr(ij, "DENSE_OVERLAY_BYTES", 0)  # as a 500 x 2048 x 2048 time-lapse
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(2).uniform(0, 1, (4, 24, 24)).astype(np.float32)
+    src = viewer.add_image(data, name="movie")
+    _points(qtbot, widget, src, [[1, 12, 12], [3, 5, 6]])
+    overlay = viewer.layers["movie [filter: tiny-gray]"]
+    assert isinstance(overlay.data, da.Array) and overlay.data.shape == data.shape
+    dense = np.asarray(overlay.data)
+    for t, pixel in ((1, (12, 12)), (3, (5, 6))):
+        pf = _filter("tiny-gray", data[t], pixel)
+        np.testing.assert_array_equal(dense[t][pf.window], pf.weights)
+    assert not dense[0].any() and not dense[2].any()
+
+
 def test_renaming_the_source_keeps_its_points_and_overlay(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     data = np.random.default_rng(5).uniform(0, 1, (32, 30)).astype(np.float32)
