@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 from napari.utils.notifications import show_error, show_info
 
 from ._dock import on_close
@@ -43,6 +43,7 @@ class ExportJob:
     formats: tuple[str, ...]
     folder: Path
     overwrite: bool = False
+    info: Any = None  # src_models.export_bioimageio.PackageInfo of a bioimage.io package
 
 
 @dataclass
@@ -67,7 +68,10 @@ def export_job(job: ExportJob) -> Generator[str, None, ExportOutcome]:
         from src_models.export import iter_export
 
         yield f"exporting {job.model}: {', '.join(job.formats)}"
-        for result in iter_export(job.model, job.formats, job.folder, overwrite=job.overwrite):
+        results = iter_export(
+            job.model, job.formats, job.folder, overwrite=job.overwrite, info=job.info
+        )
+        for result in results:
             outcome.results.append(result)
             yield f"{result.format} written"
     except (ValueError, OSError, RuntimeError) as err:  # ExportError, ModelFileError included
@@ -98,13 +102,23 @@ class ExportWidget(Container):
         }
         self.folder = FileEdit(label="folder", mode="d", value=str(Path.home()))
         self.overwrite = CheckBox(text="replace existing files", value=False)
+        # the package names who made the model and its terms: yours, for a model you trained
+        self.authors = LineEdit(label="authors", value="")
+        self.authors.tooltip = (
+            "comma-separated names for the bioimage.io package; empty: 'napari-bfcnn "
+            "developers' for bundled models (required for your own)"
+        )
+        self.license = LineEdit(label="license", value="MIT")
+        self.license.tooltip = "an SPDX license id, e.g. MIT, CC-BY-4.0, BSD-3-Clause"
         self.run_button = PushButton(text="Export")
         self.status = Label(label="status", value="")
         self.extend(
-            [self.model, *self.formats.values(), self.folder, self.overwrite, self.run_button,
-             self.status]
+            [self.model, *self.formats.values(), self.authors, self.license, self.folder,
+             self.overwrite, self.run_button, self.status]
         )
         decorate_model_combo(self.model, self._models)
+        self.formats["bioimageio"].changed.connect(self._show_package_fields)
+        self._show_package_fields()
         self.run_button.changed.connect(lambda *_: self.run())
         model_events.changed.connect(self.reset_choices)
         on_close(self.native, self._disconnect)
@@ -138,7 +152,41 @@ class ExportWidget(Container):
         if not formats:
             show_error("choose at least one export format")
             return None
-        return ExportJob(self.model.value, formats, Path(self.folder.value), self.overwrite.value)
+        info = None
+        if "bioimageio" in formats:
+            info = self._package_info()
+            if info is None:
+                return None
+        return ExportJob(
+            self.model.value, formats, Path(self.folder.value), self.overwrite.value, info
+        )
+
+    def _show_package_fields(self, *_args) -> None:
+        visible = bool(self.formats["bioimageio"].value)
+        self.authors.visible = self.license.visible = visible
+
+    def _package_info(self):
+        """Authors and license of the package, checked; None (after a notification) if unusable."""
+        from src_models.export_bioimageio import PackageInfo
+
+        names = tuple(n.strip() for n in str(self.authors.value).split(",") if n.strip())
+        info = self._models.get(self.model.value)
+        usable = info is None or info.error is None  # a broken file: its own error comes first
+        if not names and usable and not (info is not None and info.builtin):
+            show_error(
+                f"'{self.model.value}' is your model: type its authors (comma-separated) "
+                "for the bioimage.io package"
+            )
+            return None
+        package = PackageInfo(license=str(self.license.value).strip() or "MIT")
+        if names:
+            package = PackageInfo(authors=names, license=package.license)
+        try:
+            package.check()
+        except ValueError as err:
+            show_error(str(err))
+            return None
+        return package
 
     def run(self):
         """Start the export in a worker thread; returns the worker, or None if refused."""

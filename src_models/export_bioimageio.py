@@ -144,10 +144,9 @@ def _rdf(
     inputs = [
         spec.InputTensorDescr(
             id=tid,
-            description="noisy image, float32, any intensity scale (the network is "
-            "positively homogeneous: D(a*y) = a*D(y)) but not offset-equivariant: subtract "
-            "a camera's black level (or a negative minimum) first and add it back to the "
-            "output, as napari-bfcnn does for 12/16-bit camera data",
+            # bioimage.io allows 128 characters; the README.md of the package says more
+            description="noisy image, float32, any scale (D(a*y) = a*D(y)); subtract a "
+            "camera's black level first, add it back after",
             axes=in_axes,
             test_tensor=spec.FileDescr(source=files["test_input"]),
             sample_tensor=spec.FileDescr(source=files["sample_input"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 
 import pytest
+import yaml
 
 import napari_bfcnn._export_widget as ew
 from napari_bfcnn._export_widget import ExportWidget
@@ -44,6 +45,8 @@ def test_export_writes_every_format_in_a_worker_and_notifies(widget, qtbot, note
     broken = widget.model.native.model().item(values.index("broken"))
     assert not broken.isEnabled()
     widget.model.value = "tiny-gray"
+    widget.authors.value = "Ada Lovelace, Grace Hopper"  # a user model: its makers, its terms
+    widget.license.value = "CC-BY-4.0"
 
     assert widget.run() is not None
     assert widget.running and not widget.run_button.enabled
@@ -53,7 +56,9 @@ def test_export_writes_every_format_in_a_worker_and_notifies(widget, qtbot, note
     assert (tmp_path / "tiny-gray_saved_model" / "saved_model.pb").is_file()
     assert (tmp_path / "tiny-gray.tflite").stat().st_size > 1000
     with zipfile.ZipFile(tmp_path / "tiny-gray.bioimageio.zip") as zf:
-        assert "rdf.yaml" in zf.namelist()
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+    assert [a["name"] for a in rdf["authors"]] == ["Ada Lovelace", "Grace Hopper"]
+    assert rdf["license"] == "CC-BY-4.0"
     assert widget.status.value.startswith(f"written to {tmp_path}: saved_model")
     (info,) = notes["info"]
     assert "tflite (tiny-gray.tflite)" in info and "matches the model to" in info
@@ -93,3 +98,22 @@ def test_broken_model_fails_with_its_reason(widget, qtbot, notes):
     assert widget.run() is not None
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
     assert len(notes["error"]) == 1 and "broken.keras" in notes["error"][0]
+
+
+def test_a_package_of_your_own_model_needs_its_authors_and_a_valid_license(widget, notes):
+    widget.model.value = "tiny-gray"
+    assert not widget.authors.native.isHidden() and not widget.license.native.isHidden()
+    assert widget.run() is None and not widget.running
+    assert "is your model: type its authors" in notes["error"][-1]
+    widget.authors.value = "Ada Lovelace"
+    widget.license.value = "my own terms"
+    assert widget.run() is None
+    assert "not an SPDX license id" in notes["error"][-1]
+    widget.formats["bioimageio"].value = False  # other formats name nobody
+    assert widget.authors.native.isHidden() and widget.license.native.isHidden()
+    assert widget.job() is not None and widget.job().info is None
+    widget.formats["bioimageio"].value = True
+    widget.model.value = "gray"  # bundled: the project's authors by default
+    widget.authors.value = ""
+    widget.license.value = "MIT"
+    assert widget.job().info.authors == ("napari-bfcnn developers",)
