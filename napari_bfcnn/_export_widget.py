@@ -108,6 +108,7 @@ class ExportWidget(Container):
             "comma-separated names for the bioimage.io package; empty: 'napari-bfcnn "
             "developers' for bundled models (required for your own)"
         )
+        self.authors.native.setPlaceholderText("e.g. Ada Lovelace, Grace Hopper")
         self.license = LineEdit(label="license", value="MIT")
         self.license.tooltip = "an SPDX license id, e.g. MIT, CC-BY-4.0, BSD-3-Clause"
         self.run_button = PushButton(text="Export")
