@@ -25,6 +25,7 @@ import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -686,20 +687,23 @@ def finetune(
         keep_initial=base.card is not None,  # never replace a base by a worse model
     )
 
+    outcome = partial(
+        FinetuneResult,
+        name=settings.name,
+        model_path=target_path,
+        run_dir=out,
+        region=region,
+        steps_done=result.steps_done,
+        total_steps=t_cfg.steps,
+        stopped=result.stopped,
+        val_psnr_initial=dict(result.val_psnr_initial),
+        recipe=recipe,
+    )
     if result.stopped and result.steps_done < t_cfg.val_every:
         # No trained weights were scored yet: what the run dir holds as "best" is the
         # starting model (a copy of the base, or an untrained network), never worth a name.
-        return FinetuneResult(
-            name=settings.name,
-            model_path=target_path,
-            run_dir=out,
-            region=region,
-            steps_done=result.steps_done,
-            total_steps=t_cfg.steps,
-            stopped=True,
-            val_psnr_initial=dict(result.val_psnr_initial),
+        return outcome(
             val_psnr_best=dict(result.val_psnr_initial),
-            recipe=recipe,
             card=read_card(result.model_path),
             saved=False,
         )
@@ -759,19 +763,7 @@ def finetune(
     from .registry import clear_cache
 
     clear_cache()
-    return FinetuneResult(
-        name=settings.name,
-        model_path=target_path,
-        run_dir=out,
-        region=region,
-        steps_done=result.steps_done,
-        total_steps=t_cfg.steps,
-        stopped=result.stopped,
-        val_psnr_initial=dict(result.val_psnr_initial),
-        val_psnr_best=val_after,
-        recipe=recipe,
-        card=card,
-    )
+    return outcome(val_psnr_best=val_after, card=card)
 
 
 RUN_SETTINGS = "settings.json"  # what a run trains on and how; Resume must match it
