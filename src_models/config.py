@@ -194,7 +194,11 @@ class CorruptionConfig(_Strict):
     subsample_prob: float = Field(0.0, ge=0.0, le=1.0)
     subsample_factors: tuple[int, ...] = (2, 4)
     blur_prob: float = Field(0.0, ge=0.0, le=1.0)
-    blur_sigma_range: tuple[float, float] = (0.3, 1.0)
+    blur_sigma_range: tuple[float, float] = Field(
+        (0.3, 1.0),
+        description="sigma of the weights of a 3-tap Gaussian kernel (pixels); the kernel ends "
+        "at 1 px, so its actual spread is 0.46 px at 0.5 and saturates near 0.8 px above 1",
+    )
     poisson_gaussian_prob: float = Field(0.0, ge=0.0, le=1.0)
     photons_range: tuple[float, float] = Field(
         (2.0, 200.0), description="photons at full scale (signal 1.0); lower is noisier"
@@ -239,6 +243,16 @@ class CorruptionConfig(_Strict):
             raise ValueError(f"subsample_factors must be a non-empty subset of (2, 3, 4) (got {v})")
         return v
 
+    @model_validator(mode="after")
+    def _photons_drawn_positive(self) -> CorruptionConfig:
+        # else the run fails at whichever step first draws the Poisson branch
+        if self.poisson_gaussian_prob > 0 and self.photons_range[0] <= 0:
+            raise ValueError(
+                f"photons_range must start above 0 when poisson_gaussian_prob > 0 "
+                f"(got {self.photons_range})"
+            )
+        return self
+
 
 class FluorescenceConfig(_Strict):
     """Photos made to look like widefield fluorescence before the noise is added.
@@ -278,6 +292,12 @@ class DataConfig(_Strict):
     val: list[str] = Field(default_factory=list, description="validation images; empty: hold out")
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     max_val_images: int = Field(8, ge=1)
+    split_seed: int = Field(
+        0,
+        ge=0,
+        description="seed of the held-out images, not the training seed: every stage of a "
+        "model keeps the same split, so none validates on images an earlier stage trained on",
+    )
     patch_size: int = Field(64, ge=8, le=1024)
     color: bool = False
     augment: bool = True
@@ -310,7 +330,7 @@ class TrainingConfig(_Strict):
     )
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(50, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
     @field_validator("val_photons")
     @classmethod
@@ -318,6 +338,21 @@ class TrainingConfig(_Strict):
         if any(p <= 0 for p in v):
             raise ValueError(f"photon counts must be > 0 (got {v})")
         return v
+
+    @field_validator("val_sigmas")
+    @classmethod
+    def _sigmas_non_negative(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not s >= 0 for s in v):
+            raise ValueError(f"validation sigmas must be >= 0 (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _something_to_validate(self) -> TrainingConfig:
+        # with no score, no checkpoint ever beats the start and the untrained model is kept
+        if not self.val_sigmas and not self.val_photons:
+            raise ValueError("give at least one of val_sigmas or val_photons: the best model "
+                             "is chosen by its validation score")
+        return self
 
     @model_validator(mode="after")
     def _lr_order(self) -> TrainingConfig:

@@ -107,13 +107,15 @@ def _optimizer(recipe: RecipeConfig, timed: bool = False):
     t = recipe.training
     if timed:  # the rate is set before every step by time_schedule_lr
         return keras.optimizers.Adam(learning_rate=0.0, global_clipnorm=t.clip_norm)
-    decay_steps = max(1, t.steps - t.warmup_steps)
+    # a warm-up as long as the run would never reach the rate, let alone decay from it
+    warmup = t.warmup_steps if t.warmup_steps < t.steps else t.steps // 10
+    decay_steps = max(1, t.steps - warmup)
     schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if t.warmup_steps else t.learning_rate,
+        initial_learning_rate=0.0 if warmup else t.learning_rate,
         decay_steps=decay_steps,
         alpha=t.min_learning_rate / t.learning_rate,
-        warmup_target=t.learning_rate if t.warmup_steps else None,
-        warmup_steps=t.warmup_steps,
+        warmup_target=t.learning_rate if warmup else None,
+        warmup_steps=warmup,
     )
     return keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=t.clip_norm)
 
@@ -343,7 +345,10 @@ def train(
                 val_images = _load_images(recipe.data.val, color)
             else:
                 images, val_images = split_train_val(
-                    images, recipe.data.val_fraction, recipe.data.max_val_images, t_cfg.seed
+                    images,
+                    recipe.data.val_fraction,
+                    recipe.data.max_val_images,
+                    recipe.data.split_seed,
                 )
         if not len(val_images):
             # one image (a single napari layer, say): score on the training image, not on nothing
@@ -384,6 +389,11 @@ def train(
             "learning rate would stay where it stopped"
         )
     multiple = size_multiple(recipe.architecture) if base_card is None else base_card.size_multiple
+    if sampler is None and recipe.data.patch_size % multiple:
+        raise ConfigError(  # else the first step dies inside Keras on a reshape or a skip
+            f"data.patch_size={recipe.data.patch_size} must be a multiple of {multiple}, "
+            f"the size multiple of this {recipe.architecture.kind} architecture"
+        )
     rf = receptive_field(model, multiple)
 
     def validate() -> dict[str, float]:
@@ -594,7 +604,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Execute the train command; returns the exit code."""
     try:
         recipe = load_recipe(args.config)
-        if args.steps:
+        if args.steps is not None:
+            if args.steps < 1:
+                raise ConfigError(f"--steps must be a positive integer (got {args.steps})")
             recipe.training.steps = args.steps
         if args.data:
             root = Path(args.data).resolve()
@@ -609,7 +621,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             workers=args.workers,
             time_budget_s=args.time_budget * 60 if args.time_budget else None,
         )
-    except (ConfigError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # ConfigError and bad data are ValueErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
     what = "stopped" if result.stopped else "finished"

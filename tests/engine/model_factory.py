@@ -69,6 +69,20 @@ def randomize_weights(model, seed: int = 0) -> None:
             v.assign(rng.uniform(0.5, 2.0, size=tuple(v.shape)).astype("float32"))
 
 
+def randomize_vectors(model, seed: int = 0) -> None:
+    """Draw every 1-D weight too: gammas in [0.5, 1.5], any bias ~ 0.3 N(0, 1).
+
+    Why: builders start biases at zero, so a bias wrongly switched on in a signal-path
+    layer would stay invisible to a homogeneity test on freshly built weights.
+    """
+    rng = np.random.default_rng(seed)
+    for v in model.trainable_variables:
+        shape = tuple(v.shape)
+        if len(shape) == 1:
+            w = rng.uniform(0.5, 1.5, shape) if v.path.endswith("gamma") else rng.normal(0, 0.3, shape)
+            v.assign(w.astype("float32"))
+
+
 def tiny_model(kind: str, seed: int = 0, name: str | None = None, **kwargs):
     """Build a tiny random model and its card (receptive field measured, size multiple)."""
     import keras

@@ -88,6 +88,27 @@ def test_validation_photons_must_be_positive():
         parse_recipe({**_base(), "training": {"val_photons": [10, 0]}})
 
 
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("training", {"val_sigmas": []}, r"training: .*at least one of val_sigmas or val_photons"),
+        ("training", {"val_sigmas": [-5]}, r"training\.val_sigmas: .*>= 0"),
+        ("training", {"seed": -1}, r"training\.seed: .*greater than or equal to 0"),
+        ("data", {"split_seed": -1}, r"data\.split_seed: .*greater than or equal to 0"),
+        (
+            "corruption",
+            {"poisson_gaussian_prob": 0.5, "photons_range": [0, 10]},
+            r"corruption: .*photons_range must start above 0",
+        ),
+    ],
+)
+def test_settings_that_would_fail_mid_run_or_keep_the_untrained_model_are_refused(
+    section, values, message
+):
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe({**_base(), section: values})
+
+
 def test_card_validation_text_lists_sigmas_then_photon_levels_in_order():
     from src_models.config import ModelCard
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from model_factory import exact_float32, randomize_weights
+from model_factory import exact_float32, randomize_vectors, randomize_weights
 
 from src_models.architectures import build_model
 from src_models.config import DnCNNConfig, MultiscaleConfig, ResNetConfig, UNetConfig
@@ -45,6 +45,7 @@ def test_every_architecture_is_positively_homogeneous(name):
     config = CONFIGS[name]
     model = build_model(config)
     randomize_weights(model, seed=3)
+    randomize_vectors(model, seed=4)  # a bias switched on anywhere would now show
     rng = np.random.default_rng(1)
     y = rng.uniform(0.0, 1.0, size=(2, 32, 32, config.channels)).astype("float32")
     base = np.asarray(model(y, training=False))

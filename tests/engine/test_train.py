@@ -211,11 +211,8 @@ def test_killed_training_process_leaves_a_loadable_checkpoint(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    model, card = load_keras_model(out / "checkpoint.keras")
+    model, card = load_keras_model(out / "checkpoint.keras")  # the target is intact
     assert card.steps_done >= 5 and model.count_params() > 0
-    assert (
-        not list(out.glob(".*.tmp")) or True
-    )  # stale temp files are harmless; the target is intact
 
 
 def test_time_schedule_warms_up_by_steps_then_decays_by_elapsed_fraction():
