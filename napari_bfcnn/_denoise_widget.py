@@ -460,7 +460,7 @@ class DenoiseWidget(ImageModelWidget):
             self.model_info.tooltip = str(err)
             return
         if name == AUTO and inp is None:
-            self.model_info.value = "auto: colour model for RGB, else gray"
+            self.model_info.value = "auto: colour for RGB, microscopy for camera data, else gray"
             self.model_info.tooltip = ""
             return
         info = self._models.get(resolved)
@@ -473,7 +473,11 @@ class DenoiseWidget(ImageModelWidget):
         else:
             lo, hi = info.sigma_range
             prefix = f"\u2192 {info.name}" if name == AUTO else info.name
-            self.model_info.value = f"{prefix}  (trained \u03c3 {lo:g}\u2013{hi:g} /255)"
+            trained = f"\u03c3 {lo:g}\u2013{hi:g} /255"
+            photons = trained_photons_range(info.path)
+            if photons is not None:  # shot noise, most of what a microscopy model learned
+                trained += f", {photons[0]:g}\u2013{photons[1]:g} photons"
+            self.model_info.value = f"{prefix}  (trained {trained})"
             self.model_info.tooltip = model_tooltip(info)
         self._update_estimate()
         self._show_camera_noise()
@@ -556,7 +560,9 @@ class DenoiseWidget(ImageModelWidget):
             rel = 255.0 * sigma / peak
             text += f"  (= {rel:.0f}/255 for the model)"
             info = self._models.get(self._resolved_name() or "")
-            if info is not None and info.error is None and rel > info.sigma_range[1]:
+            gaussian_only = info is not None and trained_photons_range(info.path) is None
+            # a shot-noise model's range is in photons: the camera readout judges that one
+            if gaussian_only and info.error is None and rel > info.sigma_range[1]:
                 text += ", above its range"
         self._sigma_text = text
         self._show_noise_level()
@@ -720,7 +726,10 @@ class DenoiseWidget(ImageModelWidget):
         )
         worker = make_worker(job)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda outcome, lyr=layer: self._on_returned(lyr, outcome))
+        source = layer.data  # what this run reads; a replacement makes its result stale
+        worker.returned.connect(
+            lambda outcome, lyr=layer, src=source: self._on_returned(lyr, outcome, src)
+        )
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -749,7 +758,7 @@ class DenoiseWidget(ImageModelWidget):
         if self._pbar is not None and steps > self._pbar.n:
             self._pbar.update(steps - self._pbar.n)
 
-    def _on_returned(self, layer, outcome: DenoiseOutcome) -> None:
+    def _on_returned(self, layer, outcome: DenoiseOutcome, source: Any = None) -> None:
         if outcome.error is not None:
             self.status.value = "failed"
             show_error(outcome.error)
@@ -757,6 +766,13 @@ class DenoiseWidget(ImageModelWidget):
         result = outcome.result
         if layer not in self._viewer.layers:
             self.status.value = "source layer was removed; result discarded"
+            return
+        if source is not None and layer.data is not source:
+            self.status.value = "source data were replaced during the run; result discarded"
+            show_warning(
+                f"The data of '{layer.name}' were replaced while it was being denoised: "
+                "the result, of the old data, was discarded. Run again."
+            )
             return
         add_or_replace_output(
             self._viewer, layer, result.denoised, outcome.model, fixed=outcome.fixed

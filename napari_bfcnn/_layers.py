@@ -328,10 +328,16 @@ def _offset_translate(layer, fixed: dict[int, int] | None) -> np.ndarray:
 
 
 def _symmetric_limits(noise: np.ndarray) -> tuple[float, float]:
-    finite = noise[np.isfinite(noise)]
-    if finite.size == 0:
+    """±the 99.5th percentile of |noise| on about a million samples.
+
+    Why sample first: a finite-mask of a whole noise stack copies it (GiBs, in the GUI
+    thread, right after a run that was allowed most of the free memory).
+    """
+    flat = noise.reshape(-1)
+    sample = flat[:: max(1, flat.size // 1_000_000)]
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
         return (-1.0, 1.0)
-    sample = finite if finite.size <= 1_000_000 else finite[:: finite.size // 1_000_000 + 1]
     m = float(np.percentile(np.abs(sample), 99.5)) or 1.0
     return (-m, m)
 
@@ -417,7 +423,10 @@ def add_or_replace_output(
     old = find_output(viewer.layers, layer.name, model, kind)
     if old is not None and old.rgb == kw["rgb"] and old.data.ndim == data.ndim:
         old.data = data
-        old.translate = kw["translate"]
+        # the source's transform may have been corrected since (z-step, affine): follow it
+        for attr in ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels"):
+            if attr in kw:
+                setattr(old, attr, kw[attr])
         old.metadata = kw["metadata"]
         if kind == "noise":
             old.contrast_limits = kw["contrast_limits"]

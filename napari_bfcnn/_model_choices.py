@@ -16,7 +16,10 @@ __all__ = ["AUTO_TOOLTIP", "decorate_model_combo", "model_choices", "model_label
 
 log = logging.getLogger(__name__)
 
-AUTO_TOOLTIP = "gray model for gray/multichannel layers, colour model for RGB layers"
+AUTO_TOOLTIP = (
+    "colour model for RGB layers, microscopy model for camera data (12/16-bit integers), "
+    "gray model for other gray or multichannel layers"
+)
 
 
 def _fmt_params(n: int) -> str:

@@ -243,8 +243,7 @@ def iter_denoise(
                 continue
             if not finite.all():
                 bad = ~finite
-                plane_in = plane.copy()
-                plane_in[bad] = np.median(plane[finite])
+                plane_in = _fill_per_channel(plane, finite, plan.plane_channel_axis)
             else:
                 plane_in = plane
         else:
@@ -271,6 +270,24 @@ def iter_denoise(
         a_src, a_dst = plan.alpha_indices()
         out[a_dst] = np.asarray(data[a_src])
     return PlaneResult(out, noise, skipped)
+
+
+def _fill_per_channel(plane: np.ndarray, finite: np.ndarray, axis: int | None) -> np.ndarray:
+    """NaN/inf replaced by the median of the finite values of their own channel.
+
+    Why per channel: a bright channel's median in a dim channel's holes would raise
+    that channel's scale (the engine normalises each by its peak) and leave halos. A
+    channel without any finite value takes the whole plane's median.
+    """
+    filled = plane.copy()
+    overall = np.median(plane[finite])
+    channels = [slice(None)] if axis is None else range(plane.shape[axis])
+    for c in channels:
+        index = (slice(None),) * axis + (c,) if axis is not None else (c,)
+        ok = finite[index]
+        if not ok.all():
+            filled[index][~ok] = np.median(plane[index][ok]) if ok.any() else overall
+    return filled
 
 
 def run_to_end(gen: Generator):

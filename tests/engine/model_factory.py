@@ -79,7 +79,8 @@ def randomize_vectors(model, seed: int = 0) -> None:
     for v in model.trainable_variables:
         shape = tuple(v.shape)
         if len(shape) == 1:
-            w = rng.uniform(0.5, 1.5, shape) if v.path.endswith("gamma") else rng.normal(0, 0.3, shape)
+            gamma = v.path.endswith("gamma")
+            w = rng.uniform(0.5, 1.5, shape) if gamma else rng.normal(0, 0.3, shape)
             v.assign(w.astype("float32"))
 
 

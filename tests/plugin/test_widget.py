@@ -206,8 +206,22 @@ def test_a_rerun_after_renaming_the_source_still_replaces_its_own_output(viewer_
     out = viewer.layers["img [denoised: tiny-gray]"]
     layer.name = "cells"
     assert out.metadata["bfcnn"]["source"] == "cells"  # followed the rename
+    layer.scale = (2.0, 0.5)  # the pixel size corrected since
     _run(qtbot, widget, layer)
     assert len(viewer.layers) == 2 and out in viewer.layers  # replaced, not added
+    np.testing.assert_allclose(out.scale, (2.0, 0.5))  # and still over its source
+
+
+def test_a_result_of_data_replaced_during_the_run_is_discarded(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    layer = viewer.add_image(np.random.default_rng(9).uniform(0, 1, (32, 32)).astype(np.float32))
+    widget.image.value, widget.model.value = layer, "tiny-gray"
+    assert widget.run() is not None
+    layer.data = np.zeros((32, 32), np.float32)  # e.g. another plugin's step, mid-run
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert len(viewer.layers) == 1  # nothing credited to the new data
+    assert "replaced during the run" in widget.status.value
+    assert "were replaced while it was being denoised" in notes["warning"][-1]
 
 
 def test_rerun_replaces_only_its_own_output(viewer_widget, qtbot):
@@ -256,10 +270,11 @@ def _start_long_run(viewer, widget):
 def test_cancel_stops_a_run_between_tiles(viewer_widget, qtbot, notes):
     viewer, widget = viewer_widget
     _start_long_run(viewer, widget)
+    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=TIMEOUT_MS)  # mid-run, not before
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
     assert widget.status.value == "cancelled"
-    assert widget.progress.value < PROGRESS_STEPS
+    assert 0 < widget.progress.value < PROGRESS_STEPS
     assert [lyr.name for lyr in viewer.layers] == ["big"]
     assert notes["info"] == ["Denoising cancelled."]
     assert widget.run_button.enabled and not widget.cancel_button.enabled
@@ -268,6 +283,7 @@ def test_cancel_stops_a_run_between_tiles(viewer_widget, qtbot, notes):
 def test_closing_the_dock_stops_its_run_and_its_listening(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     _start_long_run(viewer, widget)
+    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=TIMEOUT_MS)  # closed mid-run
     viewer.window.remove_dock_widget(widget.native)  # the dock's close button does this
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
     assert widget.status.value == "cancelled"

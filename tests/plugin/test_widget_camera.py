@@ -266,6 +266,9 @@ def test_camera_noise_of_the_cell_sample_is_read_out_in_a_worker(
     # 57 photons at the peak: below the model's trained 100-2000
     assert widget.range_warning.value.startswith("\u26a0")
     assert "below microscopy's trained range (100\u20132000)" in widget.range_warning.value
+    # the model line names the shot-noise range too; the Gaussian σ flag is left to this readout
+    assert "100\u20132000 photons" in widget.model_info.value
+    assert "above its range" not in widget.noise_level.value
 
 
 def test_a_known_black_level_is_used_and_bright_data_give_no_warning(
