@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,8 @@ class DenoiseWidget(ImageModelWidget):
         self._camera: CameraNoise | None = None
         self._camera_pending = False  # an estimate for the current slice is running
         self._sigma_text = "-"  # the σ line before any note on correlated noise
+        # (data id, crop, channel axis, black level) -> (sigma, peak, weak reference to the data)
+        self._estimates: dict[tuple, tuple[float, float, Any]] = {}
         self._camera_tag = 0  # newest camera-noise request; older results are dropped
         self._camera_workers: set = set()
         self._closed = False
@@ -522,9 +525,22 @@ class DenoiseWidget(ImageModelWidget):
         if request is None:
             return None
         inp, index, crop_axis = request
+        offset = self.chosen_offset
+        # layer events, model and black-level changes ask again for the same crop: on a
+        # lazy (dask, zarr) layer every read computes whole chunks in the GUI thread
+        key = (id(inp.data), str(index), crop_axis, str(offset))
+        cached = self._estimates.get(key)
+        if cached is not None and cached[2]() is inp.data:  # the same array, not a reused id
+            sigma, self._crop_scale, _ = cached
+            return sigma
         crop = np.asarray(inp.data[index])
-        self._crop_scale = self._peak(crop, self.chosen_offset, crop_axis)
-        return float(estimate_sigma(crop, channel_axis=crop_axis))
+        sigma = float(estimate_sigma(crop, channel_axis=crop_axis))
+        self._crop_scale = self._peak(crop, offset, crop_axis)
+        with contextlib.suppress(TypeError):  # data that cannot be weakly referenced: no cache
+            self._estimates[key] = (sigma, self._crop_scale, weakref.ref(inp.data))
+            while len(self._estimates) > 16:
+                self._estimates.pop(next(iter(self._estimates)))
+        return sigma
 
     @staticmethod
     def _peak(

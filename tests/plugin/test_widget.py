@@ -449,3 +449,28 @@ def test_export_from_auto_picks_the_model_auto_chose_for_the_layer(viewer_widget
     viewer.add_image(np.zeros((32, 32), np.float32), name="g")
     widget.model.value = "auto"
     assert widget.open_export().model.value == widget._resolved_name() != "auto"
+
+
+def test_the_noise_estimate_of_a_lazy_layer_reads_its_crop_once_until_the_data_change(
+    viewer_widget,
+):
+    import dask.array as da
+
+    viewer, widget = viewer_widget
+    reads = []
+
+    def plane(block_info=None):
+        reads.append(block_info[None]["array-location"][0])
+        return np.random.default_rng(len(reads)).normal(100, 5, (1, 128, 128)).astype(np.float32)
+
+    lazy = da.map_blocks(plane, dtype=np.float32, chunks=((1,) * 4, (128,), (128,)))
+    layer = viewer.add_image(lazy, name="lazy")
+    widget.image.value = layer
+    first = widget.estimate_noise()
+    before = len(reads)
+    viewer.add_image(np.zeros((8, 8), np.float32), name="other")  # a layer event: asks again
+    widget.image.value = layer
+    assert widget.estimate_noise() == first and len(reads) == before  # no chunk computed again
+    layer.data = lazy + 1.0  # new data: read anew
+    widget.estimate_noise()
+    assert len(reads) > before
