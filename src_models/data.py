@@ -34,8 +34,11 @@ SCORE_MAX_DB = 100.0  # validation PSNRs are capped here: a perfect score must f
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
-# Distinct, non-zero stream tags: numpy seed sequences ignore trailing zeros, so
-# [seed, step] and [seed, step, 0] would otherwise be the same stream.
+# Non-zero stream tags: numpy seed sequences ignore trailing zeros, so [seed, step] and
+# [seed, step, 0] would otherwise be the same stream. Training keys put the tag after the
+# step ([seed, step, tag, i]), validation keys after the seed ([seed, 3, j, k]), so a few
+# can coincide (validation image 2's noise is step 3's noise for sample k): harmless, as
+# the validation images are held out, but the streams are not strictly disjoint.
 _PATCH_STREAM = 1
 _NOISE_STREAM = 2
 _VAL_STREAM = 3

@@ -194,7 +194,8 @@ def _guided_from_gray(arch, base) -> bool:
             f"is {base.card.kind or 'of unknown kind'}"
         )
     shape = (
-        "scales", "width", "max_width", "convs", "unshuffle", "kernel_size", "activation", "norm"
+        "scales", "width", "max_width", "convs", "unshuffle", "kernel_size", "activation", "norm",
+        "residual",
     )
     diff = [k for k in shape if getattr(arch, k) != getattr(base_arch, k)]
     if diff:
@@ -203,6 +204,61 @@ def _guided_from_gray(arch, base) -> bool:
             f"a {arch.channel_mode} colour U-Net copies the gray weights, so they must match"
         )
     return True
+
+
+# what a resumed run may change: its length and bookkeeping, names, and where files are
+# (another machine's data folder, a moved base); everything else would continue another run
+_RESUME_FREE = {
+    ("name",), ("description",), ("init_from",), ("data", "train"), ("data", "val"),
+    ("training", "steps"), ("training", "val_every"), ("training", "checkpoint_every"),
+    ("training", "log_every"),
+    ("training", "warmup_steps"),  # the checkpoint's optimiser keeps its own schedule
+}
+
+
+def _check_resumed_recipe(recipe: RecipeConfig, saved_path: Path) -> None:
+    """Refuse to resume a run with another architecture, noise, data settings or optimiser.
+
+    Why: the checkpoint's weights, optimiser state and best score belong to the recipe
+    it started with; ``recipe.yaml`` would keep claiming that one.
+    """
+    import yaml
+
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    now = recipe.model_dump(mode="json")
+    changed = []
+    for section, values in now.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if (section, key) not in _RESUME_FREE and saved.get(section, {}).get(key) != value:
+                changed.append(f"{section}.{key}")
+    if changed:
+        raise ConfigError(
+            f"cannot resume the run in {saved_path.parent} with a changed recipe "
+            f"({', '.join(changed)}); restore those values or train into a new folder"
+        )
+
+
+def _check_same_architecture(recipe: RecipeConfig, base) -> None:
+    """Refuse a recipe whose architecture is not the base's: the base is cloned as it is.
+
+    Why: the card (and every later stage and rebuild) would describe the recipe's
+    architecture while the weights are the base's.
+    """
+    base_recipe = base.card.recipe
+    if base_recipe is None:  # a model without a recipe: nothing to compare
+        return
+    ours, theirs = recipe.architecture.model_dump(), base_recipe.architecture.model_dump()
+    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if diff:
+        raise ConfigError(
+            f"init_from={recipe.init_from!r} is a {theirs.get('kind')} whose architecture "
+            f"differs from the recipe's in {', '.join(diff)}; a fine-tune continues the base "
+            "as it is: copy its architecture into the recipe"
+        )
 
 
 def _build_or_load(recipe: RecipeConfig, ckpt: Path, resume: bool):
@@ -230,6 +286,7 @@ def _build_or_load(recipe: RecipeConfig, ckpt: Path, resume: bool):
                 f"init_from={recipe.init_from!r} has {base.channels} channel(s) but the recipe "
                 f"trains {recipe.architecture.channels}"
             )
+        _check_same_architecture(recipe, base)
         model = keras.models.clone_model(base.model)
         model.set_weights(base.model.get_weights())
         return model, base.card, False
@@ -366,6 +423,8 @@ def train(
 
     if resume and not ckpt.is_file():
         warnings.warn(f"nothing to resume in {out} (no {CHECKPOINT}): step 0", stacklevel=2)
+    if resume and ckpt.is_file():
+        _check_resumed_recipe(recipe, out / "recipe.yaml")
     model, base_card, resumed = _build_or_load(recipe, ckpt, resume)
     if recipe.init_from:  # fine-tuning (or resuming a fine-tuning run): keep the base's statistics
         freeze_norm_statistics(model)

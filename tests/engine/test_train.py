@@ -15,7 +15,7 @@ import yaml
 from skimage import data as skdata
 from skimage.transform import resize
 
-from src_models.config import RecipeConfig, parse_recipe
+from src_models.config import ConfigError, RecipeConfig, parse_recipe
 from src_models.modelfile import load_keras_model, read_card
 from src_models.train import train
 
@@ -286,6 +286,12 @@ def test_bundled_card_names_base_models_and_data_as_the_repository_does(tmp_path
     assert shipped.base_model == "runs/tiny-1/tiny.keras"
     assert shipped.recipe.init_from == "runs/tiny-1/tiny.keras"
 
+    other = _recipe(5)  # a stage whose recipe names another architecture than its base's
+    other.init_from = str(base.model_path)
+    other.architecture.width = 8
+    with pytest.raises(ConfigError, match="differs from the recipe's in width"):
+        train(other, tmp_path / "runs" / "tiny-2", images=train_ims, val_images=val_ims)
+
 
 def test_a_model_over_the_size_limit_leaves_the_bundled_one_in_place(tmp_path, images, monkeypatch):
     from src_models import bundle
@@ -317,3 +323,16 @@ def test_resume_must_keep_the_schedule_the_run_started_with(tmp_path, images):
     again = train(_recipe(10**6, val_every=10**5), tmp_path / "t", resume=True,
                   time_budget_s=2.0, **kw)
     assert again.steps_done == timed.steps_done and stepped.steps_done == 4
+
+
+def test_resume_with_another_noise_or_optimiser_is_refused_naming_the_fields(tmp_path, images):
+    train_ims, val_ims = images
+    kw = dict(images=train_ims, val_images=val_ims)
+    train(_recipe(4), tmp_path / "r", **kw)
+    changed = _recipe(8, learning_rate=1e-3)
+    changed.corruption.sigma_range = (0.0, 50.0)
+    with pytest.raises(ConfigError, match=r"changed recipe \(corruption\.sigma_range, "
+                                          r"training\.learning_rate\)"):
+        train(changed, tmp_path / "r", resume=True, **kw)
+    longer = _recipe(8, val_every=4)  # its length and bookkeeping may change
+    assert train(longer, tmp_path / "r", resume=True, **kw).steps_done == 8
