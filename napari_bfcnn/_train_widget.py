@@ -156,6 +156,7 @@ class TrainWidget(Container):
         self._viewer = napari_viewer
         self._worker = None
         self._job: TrainJob | None = None
+        self._job_layers: list[Any] = []  # the layers of the run's images, in their order
         self._models: dict[str, Any] = {}
         self._user_infos: dict[str, Any] = {}
 
@@ -470,10 +471,12 @@ class TrainWidget(Container):
                 raise ValueError("Choose a noisy layer and its clean partner.")
             if noisy is clean:
                 raise ValueError("The noisy and the clean layer must be different layers.")
+            self._job_layers = [noisy]
             return [layer_source(noisy)], [layer_source(clean)]
         layers = list(self.layers.value or [])
         if not layers:
             raise ValueError("Select at least one image layer to train on.")
+        self._job_layers = layers  # the region's source index points here, whatever the names
         return [layer_source(lyr) for lyr in layers], None
 
     # ------------------------------------------------------------------ run / stop
@@ -640,8 +643,12 @@ class TrainWidget(Container):
                 return layer
         return None
 
-    def _source_layer(self, name: str):
-        return self._viewer.layers[name] if name in self._viewer.layers else None
+    def _source_layer(self, region):
+        """The layer the held-out region lies in, followed through renames; None if removed."""
+        layers = self._job_layers
+        if region.source < len(layers) and layers[region.source] in self._viewer.layers:
+            return layers[region.source]
+        return None
 
     @staticmethod
     def _placed(layer, data: np.ndarray, plane: tuple[int, ...], y0: int, x0: int) -> dict:
@@ -673,7 +680,7 @@ class TrainWidget(Container):
 
     def _show_preview(self, pv) -> None:
         """Rectangle on the held-out region, its input, and the current model's output."""
-        layer = self._source_layer(pv.region.name)
+        layer = self._source_layer(pv.region)
         if layer is None:
             return
         r = pv.region

@@ -7,6 +7,7 @@ it would have seen without the interruption.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -116,6 +117,17 @@ def _to_unit_float(arr: np.ndarray, path: Path) -> np.ndarray:
         out = arr.astype(np.float32)
         if not np.all(np.isfinite(out)):
             raise ValueError(f"image {path} contains NaN or infinite values")
+        lo, hi = float(out.min()), float(out.max())
+        if lo < 0.0 or hi > 1.0:
+            # the recipe's noise is relative to full scale 1.0: 8-bit or photon counts stored
+            # as floats would otherwise train with next to no noise
+            lo = min(lo, 0.0)
+            warnings.warn(
+                f"float image {path} spans [{lo:g}, {hi:g}], not [0, 1]: rescaled to [0, 1] "
+                "(the recipe's sigmas are relative to full scale 1)",
+                stacklevel=3,
+            )
+            out = (out - lo) / max(hi - lo, np.finfo(np.float32).tiny)
         return out
     raise ValueError(f"image {path} has unsupported dtype {arr.dtype}")
 

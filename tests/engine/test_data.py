@@ -53,11 +53,19 @@ def test_load_uint16_tiff_is_divided_by_65535(tmp_path):
     assert img.max() == 1.0
 
 
-def test_load_float_tiff_keeps_values(tmp_path):
-    arr = np.array([[0.25, -0.1], [1.5, 0.75]], dtype=np.float32)
+def test_load_float_tiff_keeps_unit_range_values_and_rescales_others(tmp_path):
+    arr = np.array([[0.25, 0.0], [1.0, 0.75]], dtype=np.float32)
     path = tmp_path / "f.tiff"
     tifffile.imwrite(path, arr)
     np.testing.assert_array_equal(load_image(path, color=False)[..., 0], arr)
+    eight_bit = np.array([[0.0, 51.0], [255.0, 102.0]], dtype=np.float32)  # 8-bit as floats
+    tifffile.imwrite(path, eight_bit)
+    with pytest.warns(UserWarning, match=r"spans \[0, 255\], not \[0, 1\]: rescaled"):
+        loaded = load_image(path, color=False)[..., 0]
+    np.testing.assert_allclose(loaded, eight_bit / 255.0)  # sigma 25/255 means 25 on it
+    tifffile.imwrite(path, np.array([[-0.5, 0.5], [1.5, 0.0]], dtype=np.float32))
+    with pytest.warns(UserWarning, match="rescaled"):
+        np.testing.assert_allclose(load_image(path, color=False)[..., 0], [[0, 0.5], [1, 0.25]])
 
 
 def test_load_rgba_png_drops_alpha_and_gray_is_luminance(tmp_path):

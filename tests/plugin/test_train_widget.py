@@ -303,3 +303,15 @@ def test_training_that_would_not_fit_in_free_memory_is_refused_before_it_starts(
     assert train.run() is None and not train.running
     assert "the training samples would take" in notes["error"][-1]
     assert "fewer planes" in notes["error"][-1]
+
+
+def test_previews_follow_a_source_renamed_during_training(viewer_widgets, qtbot, notes):
+    viewer, train, _ = viewer_widgets
+    layer = viewer.add_image(_text(), name="text")
+    _setup(train, layer, name="renamed-run", steps=12)
+    assert train.run() is not None
+    layer.name = "cells"  # before the first preview reaches the viewer
+    qtbot.waitUntil(lambda: not train.running, timeout=TIMEOUT_MS)
+    tags = {lyr.metadata.get(TAG) for lyr in viewer.layers}
+    assert {"region", "input", "preview"} <= tags  # found by the layer, not by its old name
+    assert notes["error"] == []
