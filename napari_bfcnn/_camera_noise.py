@@ -112,7 +112,7 @@ class CameraNoise:
     """A Poisson-Gaussian estimate of one crop and the crop's peak (data units)."""
 
     estimate: Any  # src_models.noise_model.PoissonGaussian
-    peak: float  # the crop's largest value: what the engine scales to 1
+    peak: float  # the plane's largest value (the crop's for lazy data): the engine's full scale
 
     @property
     def photons_full_scale(self) -> float:
@@ -125,11 +125,14 @@ class CameraNoise:
         return self.estimate.gain > 0 and self.estimate.shot_fraction >= SHOT_MIN
 
 
-def estimate_camera_noise(crop: np.ndarray, offset: float | None = None) -> CameraNoise | None:
+def estimate_camera_noise(
+    crop: np.ndarray, offset: float | None = None, peak: float | None = None
+) -> CameraNoise | None:
     """Estimate gain, read noise and black level of a 2-D crop; None if it cannot be done.
 
-    Why None, not an exception: it runs in a worker for a label; a crop that is too
-    small or all NaN just shows "-".
+    ``peak``: the whole plane's largest value, which the engine scales to 1 (default:
+    the crop's). Why None, not an exception: it runs in a worker for a label; a crop
+    that is too small or all NaN just shows "-".
     """
     from src_models.noise_model import estimate_poisson_gaussian
 
@@ -138,8 +141,10 @@ def estimate_camera_noise(crop: np.ndarray, offset: float | None = None) -> Came
     except (ValueError, TypeError) as err:
         log.debug("camera noise estimate failed: %s", err)
         return None
-    finite = crop[np.isfinite(crop)] if crop.dtype.kind == "f" else crop
-    return CameraNoise(est, float(finite.max()))
+    if peak is None:
+        finite = crop[np.isfinite(crop)] if crop.dtype.kind == "f" else crop
+        peak = float(finite.max())
+    return CameraNoise(est, float(peak))
 
 
 def readout_text(noise: CameraNoise | None) -> str:

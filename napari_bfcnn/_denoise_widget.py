@@ -75,6 +75,15 @@ PROGRESS_STEPS = 1000
 BLACK_NONE, BLACK_AUTO, BLACK_VALUE = "none", "auto", "value"  # black-level combo values
 
 
+def _finite_range(data: np.ndarray) -> tuple[float | None, float | None]:
+    """(min, max) over the finite values, (None, None) if there are none."""
+    if data.dtype.kind == "f":
+        data = data[np.isfinite(data)]
+    if data.size == 0:
+        return None, None
+    return float(data.min()), float(data.max())
+
+
 class DenoiseWidget(ImageModelWidget):
     """Dock widget that denoises an Image layer with a bias-free CNN.
 
@@ -535,7 +544,11 @@ class DenoiseWidget(ImageModelWidget):
             return sigma
         crop = np.asarray(inp.data[index])
         sigma = float(estimate_sigma(crop, channel_axis=crop_axis))
-        self._crop_scale = self._peak(crop, offset, crop_axis)
+        # the engine scales by the whole plane's peak: in memory, its range costs milliseconds
+        whole = None
+        if isinstance(inp.data, np.ndarray):
+            whole = inp.data[tuple(slice(None) if isinstance(i, slice) else i for i in index)]
+        self._crop_scale = self._peak(crop, offset, crop_axis, whole)
         with contextlib.suppress(TypeError):  # data that cannot be weakly referenced: no cache
             self._estimates[key] = (sigma, self._crop_scale, weakref.ref(inp.data))
             while len(self._estimates) > 16:
@@ -544,13 +557,20 @@ class DenoiseWidget(ImageModelWidget):
 
     @staticmethod
     def _peak(
-        crop: np.ndarray, offset: float | str | None = None, channel_axis: int | None = None
+        crop: np.ndarray,
+        offset: float | str | None = None,
+        channel_axis: int | None = None,
+        plane: np.ndarray | None = None,
     ) -> float:
-        """The engine's per-plane scale: largest magnitude after subtracting the black level."""
-        finite = crop[np.isfinite(crop)] if crop.dtype.kind == "f" else crop
-        if finite.size == 0:
+        """The engine's per-plane scale: largest magnitude after subtracting the black level.
+
+        From the whole ``plane``'s range when given (data in memory), else the crop's: a
+        bright cell off the centre of a big frame sets the scale the model sees.
+        """
+        source = crop if plane is None else plane
+        lo, hi = _finite_range(source)
+        if lo is None:
             return 0.0
-        lo, hi = float(finite.min()), float(finite.max())
         if offset == BLACK_AUTO:
             from src_models.noise_model import black_level
 
@@ -626,8 +646,7 @@ class DenoiseWidget(ImageModelWidget):
         request = self._camera_request()
         if request is None:
             return None
-        data, index, offset = request
-        return estimate_camera_noise(np.asarray(data[index]), offset)
+        return _estimate_crop(*request)
 
     def _start_camera_estimate(self, *_args) -> None:
         """Estimate the camera noise in a worker; only the newest request updates the label."""
@@ -830,4 +849,8 @@ def _estimate_crop(data: Any, index: tuple, offset: float | None) -> CameraNoise
     except Exception as err:  # noqa: BLE001 - any reader's error
         log.warning("reading the crop for the camera-noise estimate failed: %s", err)
         return None
-    return estimate_camera_noise(crop, offset)
+    peak = None
+    if isinstance(data, np.ndarray):  # in memory: the whole plane's peak, the engine's scale
+        plane = data[tuple(slice(None) if isinstance(i, slice) else i for i in index)]
+        peak = _finite_range(plane)[1]
+    return estimate_camera_noise(crop, offset, peak)

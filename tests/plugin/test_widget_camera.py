@@ -372,3 +372,14 @@ def test_a_dark_rgb_composite_gets_a_hint_but_keeps_the_chosen_model(
     viewer.add_image(data.astronaut(), rgb=True, name="photo")
     assert widget.model_reason.value == ""
     _wait_for_camera_noise(qtbot, widget)
+
+
+def test_readouts_scale_by_the_whole_planes_peak_as_the_engine_does(make_napari_viewer, qtbot):
+    viewer, widget = _widget(make_napari_viewer)
+    rng = np.random.default_rng(4)
+    frame = (100 + 8 * rng.poisson(20, (1024, 1024))).astype(np.uint16)
+    frame[10:20, 10:20] = 4000  # a bright cell far from the centre crop
+    viewer.add_image(frame, name="frame")
+    _wait_for_camera_noise(qtbot, widget)
+    assert widget.estimate_camera_noise().peak == 4000.0  # not the crop's ~400
+    assert 3500 < widget._crop_scale < 4000  # the peak above the estimated black level
