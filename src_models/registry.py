@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -174,7 +175,12 @@ def load_model(name_or_path: str | Path) -> Denoiser:
     """
     path = _resolve(name_or_path)
     stat = path.stat()
-    return _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
+    with _LOAD_LOCK:  # threads that miss the cache together must not each load a copy
+        return _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+# dask's threaded scheduler and the plugin's workers call load_model from several threads
+_LOAD_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=8)

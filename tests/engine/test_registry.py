@@ -242,3 +242,31 @@ def test_composite_check_reads_only_a_small_view_of_a_lazy_stack():
     lazy = Lazy()
     assert registry.looks_like_fluorescence_composite(lazy)
     assert lazy.index[:2] == (0, slice(None, None, 16))
+
+
+def test_threads_loading_a_model_at_once_share_one_copy(user_models, no_bundled, monkeypatch):
+    # dask's threaded scheduler asks for the model from every thread at the same moment
+    import threading
+    import time
+
+    from src_models import modelfile
+
+    loads = []
+
+    original = modelfile.load_keras_model
+
+    def slow_load(path, *args, **kwargs):
+        loads.append(path)
+        time.sleep(0.2)  # a load takes a while: the other threads arrive meanwhile
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(modelfile, "load_keras_model", slow_load)
+    registry.clear_cache()
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(registry.load_model("gray")))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len(got) == 4 and all(d is got[0] for d in got)
