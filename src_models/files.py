@@ -199,6 +199,27 @@ def _tiff_meta(tif: Any) -> tuple[str, dict[str, Any]]:
     return axes, kwargs
 
 
+def _sample_layout(channel_axis: int | None, axes: str, data: Any, kwargs: dict) -> bool:
+    """Set how a TIFF stores a pixel's samples, as the source did; True for contiguous samples.
+
+    Why explicit: tifffile writes a last axis of 2 samples (gray + alpha) as one page per
+    row unless told, and its default for planar RGB is going to change.
+    """
+    if channel_axis is None or kwargs.get("imagej"):
+        return False
+    n = int(data.shape[channel_axis])
+    if channel_axis == data.ndim - 1 and data.ndim >= 3 and 2 <= n <= 4:
+        kwargs.setdefault("photometric", "rgb" if n >= 3 else "minisblack")
+        kwargs.setdefault("planarconfig", "contig")
+        if n == 2:
+            kwargs.setdefault("extrasamples", ["unspecified"])
+        return True
+    if axes.endswith("SYX") and channel_axis == data.ndim - 3 and n in (3, 4):
+        kwargs.setdefault("photometric", "rgb")  # planar RGB, as it came
+        kwargs.setdefault("planarconfig", "separate")
+    return False
+
+
 def write_image_file(path: str | Path, image: ImageFile, data: np.ndarray) -> Path:
     """Write ``data`` like ``image`` was read: TIFF keeps resolution / ImageJ / OME metadata.
 
@@ -220,9 +241,7 @@ def write_image_file(path: str | Path, image: ImageFile, data: np.ndarray) -> Pa
             kwargs = dict(image.tiff_kwargs)
             if kwargs.get("imagej") and data.dtype not in (np.uint8, np.uint16, np.float32):
                 kwargs.pop("imagej")
-            if image.channel_axis is not None and data.ndim == 3 and data.shape[-1] in (3, 4) \
-                    and image.channel_axis == data.ndim - 1 and not kwargs.get("imagej"):
-                kwargs.setdefault("photometric", "rgb")
+            _sample_layout(image.channel_axis, image.axes, data, kwargs)
             tifffile.imwrite(partial, data, **kwargs)
         else:
             import imageio.v3 as iio
@@ -412,13 +431,8 @@ def write_tiff_lazy(
     kwargs = dict(image.tiff_kwargs)
     if kwargs.get("imagej") and data.dtype not in (np.uint8, np.uint16, np.float32):
         kwargs.pop("imagej")
-    rgb = (
-        image.channel_axis == data.ndim - 1 and data.shape[-1] in (3, 4) and data.ndim >= 3
-        and not kwargs.get("imagej")
-    )
-    if rgb:
-        kwargs.setdefault("photometric", "rgb")
-    page_ndim = 3 if rgb else 2
+    contig = _sample_layout(image.channel_axis, image.axes, data, kwargs)
+    page_ndim = 3 if contig else 2
     lead = data.shape[: data.ndim - page_ndim]
     height = data.shape[data.ndim - page_ndim]
     t = TIFF_TILE

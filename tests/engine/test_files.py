@@ -115,3 +115,36 @@ def test_relative_zarr_paths_still_work_from_another_working_directory(tmp_path,
     assert list((tmp_path / "elsewhere").iterdir()) == []
     written = zarr.open_array(str(tmp_path / "work" / "out.zarr"), mode="r")[:]
     np.testing.assert_array_equal(written, img * 2)
+
+
+@pytest.mark.parametrize(
+    ("data", "kwargs", "axes"),
+    [
+        (np.arange(30 * 20 * 2, dtype=np.uint16).reshape(30, 20, 2),
+         {"photometric": "minisblack", "planarconfig": "contig", "extrasamples": ["unspecified"]},
+         "YXS"),  # gray + alpha: one page, not one page per row
+        (np.arange(3 * 30 * 20, dtype=np.uint8).reshape(3, 30, 20),
+         {"photometric": "rgb", "planarconfig": "separate"}, "SYX"),  # planar RGB stays planar
+        (np.arange(30 * 20 * 3, dtype=np.uint8).reshape(30, 20, 3), {"photometric": "rgb"}, "YXS"),
+    ],
+)
+def test_tiff_samples_are_written_in_the_sources_layout_in_memory_and_band_by_band(
+    tmp_path, data, kwargs, axes
+):
+    import dask.array as da
+
+    from src_models.files import write_tiff_lazy
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, data, **kwargs)
+    image = read_image_file(src)
+    assert image.axes == axes
+    lazy = open_lazy(src)
+    for name, write in (
+        ("mem.tif", lambda p: write_image_file(p, image, image.data)),
+        ("lazy.tif", lambda p: write_tiff_lazy(p, lazy, da.from_array(data, chunks=16))),
+    ):
+        write(tmp_path / name)
+        with tifffile.TiffFile(tmp_path / name) as tif:
+            assert len(tif.pages) == 1 and tif.series[0].axes == axes, name
+            np.testing.assert_array_equal(tif.asarray(), data)
