@@ -182,12 +182,16 @@ def _compute(delayed: Any, client: Any, label: str, quiet: bool) -> None:
     """Compute with a progress bar: tqdm for local threads, dask's own for a cluster."""
     if client is not None:
         future = client.compute(delayed)
-        if not quiet:
-            from distributed import progress
+        try:
+            if not quiet:
+                from distributed import progress
 
-            progress(future)
-            print(file=sys.stdout)
-        future.result()
+                progress(future)
+                print(file=sys.stdout)
+            future.result()
+        except BaseException:  # Ctrl-C or a failed chunk: workers must stop writing it
+            client.cancel(future)
+            raise
         return
     from tqdm.dask import TqdmCallback
 
