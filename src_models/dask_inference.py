@@ -216,9 +216,9 @@ def _plane_stats(
         if offset == AUTO_OFFSET:
             from .noise_model import black_level
 
-            plane = np.asarray(t[idx[:-1]][..., groups[idx[-1]][0]])
+            plane = t[idx[:-1]][..., groups[idx[-1]][0]]  # lazy: read strip by strip
             if fill is not None:
-                plane = _filled(plane, fill[idx[:-1]][groups[idx[-1]][0]])
+                plane = _filled(np.asarray(plane), fill[idx[:-1]][groups[idx[-1]][0]])
             level = black_level(plane)
         pair = np.array([lo[idx], hi[idx]])
         offsets[idx], scales[idx] = _offset_and_scale(pair, level)

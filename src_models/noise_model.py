@@ -178,11 +178,12 @@ def black_level(plane: np.ndarray) -> float:
     Smoothing with a unit-sum kernel and taking a percentile both commute with adding
     a constant, so ``black_level(y + c) == black_level(y) + c`` (to rounding).
     Non-finite pixels are ignored. Planes above 4 Mpixels are smoothed in strips and
-    sampled on a regular grid, so memory stays small.
+    sampled on a regular grid, so memory stays small; a lazy (dask, zarr) plane is
+    read strip by strip, never whole.
 
     Parameters
     ----------
-    plane : np.ndarray
+    plane : array-like
         2-D plane, or (H, W, C): the channels share one level.
 
     Returns
@@ -191,24 +192,27 @@ def black_level(plane: np.ndarray) -> float:
     """
     from scipy import ndimage
 
-    plane = np.asarray(plane)
+    if not (hasattr(plane, "shape") and hasattr(plane, "ndim") and hasattr(plane, "dtype")):
+        plane = np.asarray(plane)
     if plane.ndim not in (2, 3):
         raise ValueError(f"black_level needs a 2-D plane or (H, W, C) (got shape {plane.shape})")
     h, w = plane.shape[:2]
     step = max(1, math.ceil(math.sqrt(h * w / MAX_PLANE_PIXELS)))
     halo = 3 * math.ceil(BLACK_SMOOTH)
-    rows = max(256, step)
+    chunks = getattr(plane, "chunks", None)  # a lazy plane: strips as tall as its chunks
+    rows = max(256, step, int(chunks[0][0]) if chunks else 0)
     rows -= rows % step
     sigma = (BLACK_SMOOTH, BLACK_SMOOTH, 0.0)[: plane.ndim]
     fill = None
     samples = []
     for r0 in range(0, h, rows):
         lo, hi = max(r0 - halo, 0), min(r0 + rows + halo, h)
-        strip = plane[lo:hi].astype(np.float64)
+        strip = np.asarray(plane[lo:hi], dtype=np.float64)
         valid = np.isfinite(strip)
         if not valid.all():
             if fill is None:
-                finite = plane[np.isfinite(plane)]
+                whole = np.asarray(plane)  # rare: NaN in the data; their fill needs the plane
+                finite = whole[np.isfinite(whole)]
                 if finite.size == 0:
                     raise ValueError("cannot find the black level of a plane with no finite pixel")
                 fill = float(np.median(finite))

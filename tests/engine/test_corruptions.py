@@ -280,3 +280,10 @@ def test_bad_inputs_are_named():
     # refused by the config itself, not at the first step that draws the Poisson branch
     with pytest.raises(ValueError, match="photons_range must start above 0"):
         CorruptionConfig(clean_prob=0.0, poisson_gaussian_prob=1.0, photons_range=(0.0, 5.0))
+
+
+def test_correlated_noise_keeps_its_variance_up_to_the_border():
+    # reflected padding reused the same noise values: 1.8 times the variance at the edge
+    white = np.random.default_rng(0).normal(0, 1, (20000, 12, 1)).astype(np.float32)
+    per_column = correlate_noise(white, 0.0, 1.0)[..., 0].var(axis=0)
+    np.testing.assert_allclose(per_column, 1.0, atol=0.05)
