@@ -149,8 +149,8 @@ class PoissonGaussian:
 
     @property
     def photons_median(self) -> float:
-        """Photons at the median signal."""
-        return self.photons_at(self.offset + self.median_signal)
+        """Photons at the median signal (0 where the median lies below the black level)."""
+        return max(self.photons_at(self.offset + self.median_signal), 0.0)
 
     @property
     def snr_median(self) -> float:

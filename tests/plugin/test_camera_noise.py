@@ -53,12 +53,23 @@ def _noise(gain, read, median_signal, peak, offset=100.0) -> CameraNoise:
 
 def test_readout_gives_camera_parameters_then_snr_and_photons():
     text = readout_text(_noise(8.0, 16.0, 120.0, 560.0))
-    assert (
-        text == "gain 8/photon, read \u03c3 16, black 100\nSNR 3.44 at median (\u2248 15 photons)"
+    assert text == (
+        "gain 8/photon, read \u03c3 16, black 100\n"
+        "SNR 3.44 at median (\u2248 15 photons), 7.33 at peak (\u2248 57.5)"
     )
     gaussian = readout_text(_noise(0.0, 20.0, 150.0, 255.0, offset=0.0))
-    assert gaussian == "no shot noise: Gaussian, \u03c3 20\nSNR 7.5 at median"
+    assert gaussian == "no shot noise: Gaussian, \u03c3 20\nSNR 7.5 at median, 12.8 at peak"
     assert readout_text(None) == "-"
+
+
+def test_shot_noise_is_judged_where_the_signal_is_not_at_a_dark_median():
+    sparse = _noise(2.0, 3.0, 0.0, 100.0 + 2.0 * 87)  # 90 % background, 87 photons at the peak
+    assert sparse.estimate.shot_fraction == 0.0  # the median pixel holds no signal
+    assert sparse.shot_noise and sparse.shot_fraction_peak > 0.9
+    assert readout_text(sparse).startswith("gain 2/photon")
+    assert "below m's trained range" in range_warning(sparse, "m", (100.0, 2000.0))
+    below = CameraNoise(PoissonGaussian(2.0, 3.0, 100.0, -5.0), 150.0)
+    assert below.estimate.photons_median == 0.0  # a median under the black level: no photons
 
 
 def test_readout_mentions_noise_correlated_between_neighbours_only_when_it_is():
