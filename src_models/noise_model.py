@@ -72,6 +72,7 @@ MAX_PLANE_PIXELS = 1 << 22  # larger planes are sampled in windows (speed and me
 PASSES = 3  # fits: the first on the smoother half of each bin, then on noise-flat pixels
 BLACK_PERCENTILE = 0.5  # black level: this percentile of the lightly smoothed plane
 BLACK_SMOOTH = 1.0  # Gaussian sigma (px) of that smoothing
+ESTIMATE_BLACK_SMOOTH = 3.0  # ... for the noise estimate's offset, which must be unbiased
 _MAD = 1.482602218505602  # sigma = _MAD * median(|x|) for Gaussian x
 _TRIM = 3.5  # residuals beyond this many sigmas are texture outliers
 _TRIM_FACTOR = 1.0 - 2.0 * _TRIM * math.exp(-(_TRIM**2) / 2) / math.sqrt(2 * math.pi) / math.erf(
@@ -170,7 +171,7 @@ class PoissonGaussian:
 # --------------------------------------------------------------------------- black level
 
 
-def black_level(plane: np.ndarray) -> float:
+def black_level(plane: np.ndarray, smooth: float = BLACK_SMOOTH) -> float:
     """The black level of a plane: a low percentile of its lightly smoothed pixels.
 
     Why smoothed: the percentile of raw pixels would sit several noise sigmas below
@@ -185,6 +186,9 @@ def black_level(plane: np.ndarray) -> float:
     ----------
     plane : array-like
         2-D plane, or (H, W, C): the channels share one level.
+    smooth : float
+        Gaussian sigma (px) of the smoothing; more sits closer to the background's
+        mean level, less stays under the darkest structures.
 
     Returns
     -------
@@ -198,11 +202,11 @@ def black_level(plane: np.ndarray) -> float:
         raise ValueError(f"black_level needs a 2-D plane or (H, W, C) (got shape {plane.shape})")
     h, w = plane.shape[:2]
     step = max(1, math.ceil(math.sqrt(h * w / MAX_PLANE_PIXELS)))
-    halo = 3 * math.ceil(BLACK_SMOOTH)
+    halo = 3 * math.ceil(smooth)
     chunks = getattr(plane, "chunks", None)  # a lazy plane: strips as tall as its chunks
     rows = max(256, step, int(chunks[0][0]) if chunks else 0)
     rows -= rows % step
-    sigma = (BLACK_SMOOTH, BLACK_SMOOTH, 0.0)[: plane.ndim]
+    sigma = (smooth, smooth, 0.0)[: plane.ndim]
     fill = None
     samples = []
     for r0 in range(0, h, rows):
@@ -589,7 +593,11 @@ def estimate_poisson_gaussian(
             break
         levels, variances, counts = flat
     if offset is None:
-        offset = float(np.median([black_level(p) for p in planes if np.isfinite(p).any()]))
+        # smoothed more than the denoising black level: a 1-px smoothing leaves the 0.5th
+        # percentile about 0.6 read sigmas under the background, which the line's intercept
+        # (read^2 - gain * that gap) turned into a read noise of 0 whenever gain > 1.5 read
+        blacks = [black_level(p, ESTIMATE_BLACK_SMOOTH) for p in planes if np.isfinite(p).any()]
+        offset = float(np.median(blacks))
     offset = float(offset)
     gain, intercept = _robust_line(levels - offset, variances, counts)
     finite = np.concatenate([p[np.isfinite(p)] for p in planes])

@@ -78,6 +78,18 @@ def test_gain_is_recovered_on_a_photo_with_texture_and_no_dark_background(camera
     assert est.gain == pytest.approx(gain, rel=0.1)
 
 
+def test_unknown_offset_leaves_read_noise_above_zero_when_gain_dwarfs_it():
+    # a 1-px smoothing put the black level 0.6 read sigmas low, and the intercept
+    # read^2 - gain * gap came out negative: read noise 0, gain -28 %
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(_sparse_cells() * 10)
+    frame = 100.0 + 20.0 * counts + rng.normal(0.0, 10.0, counts.shape)
+    est = estimate_poisson_gaussian(frame)
+    assert est.offset == pytest.approx(100.0, abs=3.0)
+    assert est.gain == pytest.approx(20.0, rel=0.1)
+    assert est.read_sigma == pytest.approx(10.0, rel=0.35)
+
+
 @pytest.mark.parametrize(("gain", "read"), [(2.0, 10.0), (10.0, 30.0)])
 def test_unknown_offset_is_estimated_near_the_true_black_level(camera, gain, read):
     est = estimate_poisson_gaussian(camera_counts(camera**2, gain, read))
