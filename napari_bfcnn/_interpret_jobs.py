@@ -299,16 +299,22 @@ def maps_job(
     progress: Callable[[int, int], Any] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> JobOutcome:
-    """All four filter maps of one plane (``src_models.interpret.filter_maps``)."""
+    """All four filter maps of one plane (``src_models.interpret.filter_maps``).
+
+    ``probes`` counts per channel the model sees together: a colour model gets three
+    times as many, so its probe classes are as fine as a gray model's at one setting
+    (the engine splits its probes over channels as well as pixels).
+    """
     from src_models.interpret import MAP_NAMES, filter_maps
 
     def compute(denoiser) -> dict[str, np.ndarray]:
         plane = read_plane(inp, lead)
+        joint = denoiser.channels if inp.channels == denoiser.channels else 1
         return filter_maps(
             denoiser,
             plane,
             MAP_NAMES,
-            int(probes),
+            int(probes) * joint,
             channel_axis=channel_axis(inp),
             offset=plane_offset(inp, plane),
             progress=progress,

@@ -238,8 +238,9 @@ class InterpretWidget(ImageModelWidget):
             "with which the denoiser averages the image into that pixel"
         )
         self.probes.tooltip = (
-            "random probe vectors per pixel for the maps (centre weight, energy, width): "
-            "more is slower and more exact; 256 is exact for small filters"
+            "random probe vectors for the maps (centre weight, energy, width), per channel "
+            "a colour model sees together (it gets 3x as many): more is slower and more "
+            "exact; 256 is exact for filters under 16 px"
         )
         self.crop.tooltip = (
             "side of the square crop around the first point whose full Jacobian is "
@@ -714,7 +715,7 @@ class InterpretWidget(ImageModelWidget):
         probes = int(self.probes.value)
         h, w = nonchannel_shape(inp)[-2:]
         # five float64 sums per pixel and channel, the plane, and a batch of (padded) probes
-        need = h * w * max(1, inp.channels) * (5 * 8 + 4 + 2 * 4 * probes)
+        need = h * w * max(1, inp.channels) * (5 * 8 + 4 + 2 * 4 * probes * max(1, inp.channels))
         try:
             check_free_memory(
                 need,

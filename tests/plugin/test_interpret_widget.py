@@ -509,3 +509,21 @@ def test_readme_screenshots_show_both_noise_levels_and_the_maps(make_napari_view
     names = [lyr.name for lyr in viewer.layers]
     assert names == ["camera σ25"] + [f"camera σ25 [{m}: tiny-gray]" for m in MAPS_SHOWN]
     assert _grid(viewer).actual_shape(viewer.layers) == (2, 2)
+
+
+def test_map_probes_count_per_channel_a_colour_model_sees_together(monkeypatch):
+    import src_models.interpret as interpret
+    from napari.layers import Image
+
+    from napari_bfcnn._interpret_jobs import maps_job
+    from napari_bfcnn._layers import read_layer
+
+    asked = []
+    monkeypatch.setattr(
+        interpret, "filter_maps", lambda den, plane, maps, probes, **kw: asked.append(probes) or {}
+    )
+    rgb = read_layer(Image(np.zeros((16, 16, 3), np.float32), rgb=True))
+    gray = read_layer(Image(np.zeros((16, 16), np.float32)))
+    for inp, model in ((rgb, "tiny-color"), (rgb, "tiny-gray"), (gray, "tiny-gray")):
+        assert maps_job(inp, model, (), 16).error is None
+    assert asked == [48, 16, 16]  # the same 4-px probe classes whichever the model
