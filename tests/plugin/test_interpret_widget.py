@@ -512,9 +512,9 @@ def test_readme_screenshots_show_both_noise_levels_and_the_maps(make_napari_view
 
 
 def test_map_probes_count_per_channel_a_colour_model_sees_together(monkeypatch):
-    import src_models.interpret as interpret
     from napari.layers import Image
 
+    import src_models.interpret as interpret
     from napari_bfcnn._interpret_jobs import maps_job
     from napari_bfcnn._layers import read_layer
 
