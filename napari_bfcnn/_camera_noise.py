@@ -32,11 +32,13 @@ __all__ = [
     "composite_hint",
     "correlation_warning",
     "estimate_camera_noise",
+    "finite_range",
     "microscopy_reason",
     "range_warning",
     "readout_text",
     "trained_on_correlated_noise",
     "trained_photons_range",
+    "whole_plane",
 ]
 
 log = logging.getLogger(__name__)
@@ -125,16 +127,12 @@ class CameraNoise:
     @property
     def shot_fraction_peak(self) -> float:
         """Share of the noise variance at the peak that is shot noise (0: Gaussian)."""
-        est = self.estimate
-        var = est.variance(self.peak)
-        return 0.0 if var <= 0 else est.gain * max(self.peak - est.offset, 0.0) / var
+        return self.estimate.shot_fraction_at(self.peak)
 
     @property
     def snr_peak(self) -> float:
         """Signal-to-noise ratio at the peak."""
-        var = self.estimate.variance(self.peak)
-        signal = max(self.peak - self.estimate.offset, 0.0)
-        return (math.inf if signal > 0 else 0.0) if var <= 0 else signal / math.sqrt(var)
+        return self.estimate.snr_at(self.peak)
 
     @property
     def shot_noise(self) -> bool:
@@ -163,9 +161,28 @@ def estimate_camera_noise(
         log.debug("camera noise estimate failed: %s", err)
         return None
     if peak is None:
-        finite = crop[np.isfinite(crop)] if crop.dtype.kind == "f" else crop
-        peak = float(finite.max())
+        peak = finite_range(crop)[1]
     return CameraNoise(est, float(peak))
+
+
+def finite_range(data: np.ndarray) -> tuple[float | None, float | None]:
+    """(min, max) over the finite values, (None, None) if there are none."""
+    if data.dtype.kind == "f":
+        data = data[np.isfinite(data)]
+    if data.size == 0:
+        return None, None
+    return float(data.min()), float(data.max())
+
+
+def whole_plane(data: Any, crop_index: tuple) -> np.ndarray | None:
+    """The plane a crop index cuts from, for data in memory (None for lazy data).
+
+    Why only in memory: the engine scales each plane by its whole range, which costs
+    milliseconds on a numpy array but whole chunks on a dask or zarr one.
+    """
+    if not isinstance(data, np.ndarray):
+        return None
+    return data[tuple(slice(None) if isinstance(i, slice) else i for i in crop_index)]
 
 
 def readout_text(noise: CameraNoise | None) -> str:

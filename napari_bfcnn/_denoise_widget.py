@@ -42,11 +42,13 @@ from ._camera_noise import (
     composite_hint,
     correlation_warning,
     estimate_camera_noise,
+    finite_range,
     microscopy_reason,
     range_warning,
     readout_text,
     trained_on_correlated_noise,
     trained_photons_range,
+    whole_plane,
 )
 from ._image_model_widget import ImageModelWidget
 from ._layers import (
@@ -73,15 +75,6 @@ NO_AXIS = "none"  # combo value for "no channel axis" (magicgui combos treat Non
 ESTIMATE_SIDE = 256  # noise is estimated on a centre crop at most this big (fast on any image)
 PROGRESS_STEPS = 1000
 BLACK_NONE, BLACK_AUTO, BLACK_VALUE = "none", "auto", "value"  # black-level combo values
-
-
-def _finite_range(data: np.ndarray) -> tuple[float | None, float | None]:
-    """(min, max) over the finite values, (None, None) if there are none."""
-    if data.dtype.kind == "f":
-        data = data[np.isfinite(data)]
-    if data.size == 0:
-        return None, None
-    return float(data.min()), float(data.max())
 
 
 class DenoiseWidget(ImageModelWidget):
@@ -544,11 +537,8 @@ class DenoiseWidget(ImageModelWidget):
             return sigma
         crop = np.asarray(inp.data[index])
         sigma = float(estimate_sigma(crop, channel_axis=crop_axis))
-        # the engine scales by the whole plane's peak: in memory, its range costs milliseconds
-        whole = None
-        if isinstance(inp.data, np.ndarray):
-            whole = inp.data[tuple(slice(None) if isinstance(i, slice) else i for i in index)]
-        self._crop_scale = self._peak(crop, offset, crop_axis, whole)
+        # the engine scales by the whole plane's peak
+        self._crop_scale = self._peak(crop, offset, crop_axis, whole_plane(inp.data, index))
         with contextlib.suppress(TypeError):  # data that cannot be weakly referenced: no cache
             self._estimates[key] = (sigma, self._crop_scale, weakref.ref(inp.data))
             while len(self._estimates) > 16:
@@ -568,7 +558,7 @@ class DenoiseWidget(ImageModelWidget):
         bright cell off the centre of a big frame sets the scale the model sees.
         """
         source = crop if plane is None else plane
-        lo, hi = _finite_range(source)
+        lo, hi = finite_range(source)
         if lo is None:
             return 0.0
         if offset == BLACK_AUTO:
@@ -849,8 +839,5 @@ def _estimate_crop(data: Any, index: tuple, offset: float | None) -> CameraNoise
     except Exception as err:  # noqa: BLE001 - any reader's error
         log.warning("reading the crop for the camera-noise estimate failed: %s", err)
         return None
-    peak = None
-    if isinstance(data, np.ndarray):  # in memory: the whole plane's peak, the engine's scale
-        plane = data[tuple(slice(None) if isinstance(i, slice) else i for i in index)]
-        peak = _finite_range(plane)[1]
-    return estimate_camera_noise(crop, offset, peak)
+    plane = whole_plane(data, index)  # in memory: the whole plane's peak, the engine's scale
+    return estimate_camera_noise(crop, offset, None if plane is None else finite_range(plane)[1])

@@ -176,18 +176,17 @@ def compose_overlay(shape: Sequence[int], filters: Iterable[tuple[Pixel, Any]]) 
         are never allocated (napari reads only the slice in view).
     """
     shape = tuple(int(s) for s in shape)
-    if len(shape) == 2 or math.prod(shape) * 4 <= DENSE_OVERLAY_BYTES:
-        out = np.zeros(shape, dtype=np.float32)
-        for pixel, pf in filters:
-            rows, cols = pf.window
-            out[(*pixel[:-2], rows, cols)] += filter_image(pf)
-        return out
     planes: dict[tuple[int, ...], np.ndarray] = {}
     for pixel, pf in filters:
         plane = planes.setdefault(tuple(pixel[:-2]), np.zeros(shape[-2:], np.float32))
         rows, cols = pf.window
         plane[rows, cols] += filter_image(pf)
-    return _sparse_stack(shape, planes)
+    if len(shape) > 2 and math.prod(shape) * 4 > DENSE_OVERLAY_BYTES:
+        return _sparse_stack(shape, planes)
+    out = np.zeros(shape, dtype=np.float32)
+    for lead, plane in planes.items():
+        out[lead] = plane
+    return out
 
 
 def _sparse_stack(shape: tuple[int, ...], planes: dict[tuple[int, ...], np.ndarray]):

@@ -279,15 +279,11 @@ def _fill_per_channel(plane: np.ndarray, finite: np.ndarray, axis: int | None) -
     that channel's scale (the engine normalises each by its peak) and leave halos. A
     channel without any finite value takes the whole plane's median.
     """
-    filled = plane.copy()
-    overall = np.median(plane[finite])
-    channels = [slice(None)] if axis is None else range(plane.shape[axis])
-    for c in channels:
-        index = (slice(None),) * axis + (c,) if axis is not None else (c,)
-        ok = finite[index]
-        if not ok.all():
-            filled[index][~ok] = np.median(plane[index][ok]) if ok.any() else overall
-    return filled
+    from src_models.inference import _fill_non_finite  # the engine's own fill
+
+    hwc = plane[..., None] if axis is None else np.moveaxis(plane, axis, -1)
+    filled, _ = _fill_non_finite(hwc, "", empty=float(np.median(plane[finite])))
+    return filled[..., 0] if axis is None else np.moveaxis(filled, -1, axis)
 
 
 def run_to_end(gen: Generator):

@@ -380,8 +380,13 @@ class _Plane:
         return _normalise(src, self.offset, self.scale)
 
 
-def _fill_non_finite(plane: np.ndarray, where: str) -> tuple[np.ndarray, int]:
-    """Replace NaN/inf by the median of the finite values of each channel of an (H, W, C) plane."""
+def _fill_non_finite(
+    plane: np.ndarray, where: str, empty: float | None = None
+) -> tuple[np.ndarray, int]:
+    """Replace NaN/inf by the median of the finite values of each channel of an (H, W, C) plane.
+
+    ``empty``: the value for a channel without any finite value; None raises instead.
+    """
     finite = np.isfinite(plane)
     bad = int(finite.size - np.count_nonzero(finite))
     if not bad:
@@ -389,11 +394,11 @@ def _fill_non_finite(plane: np.ndarray, where: str) -> tuple[np.ndarray, int]:
     filled = np.array(plane, copy=True)
     for c in range(plane.shape[-1]):
         ok = finite[..., c]
-        if not ok.any():
+        if not ok.any() and empty is None:
             raise ValueError(
                 f"{where} has no finite values (all NaN or inf): nothing to fill it from"
             )
-        filled[..., c][~ok] = np.median(plane[..., c][ok])
+        filled[..., c][~ok] = np.median(plane[..., c][ok]) if ok.any() else empty
     return filled, bad
 
 

@@ -153,19 +153,28 @@ class PoissonGaussian:
         """Photons at the median signal (0 where the median lies below the black level)."""
         return max(self.photons_at(self.offset + self.median_signal), 0.0)
 
+    def snr_at(self, value: float) -> float:
+        """Signal-to-noise ratio at data value ``value``: ``signal / noise sigma``."""
+        signal = max(float(value) - self.offset, 0.0)
+        var = self.variance(value)
+        if var <= 0:
+            return math.inf if signal > 0 else 0.0
+        return signal / math.sqrt(var)
+
+    def shot_fraction_at(self, value: float) -> float:
+        """Share of the noise variance at data value ``value`` that is shot noise (0: Gaussian)."""
+        var = self.variance(value)
+        return 0.0 if var <= 0 else self.gain * max(float(value) - self.offset, 0.0) / var
+
     @property
     def snr_median(self) -> float:
-        """Signal-to-noise ratio at the median signal: ``signal / noise sigma``."""
-        var = self.variance(self.offset + self.median_signal)
-        if var <= 0:
-            return math.inf if self.median_signal > 0 else 0.0
-        return max(self.median_signal, 0.0) / math.sqrt(var)
+        """Signal-to-noise ratio at the median signal."""
+        return self.snr_at(self.offset + self.median_signal)
 
     @property
     def shot_fraction(self) -> float:
         """Share of the noise variance at the median signal that is shot noise (0: Gaussian)."""
-        var = self.variance(self.offset + self.median_signal)
-        return 0.0 if var <= 0 else self.gain * max(self.median_signal, 0.0) / var
+        return self.shot_fraction_at(self.offset + self.median_signal)
 
 
 # --------------------------------------------------------------------------- black level

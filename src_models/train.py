@@ -421,10 +421,10 @@ def train(
             fluorescence=recipe.data.fluorescence,
         )
 
-    if resume and not ckpt.is_file():
-        warnings.warn(f"nothing to resume in {out} (no {CHECKPOINT}): step 0", stacklevel=2)
     if resume and ckpt.is_file():
         _check_resumed_recipe(recipe, out / "recipe.yaml")
+    elif resume:
+        warnings.warn(f"nothing to resume in {out} (no {CHECKPOINT}): step 0", stacklevel=2)
     model, base_card, resumed = _build_or_load(recipe, ckpt, resume)
     if recipe.init_from:  # fine-tuning (or resuming a fine-tuning run): keep the base's statistics
         freeze_norm_statistics(model)
