@@ -7,8 +7,8 @@ docs say exactly what was measured, with the command, date and hardware.
 Run ``python -m src_models.bench_docs RESULTS_DIR`` to rewrite the docs from a
 finished run (or pass ``--write-docs`` to the benchmark). A run updates only the
 blocks it measured: the main block (``bench``) and the model cards from the
-quality / speed / memory sections, the microscopy block (``bench-micro``) from
-the microscopy section.
+quality / speed / memory sections, the microscopy blocks (``bench-micro``, in the
+README and in the cards) from the microscopy section.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ __all__ = [
     "MICRO_END",
     "MICRO_START",
     "card_markdown",
+    "card_micro_block",
     "readme_micro_section",
     "readme_section",
     "update_docs",
@@ -237,17 +238,45 @@ def card_markdown(card, rows: Sequence[Row], meta: dict, name: str | None = None
     sp = speed_table(rows, methods=own)
     if sp:
         out += ["**Speed and memory**:", "", SPEED_NOTE, "", sp, ""]
-    if any(r.section == "micro" for r in mine):
-        from .bench_micro_report import micro_table
+    micro = card_micro_block(rows, meta, name)
+    if micro:
+        out += [MICRO_START, micro + MICRO_END, ""]
+    return "\n".join(out).rstrip() + "\n"
 
-        out += [
+
+def card_micro_block(rows: Sequence[Row], meta: dict, name: str) -> str:
+    """A card's microscopy table with its own provenance line; "" without the model's rows.
+
+    Why its own provenance: a microscopy-only run replaces this block in the cards it
+    measured, and leaves the rest of the card to the run that measured it.
+    """
+    from .bench_micro_report import micro_table
+
+    # with its variants: per channel, TTA, the automatic choice ("microscopy (auto)")
+    own = {r.method for r in rows if r.method == name or r.method.startswith(f"{name} (")}
+    if not any(r.section == "micro" and r.method in own for r in rows):
+        return ""
+    compare = own | {r.method for r in rows if r.kind in ("reference", "baseline")}
+    return "\n".join(
+        [
             "**Microscopy** (FMD, W2S real pairs; PSNR and SSIM after an affine fit, "
             "see the README):",
+            "",
+            f"_Generated from `{meta.get('command', '')}` on {meta.get('date', '')}, "
+            f"{meta.get('hardware', '')}._",
             "",
             micro_table(rows, methods=compare),
             "",
         ]
-    return "\n".join(out).rstrip() + "\n"
+    )
+
+
+def _micro_block_of(text: str) -> str:
+    """The microscopy block of a card page (between the markers), or ""."""
+    start, end = text.find(MICRO_START), text.find(MICRO_END)
+    if start == -1 or end < start:
+        return ""
+    return text[start + len(MICRO_START) : end].strip("\n") + "\n"
 
 
 # --------------------------------------------------------------------------- docs
@@ -267,7 +296,8 @@ def _replace_block(
     mark_start, mark_end = marks
     start, end = text.find(mark_start), text.find(mark_end)
     if start == -1 and end == -1:
-        section = f"{heading}\n\n{mark_start}\n{block}{mark_end}\n"
+        section = f"{heading}\n\n" if heading else ""
+        section += f"{mark_start}\n{block}{mark_end}\n"
         after = text.find(MARK_END)
         if marks != (MARK_START, MARK_END) and after != -1:
             cut = after + len(MARK_END)
@@ -343,15 +373,24 @@ def update_docs(
         )
     readme.write_text(text)
     written = [readme]
-    if not main:  # the cards hold the main tables: a microscopy-only run leaves them
-        return written
     cards_dir = Path(cards_dir)
     for label, info in meta.get("models", {}).items():
         if info.get("kind") != "model" or not (cards_dir / f"{label}.keras").is_file():
             continue
-        card = ModelCard.model_validate(info["card"])
         path = cards_dir / f"{label}.md"
-        path.write_text(card_markdown(card, rows, meta, name=label))
+        old = path.read_text() if path.is_file() else ""
+        if main:
+            card = ModelCard.model_validate(info["card"])
+            page = card_markdown(card, rows, meta, name=label)
+            kept = _micro_block_of(old)
+            if MICRO_START not in page and kept:  # the last microscopy run's table stays
+                page = page.rstrip() + f"\n\n{MICRO_START}\n{kept}{MICRO_END}\n"
+        else:  # a microscopy-only run: only the microscopy block of an existing page
+            block = card_micro_block(rows, meta, label)
+            if not old or not block:
+                continue
+            page = _replace_block(old, block, (MICRO_START, MICRO_END), "")
+        path.write_text(page)
         written.append(path)
     return written
 

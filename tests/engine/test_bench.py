@@ -523,3 +523,19 @@ def test_card_page_of_a_fine_tuned_model_names_its_own_validation_score():
 
     page = card_markdown(ModelCard(name="m", val_psnr={"r2r": 31.5, "pair": 30.25}), [], {})
     assert "| validation PSNR | pair: 30.25 dB, r2r: 31.50 dB |" in page
+
+
+def test_a_run_without_microscopy_keeps_the_cards_micro_block(quick_run, model_files, tmp_path):
+    from src_models.bench_docs import MICRO_END, MICRO_START
+
+    out, _ = quick_run
+    readme = tmp_path / "README.md"
+    readme.write_text("# P\n")
+    cards = tmp_path / "pretrained"
+    cards.mkdir()
+    shutil.copy(model_files["gray"], cards / "gray.keras")
+    (cards / "gray.md").write_text(f"# gray\n\nold\n\n{MICRO_START}\nmicro table\n{MICRO_END}\n")
+    update_docs(out, readme, cards, force=True)
+    text = (cards / "gray.md").read_text()
+    assert "receptive field" in text and "\nold\n" not in text
+    assert text.endswith(f"{MICRO_START}\nmicro table\n{MICRO_END}\n")

@@ -391,3 +391,27 @@ def test_micro_crop_option_picks_the_image_of_each_set_shown_in_the_figure(
     argv += ["--micro-baselines-csv", str(tmp_path / "m.csv")]
     bench.run(argv)
     assert shown == [("FMD", "b_rgb.png[1]"), ("W2S", "080_0.tif")]  # W2S: its first image
+
+
+def test_micro_run_replaces_only_the_cards_microscopy_block(micro_run, tmp_path):
+    out, _ = micro_run
+    readme = tmp_path / "README.md"
+    readme.write_text("# P\n")
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "tiny.keras").write_bytes(b"")  # a bundled model of that name (not read)
+    page = f"# tiny\n\nmain tables\n\n{MICRO_START}\nold micro table\n{MICRO_END}\n"
+    (cards / "tiny.md").write_text(page)
+    assert update_docs(out, readme, cards) == [readme, cards / "tiny.md"]
+    text = (cards / "tiny.md").read_text()
+    tiny = next(
+        r for r in read_results(out / "results.csv") if r.dataset == "W2S" and r.method == "tiny"
+    )
+    assert text.startswith("# tiny\n\nmain tables\n\n") and "old micro table" not in text
+    block = text[text.index(MICRO_START) : text.index(MICRO_END)]
+    assert f"{tiny.psnr:.2f}" in block and "--sections micro" in block
+    (cards / "tiny.md").write_text("# tiny\n\nmain tables\n")  # a page without the block
+    update_docs(out, readme, cards)
+    update_docs(out, readme, cards)
+    text = (cards / "tiny.md").read_text()
+    assert text.count(MICRO_START) == 1 and text.startswith("# tiny\n\nmain tables\n\n")
