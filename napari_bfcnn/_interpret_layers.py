@@ -213,10 +213,18 @@ def vectors_kwargs(source, data: np.ndarray, model: str, fixed: dict[int, int], 
     """``add_image`` arguments of the singular vectors: a stack over the crop's place.
 
     ``data`` is (k, *ones, h, w) or, colour, (k, *ones, h, w, 3); ``fixed`` maps
-    every axis of ``source`` (slice and crop corner) to its index. Rotation and
-    shear of the source are not applied (the crop is placed by scale and translate).
+    every axis of ``source`` (slice and crop corner) to its index. The source's
+    scale, rotation, shear and affine place the crop; the leading "vector" axis
+    gets none of them.
     """
     translate = _offset_translate(source, fixed)
+    n = int(source.ndim)
+    rotate, shear = np.eye(n + 1), np.eye(n + 1)
+    rotate[1:, 1:] = np.asarray(source.rotate, dtype=float)
+    shear[1:, 1:] = np.eye(n)
+    shear[1:, 1:][np.triu_indices(n, 1)] = np.asarray(source.shear, dtype=float)
+    affine = np.eye(n + 2)
+    affine[1:, 1:] = np.asarray(source.affine.affine_matrix, dtype=float)
     metadata = {PROVENANCE_KEY: provenance(source, model, VECTORS)}
     metadata[PROVENANCE_KEY]["crop_start"] = [int(fixed[a]) for a in sorted(fixed)]
     kw: dict[str, Any] = {
@@ -224,6 +232,9 @@ def vectors_kwargs(source, data: np.ndarray, model: str, fixed: dict[int, int], 
         "rgb": rgb,
         "scale": (1.0, *(float(s) for s in source.scale)),
         "translate": (0.0, *(float(t) for t in translate)),
+        "rotate": rotate,
+        "shear": shear,
+        "affine": affine,
         "metadata": metadata,
     }
     if hasattr(source, "axis_labels"):
@@ -256,8 +267,10 @@ def put_layer(viewer, data: np.ndarray, kwargs: dict, below=None, keep_active: b
     old = find_output(viewer.layers, prov["source"], prov["model"], prov["kind"])
     if old is not None and old.data.ndim == data.ndim and bool(old.rgb) == kwargs["rgb"]:
         old.data = data
-        old.scale = kwargs["scale"]
-        old.translate = kwargs["translate"]
+        # the source's transform may have been corrected since (z-step, affine): follow it
+        for attr in ("scale", "translate", "rotate", "shear", "affine"):
+            if attr in kwargs:
+                setattr(old, attr, kwargs[attr])
         old.metadata = kwargs["metadata"]
         if "contrast_limits" in kwargs:
             old.contrast_limits = kwargs["contrast_limits"]

@@ -367,6 +367,28 @@ def test_spectrum_button_plots_singular_values_and_adds_the_vectors(viewer_widge
     assert notes["error"] == []
 
 
+def test_singular_vectors_lie_over_their_crop_of_a_rotated_sheared_source(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(6).uniform(0, 1, (40, 40)).astype(np.float32)
+    affine = np.array([[1.0, 0.0, 4.0], [0.0, 1.0, -2.0], [0.0, 0.0, 1.0]])
+    src = viewer.add_image(data, name="img", scale=(0.5, 2), rotate=30, shear=[0.2], affine=affine)
+    points = _points(qtbot, widget, src, [[3, 30]])
+    widget.crop.value = 8
+    widget.vectors.value = 2
+    _wait_job(qtbot, widget, widget.compute_spectrum())
+    vectors = viewer.layers["img [singular vectors: tiny-gray]"]
+    for y, x in [(0, 0), (7, 0), (3, 5)]:  # the crop starts at (0, 26)
+        np.testing.assert_allclose(
+            vectors.data_to_world((1, y, x))[1:], src.data_to_world((y, 26 + x)), atol=1e-9
+        )
+    src.scale = points.scale = (1, 1)  # the source corrected: a new spectrum follows it
+    _wait_job(qtbot, widget, widget.compute_spectrum())
+    assert viewer.layers["img [singular vectors: tiny-gray]"] is vectors
+    np.testing.assert_allclose(
+        vectors.data_to_world((0, 7, 7))[1:], src.data_to_world((7, 33)), atol=1e-9
+    )
+
+
 def test_spectrum_of_a_crop_uses_the_whole_planes_offset(model_dir):
     """The crop's own minimum is not what the Denoiser subtracts from the plane."""
     from src_models import load_model
