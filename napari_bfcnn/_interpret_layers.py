@@ -264,7 +264,8 @@ def put_layer(viewer, data: np.ndarray, kwargs: dict, below=None, keep_active: b
     napari.layers.Image
     """
     prov = kwargs["metadata"][PROVENANCE_KEY]
-    old = find_output(viewer.layers, prov["source"], prov["model"], prov["kind"])
+    keys = (prov["source"], prov["model"], prov["kind"], prov.get("source_id"))
+    old = find_output(viewer.layers, *keys)
     if old is not None and old.data.ndim == data.ndim and bool(old.rgb) == kwargs["rgb"]:
         old.data = data
         # the source's transform may have been corrected since (z-step, affine): follow it

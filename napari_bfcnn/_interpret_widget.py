@@ -314,7 +314,7 @@ class InterpretWidget(ImageModelWidget):
         source, wanted_for = self._source, self._wanted_for
         self._wanted, self._generation = [], self._generation + 1
         if source is not None and wanted_for is not None:
-            overlay = find_output(self._viewer.layers, source.name, wanted_for[1], FILTER)
+            overlay = find_output(self._viewer.layers, source, wanted_for[1], FILTER)
             if overlay is not None:
                 self._viewer.layers.remove(overlay)
         self._show_latest()
@@ -542,7 +542,7 @@ class InterpretWidget(ImageModelWidget):
         _, model, shape = self._wanted_for
         have = self._filters_shown()
         overlay = compose_overlay(shape, [(p, pf) for _, p, pf in have])
-        if have or find_output(self._viewer.layers, source.name, model, FILTER) is not None:
+        if have or find_output(self._viewer.layers, source, model, FILTER) is not None:
             limit = overlay_limit(pf for _, _, pf in have)
             kw = overlay_kwargs(source, overlay, model, limit)
             put_layer(self._viewer, overlay, kw, below=points, keep_active=True)

@@ -386,18 +386,31 @@ def output_kwargs(
     return kw
 
 
-def find_output(layers, source: str, model: str, kind: str = "denoised"):
-    """The output layer made earlier from ``source`` with ``model`` (matched on provenance)."""
+def find_output(layers, source, model: str, kind: str = "denoised", source_id: str | None = None):
+    """The output layer made earlier from ``source`` with ``model`` (matched on provenance).
+
+    ``source`` is the source layer, or its name. Why the id as well as the name: after
+    the source was deleted and another layer took its name (even its own output,
+    renamed), a name match alone would overwrite a result, or the input, that this run
+    did not make. Outputs recording no id match by name; the source is never returned.
+    """
     from napari.layers import Image
 
+    if isinstance(source, str):
+        name, itself = source, None
+    else:
+        name, itself = source.name, layer_key(source)
+        uid = getattr(source, "unique_id", None)
+        source_id = str(uid) if uid is not None and source_id is None else source_id
     for lyr in layers:
         prov = lyr.metadata.get(PROVENANCE_KEY) if isinstance(lyr, Image) else None
-        if isinstance(prov, dict) and (prov.get("source"), prov.get("model"), prov.get("kind")) == (
-            source,
-            model,
-            kind,
-        ):
-            return lyr
+        if not isinstance(prov, dict) or layer_key(lyr) == itself:
+            continue
+        if (prov.get("source"), prov.get("model"), prov.get("kind")) != (name, model, kind):
+            continue
+        if source_id is not None and prov.get("source_id") not in (None, source_id):
+            continue  # made from another layer of that name
+        return lyr
     return None
 
 
@@ -420,7 +433,7 @@ def add_or_replace_output(
     napari.layers.Image
     """
     kw = output_kwargs(layer, data, model, kind=kind, fixed=fixed)
-    old = find_output(viewer.layers, layer.name, model, kind)
+    old = find_output(viewer.layers, layer, model, kind)
     if old is not None and old.rgb == kw["rgb"] and old.data.ndim == data.ndim:
         old.data = data
         # the source's transform may have been corrected since (z-step, affine): follow it

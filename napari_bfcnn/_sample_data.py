@@ -120,7 +120,8 @@ def zstack_sample(slices: int = 8, sigma: float = 20.0) -> list[tuple]:
 
 
 def _has_axis_labels() -> bool:
-    """Whether image layers take ``axis_labels`` (napari >= 0.6; the plugin allows 0.5)."""
+    """Whether image layers take ``axis_labels`` (napari >= 0.6; the sample functions also run
+    without napari)."""
     try:
         from napari.layers import Image
     except ImportError:  # the sample functions also work without napari

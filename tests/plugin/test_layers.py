@@ -206,3 +206,19 @@ def test_output_kwargs_copy_spatial_properties_and_record_provenance():
     out = Image(np.zeros((1, 16, 16), np.float32), **kw)
     assert find_output([src, out], "src", "gray") is out
     assert find_output([src, out], "src", "other") is None
+
+
+def test_find_output_never_takes_the_source_or_another_layers_result():
+    """A deleted source's name reused (even by its own renamed output) is another source."""
+    old_src = Image(np.zeros((16, 16), np.float32), name="cells")
+    kw = output_kwargs(old_src, np.ones((16, 16), np.float32), "gray")
+    out = Image(np.ones((16, 16), np.float32), **kw)
+    assert find_output([old_src, out], old_src, "gray") is out
+    out.name = "cells"  # the source deleted, its output renamed to its name
+    assert find_output([out], out, "gray") is None  # not the input itself
+    new_src = Image(np.zeros((16, 16), np.float32), name="cells")
+    assert find_output([new_src, out], new_src, "gray") is None  # not another layer's result
+    assert find_output([new_src, out], "cells", "gray") is out  # by name alone: the old rule
+    legacy = Image(np.ones((16, 16), np.float32), **kw)
+    legacy.metadata = {"bfcnn": {"source": "cells", "model": "gray", "kind": "denoised"}}
+    assert find_output([new_src, legacy], new_src, "gray") is legacy  # no id recorded
