@@ -98,6 +98,7 @@ def denoise_job(job: DenoiseJob) -> Generator[float, None, DenoiseOutcome]:
         name = resolve_model(job.model, job.inp)
         yield 0.0
         denoiser = load_model(name)
+        yield 0.0  # a Cancel pressed while the model loaded stops here
         name = getattr(denoiser, "name", name) or name
         plan = plan_planes(  # channels stay together; the engine groups them for the model
             job.inp.data.shape,

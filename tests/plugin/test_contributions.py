@@ -124,6 +124,10 @@ def test_function_contribution_takes_rgb_stacks_and_camera_data_as_the_command_l
     np.testing.assert_array_equal(out, load_model("tiny-gray").denoise(camera, offset="auto"))
     with pytest.raises(ValueError, match="multiscale"):
         denoise_image([camera, camera[::2, ::2]], model="tiny-gray")
+    two = (100 + rng.poisson(50.0, (40, 36, 2))).astype(np.uint16)  # Y, X, 2 channels
+    out = denoise_image(two, model="tiny-gray")  # channels guessed as the Denoise widget does
+    want = load_model("tiny-gray").denoise(two, channel_axis=-1, offset="auto")
+    np.testing.assert_array_equal(out, want)
 
 
 def test_function_contribution_tta_averages_eight_flips():
