@@ -219,8 +219,16 @@ def _one_lazy(
     axis = image.channel_axis if args.channel_axis is None else args.channel_axis
     samples = _holds_samples(path, image.axes, image.data.ndim, axis)
     axis, name, alpha, offset = plan_for_data(image.data, axis, args.model, offset, samples)
+    tile = args.tile or None
+    if tile is not None:  # chunks on the model's size multiple, or each band computes twice
+        from .registry import load_model
+
+        multiple = int(load_model(name).card.size_multiple)
+        if tile % multiple:
+            tile += multiple - tile % multiple
+            image = open_lazy(path, chunk=tile)
     image.channel_axis = axis
-    result = _denoise_lazy(image.data, axis, name, alpha, args.tile or None, offset, args.tta)
+    result = _denoise_lazy(image.data, axis, name, alpha, tile, offset, args.tta)
     partial = target.with_name(f".{target.name}.partial")
     _remove(partial)
     try:

@@ -334,3 +334,25 @@ def test_an_out_of_range_channel_axis_is_an_error_not_wrapped_around(axis):
 
     with pytest.raises(ValueError, match=rf"channel axis {axis} is out of range .* -3 to 2"):
         plan_for_data(np.zeros((3, 8, 8), np.uint8), axis, "gray", None)
+
+
+def test_a_tile_off_the_size_multiple_denoises_each_lazy_tiff_chunk_once(
+    model_dir, tmp_path, monkeypatch
+):
+    from src_models import files
+    from src_models.registry import load_model
+
+    monkeypatch.setattr(files, "LAZY_TIFF_BYTES", 0)  # every TIFF counts as large
+    den = load_model("pyramid")
+    assert 15 % den.card.size_multiple  # the tile is off the model's grid
+    windows = []
+    real = den.predict_batch
+    monkeypatch.setattr(den, "predict_batch", lambda x: windows.append(x.tobytes()) or real(x))
+    img = (_noisy((60, 56)) * 100).astype("uint16")
+    tifffile.imwrite(tmp_path / "big.tif", img)
+    out = tmp_path / "out"
+    assert main(["denoise", str(tmp_path / "big.tif"), "--out", str(out), "--model", "pyramid",
+                 "--tile", "15", "--quiet"]) == 0
+    assert len(windows) > 1 and len(set(windows)) == len(windows)  # none computed twice
+    ref = den.denoise(img, offset="auto")
+    assert np.abs(tifffile.imread(out / "big_denoised.tif").astype(int) - ref).max() <= 1

@@ -31,8 +31,10 @@ def _noisy(shape, seed=0, shift=0.0):
 
 
 def test_aligned_chunks_move_boundaries_to_the_size_multiple_and_merge_short_ends():
-    assert _aligned_chunks((37, 37, 37, 40), 2, 8, None) == (38, 36, 38, 39)
-    assert _aligned_chunks((30, 30, 3), 1, 8, None) == (30, 33)  # 3 < overlap: merged
+    assert _aligned_chunks((37, 37, 37, 40), 2, 8, None) == (151,)  # small chunks merged
+    assert _aligned_chunks((600, 600, 600, 40), 16, 8, None) == (608, 592, 640)
+    assert _aligned_chunks((64,) * 20, 16, 112, None) == (1024, 256)  # up to 1024 px
+    assert _aligned_chunks((1000, 30, 3), 1, 8, None) == (1000, 33)  # 3 < overlap: merged
     assert _aligned_chunks((151,), 2, 8, 24) == (24, 24, 24, 24, 24, 31)
     assert _aligned_chunks((2500,), 1, 16, None) == (834, 834, 832)  # > 1024: split evenly
     assert _aligned_chunks((10,), 4, 16, None) == (10,)
@@ -114,10 +116,15 @@ def test_result_is_lazy_until_computed(tiny_models, monkeypatch):
     calls = []
     real = den.predict_batch
     monkeypatch.setattr(den, "predict_batch", lambda x: calls.append(x.shape) or real(x))
-    lazy = denoise_dask(da.from_array(_noisy((40, 40)), chunks=20), den)
+    lazy = denoise_dask(da.from_array(_noisy((40, 40)), chunks=20), den, tile=20)
     assert calls == []
     lazy.compute(scheduler="sync")
     assert len(calls) == 4 and len(set(calls)) == 1  # one window shape: one trace
+    calls.clear()
+    merged = denoise_dask(da.from_array(_noisy((40, 40)), chunks=20), den)
+    assert merged.chunks == ((20, 20), (20, 20))  # the input's chunks come back
+    merged.compute(scheduler="sync")
+    assert len(calls) == 1  # small input chunks are denoised together
 
 
 def test_model_reference_pickles_without_weights(model_dir, tiny_models):
