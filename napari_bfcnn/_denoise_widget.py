@@ -216,7 +216,10 @@ class DenoiseWidget(ImageModelWidget):
     def _decorate(self) -> None:
         """Tooltips on model items and controls; models with errors disabled."""
         decorate_model_combo(self.model, self._models)
-        self.tile.tooltip = "tile core size in pixels; auto: whole plane up to 1024 px per side"
+        self.tile.tooltip = (
+            "tile core size in pixels; auto: the whole plane up to 1024 px per side, more "
+            "(up to 2080) for wide-margin models such as gray and microscopy"
+        )
         self.tta.tooltip = (
             "test-time augmentation: denoise the 8 flips and transposes of each tile and "
             "average them (still bias-free); in the benchmark about +0.1 to +0.25 dB PSNR at "

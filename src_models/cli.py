@@ -1,4 +1,4 @@
-"""The ``napari-bfcnn`` command: denoise files, train, list models, benchmark.
+"""The ``napari-bfcnn`` command: denoise files, train, fine-tune, list models, benchmark, export.
 
 Why a thin layer: every subcommand is the engine's own function with argument
 parsing around it, so the shell, the napari plugin and the tests run the same code.
@@ -229,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune a model on your own images and save it as a user model",
         description="Fine-tune a model (or train a new one) on image files. Clean images get "
         "synthetic noise; --noisy-only trains self-supervised (--noisy-method); --pairs uses "
-        "registered noisy/clean acquisitions. The best model goes to the user-model folder.",
+        "registered noisy/clean acquisitions. The best validated model goes to the user-model "
+        "folder; --noisy-only runs from a base model save instead the midpoint of the base "
+        "and the last fine-tuned weights (--tuned-weight), unless it validates below the base.",
     )
     f.add_argument("inputs", nargs="*", metavar="IMAGES", help="files, globs or folders")
     f.add_argument("--name", required=True, help="name of the new model")
@@ -280,7 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--resume", action="store_true", help="continue the stopped run of --name")
     f.add_argument("--overwrite", action="store_true", help="replace a user model of that name")
-    f.add_argument("--max-minutes", type=float, help="stop (and save the best) after this long")
+    f.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop after this long and save as a finished run does (nothing before the first "
+        "validation)",
+    )
     f.set_defaults(func=_cmd_finetune)
 
     m = sub.add_parser("models", help="list bundled and user models")
