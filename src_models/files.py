@@ -202,17 +202,19 @@ def _tiff_meta(tif: Any) -> tuple[str, dict[str, Any]]:
 def _sample_layout(channel_axis: int | None, axes: str, data: Any, kwargs: dict) -> bool:
     """Set how a TIFF stores a pixel's samples, as the source did; True for contiguous samples.
 
-    Why explicit: tifffile writes a last axis of 2 samples (gray + alpha) as one page per
-    row unless told, and its default for planar RGB is going to change.
+    Why explicit: tifffile writes a last axis of 2 or 5+ samples as one page per row
+    unless told (and band by band each row recomputed its whole chunk), and its default
+    for planar RGB is going to change.
     """
     if channel_axis is None or kwargs.get("imagej"):
         return False
     n = int(data.shape[channel_axis])
-    if channel_axis == data.ndim - 1 and data.ndim >= 3 and 2 <= n <= 4:
-        kwargs.setdefault("photometric", "rgb" if n >= 3 else "minisblack")
+    if channel_axis == data.ndim - 1 and data.ndim >= 3 and n >= 2:
+        rgb = n in (3, 4)
+        kwargs.setdefault("photometric", "rgb" if rgb else "minisblack")
         kwargs.setdefault("planarconfig", "contig")
-        if n == 2:
-            kwargs.setdefault("extrasamples", ["unspecified"])
+        if not rgb:  # gray + alpha, or 5+ channels: one page, not one per row
+            kwargs.setdefault("extrasamples", ["unspecified"] * (n - 1))
         return True
     if axes.endswith("SYX") and channel_axis == data.ndim - 3 and n in (3, 4):
         kwargs.setdefault("photometric", "rgb")  # planar RGB, as it came

@@ -123,6 +123,10 @@ def test_relative_zarr_paths_still_work_from_another_working_directory(tmp_path,
         (np.arange(30 * 20 * 2, dtype=np.uint16).reshape(30, 20, 2),
          {"photometric": "minisblack", "planarconfig": "contig", "extrasamples": ["unspecified"]},
          "YXS"),  # gray + alpha: one page, not one page per row
+        (np.arange(30 * 20 * 5, dtype=np.uint16).reshape(30, 20, 5),
+         {"photometric": "minisblack", "planarconfig": "contig",
+          "extrasamples": ["unspecified"] * 4},
+         "YXS"),  # five samples likewise
         (np.arange(3 * 30 * 20, dtype=np.uint8).reshape(3, 30, 20),
          {"photometric": "rgb", "planarconfig": "separate"}, "SYX"),  # planar RGB stays planar
         (np.arange(30 * 20 * 3, dtype=np.uint8).reshape(30, 20, 3), {"photometric": "rgb"}, "YXS"),
