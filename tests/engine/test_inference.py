@@ -340,6 +340,8 @@ def test_color_model_on_gray_averages_its_three_outputs(color):
         ),
         (np.zeros((8, 8)), {"channel_axis": 0}, ValueError, "fewer than 2 spatial axes"),
         (np.zeros((8, 8)), {"tile": 0}, ValueError, "tile sizes must be positive"),
+        (np.zeros((8, 8, 4)), {}, ValueError, "looks like 4 channels last.*channel_axis=-1"),
+        (np.zeros((8, 8, 3)), {}, ValueError, "looks like 3 channels last.*channel_axis=-1"),
     ],
 )
 def test_bad_inputs_raise_naming_the_problem(gray, array, kwargs, error, message):
