@@ -274,6 +274,8 @@ class LazyImage:
     zarr_chunks: tuple[int, ...] | None = None
     zarr_attrs: dict[str, Any] = field(default_factory=dict)
     zarr_format: int | None = None  # written back in the same format (2 or 3)
+    ome_attrs: dict[str, Any] | None = None  # an OME-Zarr group's attributes (level 0 read)
+    ome_path: str = ""  # level 0's path in that group
 
 
 def tiff_nbytes(path: str | Path) -> int:
@@ -306,6 +308,31 @@ def _open_zarr(path: Path) -> Any:
         f"{path} is a zarr group with {len(arrays)} arrays ({', '.join(arrays) or 'none'}): "
         "give the array's own folder, e.g. " + str(path / (arrays[0] if arrays else "0"))
     )
+
+
+def _ome_group(path: Path) -> tuple[dict[str, Any], str] | None:
+    """An OME-Zarr group's attributes and its level 0's path; None for a plain array."""
+    import zarr
+
+    node = zarr.open(str(path.resolve()), mode="r")
+    if hasattr(node, "shape"):
+        return None
+    attrs = node.attrs.asdict()
+    scales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not scales:
+        return None
+    return attrs, str(scales[0]["datasets"][0]["path"])
+
+
+def _one_level(attrs: dict[str, Any]) -> dict[str, Any]:
+    """OME-Zarr group attributes describing level 0 only (the denoised result has no pyramid)."""
+    import copy
+
+    attrs = copy.deepcopy(attrs)
+    holder = attrs["ome"] if "multiscales" not in attrs else attrs
+    scales = holder["multiscales"]
+    holder["multiscales"] = [{**scales[0], "datasets": scales[0]["datasets"][:1]}]
+    return attrs
 
 
 def _ome_zarr_channel_axis(path: Path) -> int | None:
@@ -359,10 +386,12 @@ def open_lazy(path: str | Path, chunk: int = 1024) -> LazyImage:
             axis = _ome_zarr_channel_axis(path)
             if axis is None:
                 axis = _guess_channel_axis(tuple(arr.shape))
+            ome = _ome_group(path)
             return LazyImage(
                 da.from_zarr(arr), axis, "zarr",
                 zarr_chunks=tuple(arr.chunks), zarr_attrs=dict(arr.attrs),
                 zarr_format=getattr(getattr(arr, "metadata", None), "zarr_format", None),
+                ome_attrs=ome[0] if ome else None, ome_path=ome[1] if ome else "",
             )
         import tifffile
 
@@ -389,7 +418,9 @@ def open_lazy(path: str | Path, chunk: int = 1024) -> LazyImage:
 def write_zarr_lazy(path: str | Path, image: LazyImage, data: Any) -> Any:
     """A delayed write of ``data`` (dask) to a new zarr array at ``path`` (fails if it exists).
 
-    Keeps the source's chunk shape (when it was zarr) and its attributes. Why
+    Keeps the source's chunk shape (when it was zarr) and its attributes. An OME-Zarr
+    source gives an OME-Zarr group of one level: its metadata (axes, pixel sizes,
+    channels) with only level 0 listed, the result at level 0's path. Why
     ``store`` and not ``to_zarr``: ``to_zarr`` into an existing array re-chunks to
     dask's "auto" size (and warns); here every dask chunk is exactly one zarr
     chunk, which is what makes parallel writes safe, with any dask version. The
@@ -401,10 +432,17 @@ def write_zarr_lazy(path: str | Path, image: LazyImage, data: Any) -> Any:
     chunks = image.zarr_chunks or tuple(c[0] for c in data.chunks)
     chunks = tuple(min(c, n) for c, n in zip(chunks, data.shape, strict=True))
     fmt = {"zarr_format": image.zarr_format} if image.zarr_format else {}  # zarr 3 only
-    out = zarr.open_array(
-        str(Path(path).resolve()), mode="w-", shape=data.shape, chunks=chunks, dtype=data.dtype,
-        **fmt,
-    )
+    where = str(Path(path).resolve())
+    if image.ome_attrs is not None:
+        group = zarr.open_group(where, mode="w-", **fmt)
+        group.attrs.update(_one_level(image.ome_attrs))
+        out = group.create_array(
+            image.ome_path, shape=data.shape, chunks=chunks, dtype=data.dtype
+        )
+    else:
+        out = zarr.open_array(
+            where, mode="w-", shape=data.shape, chunks=chunks, dtype=data.dtype, **fmt
+        )
     if image.zarr_attrs:
         out.attrs.update(image.zarr_attrs)
     return da.store(data.rechunk(chunks), out, lock=False, compute=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from src_models.files import (
     ImageFile,
@@ -152,3 +153,33 @@ def test_tiff_samples_are_written_in_the_sources_layout_in_memory_and_band_by_ba
         with tifffile.TiffFile(tmp_path / name) as tif:
             assert len(tif.pages) == 1 and tif.series[0].axes == axes, name
             np.testing.assert_array_equal(tif.asarray(), data)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_an_ome_zarr_source_gives_a_one_level_ome_zarr_result(tmp_path, zarr_format):
+    img = np.arange(24 * 20, dtype=np.uint16).reshape(24, 20)
+    scales = [
+        {
+            "version": "0.4",
+            "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
+                     {"name": "x", "type": "space", "unit": "micrometer"}],
+            "datasets": [
+                {"path": f"s{k}", "coordinateTransformations": [{"type": "scale", "scale": [s, s]}]}
+                for k, s in enumerate([0.5, 1.0])
+            ],
+        }
+    ]
+    attrs = {"multiscales": scales} if zarr_format == 2 else {"ome": {"multiscales": scales}}
+    group = zarr.open_group(str(tmp_path / "in.ome.zarr"), mode="w", zarr_format=zarr_format)
+    group.attrs.update({**attrs, "omero": {"channels": [{"label": "GFP"}]}})
+    group.create_array("s0", shape=img.shape, chunks=(8, 8), dtype=img.dtype)[:] = img
+    group.create_array("s1", shape=(12, 10), chunks=(8, 8), dtype=img.dtype)[:] = img[::2, ::2]
+
+    image = open_lazy(tmp_path / "in.ome.zarr")
+    write_zarr_lazy(tmp_path / "out.ome.zarr", image, image.data * 2).compute()
+    out = zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r")
+    meta = out.attrs["multiscales"] if zarr_format == 2 else out.attrs["ome"]["multiscales"]
+    assert meta[0]["axes"] == scales[0]["axes"] and meta[0]["datasets"] == scales[0]["datasets"][:1]
+    assert out.attrs["omero"] == {"channels": [{"label": "GFP"}]}
+    assert [name for name, _ in out.arrays()] == ["s0"] and out["s0"].chunks == (8, 8)
+    np.testing.assert_array_equal(open_lazy(tmp_path / "out.ome.zarr").data.compute(), img * 2)
