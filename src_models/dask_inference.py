@@ -172,12 +172,18 @@ class _PlaneStats:
 
 
 def _plane_stats(
-    t: da.Array, groups: tuple[tuple[slice, int], ...], offset: float | str | None
+    t: da.Array,
+    groups: tuple[tuple[slice, int], ...],
+    offset: float | str | None,
+    source: da.Array | None = None,
 ) -> _PlaneStats:
     """One dask pass: per-plane min and max (of finite values) -> offset and scale, as Denoiser.
 
     ``offset="auto"`` (a camera black level per plane, :func:`noise_model.black_level`)
-    needs whole planes: each is read once more, one at a time.
+    needs whole planes: they are read once more, strip by strip, all planes of a chunk
+    of the stack together (each stored chunk decompressed once per strip, not once per
+    plane). ``source``: ``t`` as stored, before its spatial rechunk (read for the black
+    levels, so a strip reads only the stored chunks it overlaps).
     """
     import dask
     import dask.array as da
@@ -217,20 +223,40 @@ def _plane_stats(
             RuntimeWarning,
             stacklevel=3,
         )
+    levels = None
+    if offset == AUTO_OFFSET:
+        levels = _black_levels(t if source is None else source, groups, fill)
     offsets = np.empty(lo.shape, dtype=np.float64)
     scales = np.empty(lo.shape, dtype=np.float64)
     for idx in np.ndindex(*lo.shape):
-        level = offset
-        if offset == AUTO_OFFSET:
-            from .noise_model import black_level
-
-            plane = t[idx[:-1]][..., groups[idx[-1]][0]]  # lazy: read strip by strip
-            if fill is not None:
-                plane = _filled(np.asarray(plane), fill[idx[:-1]][groups[idx[-1]][0]])
-            level = black_level(plane)
+        level = offset if levels is None else levels[idx]
         pair = np.array([lo[idx], hi[idx]])
         offsets[idx], scales[idx] = _offset_and_scale(pair, level)
     return _PlaneStats(offsets, scales, fill)
+
+
+def _black_levels(
+    t: da.Array, groups: tuple[tuple[slice, int], ...], fill: np.ndarray | None
+) -> np.ndarray:
+    """The black level of every (lead..., group) plane of ``t``, read a stack chunk at a time."""
+    from .noise_model import black_level, black_levels
+
+    nl = t.ndim - 3
+    levels = np.empty(t.shape[:nl] + (len(groups),), dtype=np.float64)
+    if fill is not None:  # rare: non-finite pixels, filled as denoising fills them
+        for idx in np.ndindex(*levels.shape):
+            chans = groups[idx[-1]][0]
+            plane = _filled(np.asarray(t[idx[:-1]][..., chans]), fill[idx[:-1]][chans])
+            levels[idx] = black_level(plane)
+        return levels
+    starts = [np.cumsum((0, *c)) for c in t.chunks[:nl]]
+    for block in np.ndindex(*(len(c) for c in t.chunks[:nl])):
+        where = tuple(slice(int(s[b]), int(s[b + 1])) for s, b in zip(starts, block, strict=True))
+        lead = tuple(w.stop - w.start for w in where)
+        stack = t[where].reshape((-1, *t.shape[nl:]))  # the chunk's planes; lazy
+        for g, (chans, _) in enumerate(groups):
+            levels[where + (g,)] = black_levels(stack[..., chans]).reshape(lead)
+    return levels
 
 
 def _filled(plane: np.ndarray, fills: np.ndarray) -> np.ndarray:
@@ -378,12 +404,12 @@ def denoise_dask(
     nl = len(layout.lead_axes)
     min_size = max(margin, multiple, 1)
     spatial_chunks = [_aligned_chunks(t.chunks[nl + i], multiple, min_size, tile) for i in (0, 1)]
-    t = t.rechunk((*t.chunks[:nl], *spatial_chunks, -1))
+    stored, t = t, t.rechunk((*t.chunks[:nl], *spatial_chunks, -1))
 
     groups = ((slice(None), 1),) if layout.channels == k else tuple(
         (slice(c, c + 1), k) for c in range(layout.channels)
     )
-    stats = _plane_stats(t, groups, offset)
+    stats = _plane_stats(t, groups, offset, source=stored)
     extra = ((-layout.height) % multiple, (-layout.width) % multiple)
     # one window shape for every chunk (a multiple of the size multiple): one traced graph
     window = tuple(

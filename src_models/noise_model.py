@@ -59,6 +59,7 @@ __all__ = [
     "CORRELATED_MIN",
     "PoissonGaussian",
     "black_level",
+    "black_levels",
     "correlation_kernel",
     "estimate_centre_crop",
     "estimate_poisson_gaussian",
@@ -207,41 +208,99 @@ def black_level(plane: np.ndarray, smooth: float = BLACK_SMOOTH) -> float:
     -------
     float
     """
-    from scipy import ndimage
-
     if not (hasattr(plane, "shape") and hasattr(plane, "ndim") and hasattr(plane, "dtype")):
         plane = np.asarray(plane)
     if plane.ndim not in (2, 3):
         raise ValueError(f"black_level needs a 2-D plane or (H, W, C) (got shape {plane.shape})")
-    h, w = plane.shape[:2]
+    chunks = getattr(plane, "chunks", None)
+    return float(
+        _black_levels(
+            lambda lo, hi: np.asarray(plane[lo:hi], dtype=np.float64)[None],
+            lambda i: np.asarray(plane),
+            1, plane.shape, smooth, int(chunks[0][0]) if chunks else 0,
+        )[0]
+    )
+
+
+def black_levels(planes: Any, smooth: float = BLACK_SMOOTH) -> np.ndarray:
+    """:func:`black_level` of every plane of an (N, H, W) or (N, H, W, C) stack.
+
+    Why together: the planes are read strip by strip all at once, so a lazy stack
+    chunked over several planes (a zarr of 64-plane chunks) is decompressed once
+    per strip, not once per plane and strip. Same values as plane by plane.
+
+    Returns
+    -------
+    ndarray
+        float64 (N,).
+    """
+    if not (hasattr(planes, "shape") and hasattr(planes, "ndim") and hasattr(planes, "dtype")):
+        planes = np.asarray(planes)
+    if planes.ndim not in (3, 4):
+        raise ValueError(f"black_levels needs (N, H, W) or (N, H, W, C) (got shape {planes.shape})")
+    chunks = getattr(planes, "chunks", None)
+    return _black_levels(
+        lambda lo, hi: np.asarray(planes[:, lo:hi], dtype=np.float64),
+        lambda i: np.asarray(planes[i]),
+        int(planes.shape[0]), tuple(planes.shape[1:]), smooth,
+        int(chunks[1][0]) if chunks else 0,
+    )
+
+
+_STRIP_VALUES = 1 << 23  # values per strip of all planes read together (64 MiB as float64)
+
+
+def _black_levels(
+    read, whole, n: int, plane_shape: tuple, smooth: float, chunk_rows: int
+) -> np.ndarray:
+    """The strip loop of :func:`black_level` over ``n`` planes read together.
+
+    ``read(lo, hi)`` gives rows lo:hi of every plane as float64 (n, rows, W[, C]);
+    ``whole(i)`` plane i (only for the fill of non-finite pixels). Strips overlap by
+    the smoothing's reach and the sample grid is global, so the levels do not depend
+    on how the rows are split.
+    """
+    from scipy import ndimage
+
+    h, w = plane_shape[:2]
+    per_row = n * w * (plane_shape[2] if len(plane_shape) == 3 else 1)
     step = max(1, math.ceil(math.sqrt(h * w / MAX_PLANE_PIXELS)))
     halo = 3 * math.ceil(smooth)
-    chunks = getattr(plane, "chunks", None)  # a lazy plane: strips as tall as its chunks
-    rows = max(256, step, int(chunks[0][0]) if chunks else 0)
-    rows -= rows % step
-    sigma = (smooth, smooth, 0.0)[: plane.ndim]
-    fill = None
-    samples = []
+    rows = max(256, step, chunk_rows)  # a lazy stack: strips as tall as its chunks
+    rows = min(rows, max(step, 16, _STRIP_VALUES // max(1, per_row)))  # ... memory allowing
+    rows = max(step, rows - rows % step)
+    sigma = (0.0, smooth, smooth, 0.0)[: len(plane_shape) + 1]
+    fills: list[float | None] = [None] * n
+    samples: list[list[np.ndarray]] = [[] for _ in range(n)]
     for r0 in range(0, h, rows):
         lo, hi = max(r0 - halo, 0), min(r0 + rows + halo, h)
-        strip = np.asarray(plane[lo:hi], dtype=np.float64)
+        strip = read(lo, hi)
         valid = np.isfinite(strip)
-        if not valid.all():
-            if fill is None:
-                whole = np.asarray(plane)  # rare: NaN in the data; their fill needs the plane
-                finite = whole[np.isfinite(whole)]
-                if finite.size == 0:
-                    raise ValueError("cannot find the black level of a plane with no finite pixel")
-                fill = float(np.median(finite))
-            strip = np.where(valid, strip, fill)
-        smooth = ndimage.gaussian_filter(strip, sigma, mode="reflect", truncate=3.0)
+        if not valid.all():  # rare: NaN in the data; their fill needs the plane
+            for i in range(n):
+                if fills[i] is None and not valid[i].all():
+                    plane = np.asarray(whole(i), dtype=np.float64)
+                    finite = plane[np.isfinite(plane)]
+                    if finite.size == 0:
+                        raise ValueError(
+                            "cannot find the black level of a plane with no finite pixel"
+                        )
+                    fills[i] = float(np.median(finite))
+            fill = np.array([f or 0.0 for f in fills]).reshape((n,) + (1,) * (strip.ndim - 1))
+            strip = np.where(valid, strip, fill)  # a new array: the strip may view the input
+        smoothed = ndimage.gaussian_filter(strip, sigma, mode="reflect", truncate=3.0)
         core = slice(r0 - lo, r0 - lo + min(rows, h - r0))
-        smooth, valid = smooth[core][::step, ::step], valid[core][::step, ::step]
-        samples.append(smooth[valid])
-    values = np.concatenate(samples)
-    if values.size == 0:
-        raise ValueError("cannot find the black level of a plane with no finite pixel")
-    return float(np.percentile(values, BLACK_PERCENTILE))
+        smoothed = smoothed[:, core][:, ::step, ::step]
+        kept = valid[:, core][:, ::step, ::step]
+        for i in range(n):
+            samples[i].append(smoothed[i][kept[i]])
+    levels = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        values = np.concatenate(samples[i])
+        if values.size == 0:
+            raise ValueError("cannot find the black level of a plane with no finite pixel")
+        levels[i] = np.percentile(values, BLACK_PERCENTILE)
+    return levels
 
 
 # --------------------------------------------------------------------------- sampling

@@ -94,6 +94,30 @@ def test_given_or_auto_black_level_equals_in_memory(tiny_models, offset):
     assert np.abs(out.astype(int) - ref).max() <= 1
 
 
+def test_auto_black_level_reads_a_chunk_of_many_planes_once_per_pass(tiny_models):
+    class Counted:
+        """An array-like source counting the chunk reads dask makes."""
+
+        def __init__(self, data):
+            self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+            self.reads = 0
+
+        def __getitem__(self, key):
+            out = self.data[key]
+            self.reads += out.size > 0  # not dask's probes of empty slices
+            return out
+
+    den = tiny_models["pyramid"]
+    img = (_noisy((6, 40, 40), seed=8) + 100).astype(np.uint16)
+    img[3] += 40  # one plane with another level
+    src = Counted(img)
+    lazy = denoise_dask(da.from_array(src, chunks=(6, 16, 16), asarray=False), den, offset="auto")
+    stats_reads = src.reads  # the min/max and black-level passes, when the graph is built
+    out = lazy.compute()
+    assert np.abs(out.astype(int) - den.denoise(img, offset="auto")).max() <= 1
+    assert stats_reads <= 2 * 9  # 9 stored chunks, each read once per pass (not once per plane)
+
+
 def test_tta_over_many_chunks_equals_in_memory(tiny_models):
     den = tiny_models["pyramid"]
     img = _noisy((2, 90, 70), seed=7)

@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from src_models.noise_model import PoissonGaussian, black_level, estimate_poisson_gaussian
+from src_models.noise_model import (
+    PoissonGaussian,
+    black_level,
+    black_levels,
+    estimate_poisson_gaussian,
+)
 
 OFFSET = 100.0
 FULL_SCALE = 4000.0  # counts of the brightest clean pixel
@@ -241,3 +246,21 @@ def test_centre_crop_estimate_reads_the_middle_plane_and_first_channel(camera):
     channels_last = np.stack([white, correlated_counts(white.shape)], axis=-1)
     assert not estimate_centre_crop(channels_last, channel_axis=-1).correlated  # channel 0
     assert estimate_centre_crop(np.zeros((8, 8))) is None  # too small: no estimate, no error
+
+
+def test_black_levels_of_a_stack_equal_each_planes_and_leave_the_input_alone():
+    import dask.array as da
+
+    rng = np.random.default_rng(3)
+    stack = 100.0 + rng.poisson(20.0, (4, 90, 300)) * np.arange(1, 5)[:, None, None]
+    stack[1, 5, 7] = np.nan
+    stack[3, :, :10] = np.inf
+    before = stack.copy()
+    each = np.array([black_level(p) for p in stack])
+    assert len(set(each.tolist())) == 4
+    np.testing.assert_array_equal(black_levels(stack), each)
+    lazy = da.from_array(stack, chunks=(4, 32, 64))  # chunks spanning every plane
+    np.testing.assert_array_equal(black_levels(lazy), each)
+    np.testing.assert_array_equal(stack, before)  # the NaN fill never writes into the input
+    rgb = rng.normal(50.0, 2.0, (2, 40, 30, 3))
+    np.testing.assert_array_equal(black_levels(rgb), [black_level(p) for p in rgb])
