@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 
 __all__ = ["denoise_dask", "measure_dask"]
 
+BLOCK_PIXELS = 1 << 24  # pixels of one task's planes (cores only): ~64 MiB as float32
+
 _LIVE: weakref.WeakValueDictionary[str, Denoiser] = weakref.WeakValueDictionary()
 
 
@@ -124,13 +126,17 @@ class _ModelRef:
 
 
 def _aligned_chunks(
-    chunks: Sequence[int], multiple: int, min_size: int, tile: int | None
+    chunks: Sequence[int],
+    multiple: int,
+    min_size: int,
+    tile: int | None,
+    max_core: int = MAX_CORE,
 ) -> tuple[int, ...]:
     """Chunk sizes along one spatial axis: boundaries on multiples of ``multiple``, none small.
 
     ``tile`` given: regular chunks of ``tile`` (rounded up). Else chunks longer than
-    ``MAX_CORE`` are split into near-equal parts and neighbouring input chunks are
-    merged while they fit in ``MAX_CORE``, so chunks stay on the input's boundaries
+    ``max_core`` are split into near-equal parts and neighbouring input chunks are
+    merged while they fit in ``max_core``, so chunks stay on the input's boundaries
     (rounded up; each input chunk read once) without small cores: 64-px chunks
     denoised alone cost ~7x the network work of their pixels, for the margins.
     Every chunk is at least ``min_size`` (the overlap), so the last one is merged
@@ -143,13 +149,13 @@ def _aligned_chunks(
     else:
         cuts, start = [], 0
         for c in chunks:
-            n = math.ceil(c / MAX_CORE)
+            n = math.ceil(c / max_core)
             piece = math.ceil(c / n)
             cuts += [start + k * piece for k in range(1, n)] + [start + c]
             start += c
         bounds, start = [], 0
         for b, after in zip(cuts[:-1], cuts[1:], strict=True):
-            if after - start > MAX_CORE:  # the next input chunk would not fit: cut here
+            if after - start > max_core:  # the next input chunk would not fit: cut here
                 bounds.append(b)
                 start = b
         bounds = [_round_up(b, multiple) for b in bounds]
@@ -403,7 +409,12 @@ def denoise_dask(
         t = array.transpose((*axes, layout.channel_axis))
     nl = len(layout.lead_axes)
     min_size = max(margin, multiple, 1)
-    spatial_chunks = [_aligned_chunks(t.chunks[nl + i], multiple, min_size, tile) for i in (0, 1)]
+    # a chunk holding many planes (a 64-plane zarr chunk) gets smaller cores: bounded memory
+    depth = math.prod(max(c) for c in t.chunks[:nl])
+    max_core = min(MAX_CORE, max(min_size, _round_up(math.isqrt(BLOCK_PIXELS // depth), multiple)))
+    spatial_chunks = [
+        _aligned_chunks(t.chunks[nl + i], multiple, min_size, tile, max_core) for i in (0, 1)
+    ]
     stored, t = t, t.rechunk((*t.chunks[:nl], *spatial_chunks, -1))
 
     groups = ((slice(None), 1),) if layout.channels == k else tuple(

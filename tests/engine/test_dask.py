@@ -11,6 +11,7 @@ from model_factory import exact_float32
 
 da = pytest.importorskip("dask.array")
 
+from src_models import dask_inference  # noqa: E402
 from src_models.dask_inference import _aligned_chunks, _ModelRef, denoise_dask  # noqa: E402
 
 RTOL = 1e-5
@@ -34,6 +35,7 @@ def test_aligned_chunks_move_boundaries_to_the_size_multiple_and_merge_short_end
     assert _aligned_chunks((37, 37, 37, 40), 2, 8, None) == (151,)  # small chunks merged
     assert _aligned_chunks((600, 600, 600, 40), 16, 8, None) == (608, 592, 640)
     assert _aligned_chunks((64,) * 20, 16, 112, None) == (1024, 256)  # up to 1024 px
+    assert _aligned_chunks((64,) * 20, 16, 112, None, 512) == (512, 512, 256)  # deep chunks
     assert _aligned_chunks((1000, 30, 3), 1, 8, None) == (1000, 33)  # 3 < overlap: merged
     assert _aligned_chunks((151,), 2, 8, 24) == (24, 24, 24, 24, 24, 31)
     assert _aligned_chunks((2500,), 1, 16, None) == (834, 834, 832)  # > 1024: split evenly
@@ -149,6 +151,12 @@ def test_result_is_lazy_until_computed(tiny_models, monkeypatch):
     assert merged.chunks == ((20, 20), (20, 20))  # the input's chunks come back
     merged.compute(scheduler="sync")
     assert len(calls) == 1  # small input chunks are denoised together
+    calls.clear()
+    monkeypatch.setattr(dask_inference, "BLOCK_PIXELS", 2 * 20 * 20)  # as if planes were huge
+    deep = denoise_dask(da.from_array(_noisy((2, 40, 40)), chunks=(2, 10, 10)), den)
+    got = deep.compute(scheduler="sync")
+    assert len(calls) == 4  # two planes a chunk: merged only up to 20 px, 2 x 2 blocks
+    np.testing.assert_allclose(got, den.denoise(_noisy((2, 40, 40))), rtol=1e-5, atol=1e-5)
 
 
 def test_model_reference_pickles_without_weights(model_dir, tiny_models):
