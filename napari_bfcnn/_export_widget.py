@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+)
 from napari.utils.notifications import show_error, show_info
 
 from ._dock import on_close
@@ -54,8 +63,11 @@ class ExportOutcome:
     error: str | None = None
 
 
-def export_job(job: ExportJob) -> Generator[str, None, ExportOutcome]:
-    """Export format by format, yielding what is being done; never raises.
+def export_job(job: ExportJob) -> Generator[tuple[int, str], None, ExportOutcome]:
+    """Export format by format, yielding (formats done, what is being done); never raises.
+
+    Why yield per format: each yield is where Cancel (``worker.quit()``) stops the
+    export, after a whole format, so no file is left half-written.
 
     Returns
     -------
@@ -67,13 +79,13 @@ def export_job(job: ExportJob) -> Generator[str, None, ExportOutcome]:
     try:
         from src_models.export import iter_export
 
-        yield f"exporting {job.model}: {', '.join(job.formats)}"
+        yield 0, f"exporting {job.model}: {', '.join(job.formats)}"
         results = iter_export(
             job.model, job.formats, job.folder, overwrite=job.overwrite, info=job.info
         )
         for result in results:
             outcome.results.append(result)
-            yield f"{result.format} written"
+            yield len(outcome.results), f"{result.format} written to {result.path.name}"
     except (ValueError, OSError, RuntimeError) as err:  # ExportError, ModelFileError included
         outcome.error = str(err)
     except Exception as err:  # a bug: keep the traceback in the log, show one line
@@ -112,15 +124,23 @@ class ExportWidget(Container):
         self.license = LineEdit(label="license", value="MIT")
         self.license.tooltip = "an SPDX license id, e.g. MIT, CC-BY-4.0, BSD-3-Clause"
         self.run_button = PushButton(text="Export")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.cancel_button.tooltip = "stop after the format being written (no half-written file)"
+        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
+                            labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(label="status", value="")
+        self._written: list[str] = []
         self.extend(
             [self.model, *self.formats.values(), self.authors, self.license, self.folder,
-             self.overwrite, self.run_button, self.status]
+             self.overwrite, buttons, self.progress, self.status]
         )
         decorate_model_combo(self.model, self._models)
         self.formats["bioimageio"].changed.connect(self._show_package_fields)
         self._show_package_fields()
         self.run_button.changed.connect(lambda *_: self.run())
+        self.cancel_button.changed.connect(self.cancel)
         model_events.changed.connect(self.reset_choices)
         on_close(self.native, self._disconnect)
 
@@ -202,15 +222,36 @@ class ExportWidget(Container):
         worker = create_worker(export_job, job, _start_thread=False)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
+        worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self._worker = worker
+        self._written = []
         self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.max, self.progress.value = len(job.formats), 0
         self.status.value = "exporting…"
         worker.start()
         return worker
 
-    def _on_yielded(self, message: str) -> None:
-        self.status.value = message
+    def cancel(self, *_args) -> None:
+        """Stop the export after the format being written."""
+        if self._worker is not None:
+            self.status.value = "cancelling after the current format…"
+            self.cancel_button.enabled = False
+            self._worker.quit()
+
+    def _on_yielded(self, item: tuple[int, str]) -> None:
+        done, message = item
+        self.progress.value = done
+        if done > len(self._written):
+            self._written.append(message)
+        if self.cancel_button.enabled:  # keep "cancelling…" once asked
+            self.status.value = message
+
+    def _on_aborted(self, *_args) -> None:
+        done = "; ".join(self._written)
+        self.status.value = "cancelled" + (f" ({done})" if done else ", nothing written")
+        show_info(f"Export cancelled{': ' + done if done else ' before any file was written'}.")
 
     def _on_returned(self, outcome: ExportOutcome) -> None:
         done = ", ".join(f"{r.format} ({r.path.name})" for r in outcome.results)
@@ -226,3 +267,4 @@ class ExportWidget(Container):
     def _on_finished(self, *_args) -> None:
         self._worker = None
         self.run_button.enabled = True
+        self.cancel_button.enabled = False

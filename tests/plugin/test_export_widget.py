@@ -85,6 +85,21 @@ def test_existing_file_is_not_replaced_and_the_error_is_shown(widget, qtbot, not
     assert len(notes["info"]) == 1
 
 
+def test_cancel_stops_after_the_format_being_written(widget, qtbot, notes, tmp_path):
+    widget.model.value = "tiny-gray"
+    widget.authors.value = "Ada Lovelace"
+    assert widget.run() is not None and widget.cancel_button.enabled
+    assert widget.progress.max == 3
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert widget.status.value.startswith("cancelled") and not widget.cancel_button.enabled
+    assert not (tmp_path / "tiny-gray.bioimageio.zip").exists()  # the last format never began
+    written = [p for p in tmp_path.iterdir() if p.name.startswith("tiny-gray")]
+    assert widget.progress.value == len(written) < 3
+    assert notes["error"] == [] and notes["info"][-1].startswith("Export cancelled")
+    assert widget.run_button.enabled
+
+
 def test_no_format_chosen_is_refused_without_a_worker(widget, notes):
     for box in widget.formats.values():
         box.value = False
