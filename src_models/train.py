@@ -11,6 +11,7 @@ batch and learning rate, and a killed run always leaves a loadable checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as _dt
 import json
@@ -558,51 +559,53 @@ def train(
         if new_log:
             log.writerow(["step", "loss", "lr", "elapsed_s", *[f"psnr_{k}" for k in val_keys]])
         losses: list[float] = []
-        batches = prefetched_batches(sampler, step, t_cfg.steps, workers)
-        while step < t_cfg.steps:
-            if (should_stop and should_stop()) or (
-                max_seconds is not None and time.time() - t0 > max_seconds
-            ):
-                stopped = True
-                break
-            if timed:
-                fraction = (elapsed_before + time.time() - t0) / time_budget_s
-                if fraction >= 1.0:
+        # closed on any exit: an exception in a step must not leave prefetch workers running
+        # in a long-lived process (napari)
+        with contextlib.closing(prefetched_batches(sampler, step, t_cfg.steps, workers)) as batches:
+            while step < t_cfg.steps:
+                if (should_stop and should_stop()) or (
+                    max_seconds is not None and time.time() - t0 > max_seconds
+                ):
+                    stopped = True
                     break
-                model.optimizer.learning_rate = time_schedule_lr(step, fraction, t_cfg)
-            noisy, clean = next(batches)
-            loss = model.train_on_batch(noisy, clean, sample_weight=weights(noisy, clean))
-            losses.append(float(np.asarray(loss if np.ndim(loss) == 0 else loss[0])))
-            step += 1
-            val = None
-            if step % t_cfg.val_every == 0 or step == t_cfg.steps:
-                val = validate_and_keep_best()
-            if step % t_cfg.log_every == 0 or val is not None:
-                elapsed = time.time() - t0
-                rate = elapsed / max(1, step - int(state.get("step", 0)))
-                left = t_cfg.steps - step
                 if timed:
-                    left = int(max(0.0, time_budget_s - elapsed_before - elapsed) / rate)
-                prog = TrainProgress(
-                    step=step,
-                    total=step + left if timed else t_cfg.steps,
-                    loss=float(np.mean(losses)),
-                    learning_rate=_current_lr(model),
-                    elapsed_s=elapsed_before + elapsed,
-                    eta_s=rate * left,
-                    val_psnr=val,
-                )
-                log.writerow(
-                    [step, f"{prog.loss:.6g}", f"{prog.learning_rate:.3g}", f"{prog.elapsed_s:.1f}"]
-                    + [f"{val[k]:.3f}" if val and k in val else "" for k in val_keys]
-                )
-                log_file.flush()
-                losses = []
-                if on_progress:
-                    on_progress(prog)
-            if step % t_cfg.checkpoint_every == 0:
-                checkpoint()
-        batches.close()
+                    fraction = (elapsed_before + time.time() - t0) / time_budget_s
+                    if fraction >= 1.0:
+                        break
+                    model.optimizer.learning_rate = time_schedule_lr(step, fraction, t_cfg)
+                noisy, clean = next(batches)
+                loss = model.train_on_batch(noisy, clean, sample_weight=weights(noisy, clean))
+                losses.append(float(np.asarray(loss if np.ndim(loss) == 0 else loss[0])))
+                step += 1
+                val = None
+                if step % t_cfg.val_every == 0 or step == t_cfg.steps:
+                    val = validate_and_keep_best()
+                if step % t_cfg.log_every == 0 or val is not None:
+                    elapsed = time.time() - t0
+                    rate = elapsed / max(1, step - int(state.get("step", 0)))
+                    left = t_cfg.steps - step
+                    if timed:
+                        left = int(max(0.0, time_budget_s - elapsed_before - elapsed) / rate)
+                    prog = TrainProgress(
+                        step=step,
+                        total=step + left if timed else t_cfg.steps,
+                        loss=float(np.mean(losses)),
+                        learning_rate=_current_lr(model),
+                        elapsed_s=elapsed_before + elapsed,
+                        eta_s=rate * left,
+                        val_psnr=val,
+                    )
+                    log.writerow(
+                        [step, f"{prog.loss:.6g}", f"{prog.learning_rate:.3g}"]
+                        + [f"{prog.elapsed_s:.1f}"]
+                        + [f"{val[k]:.3f}" if val and k in val else "" for k in val_keys]
+                    )
+                    log_file.flush()
+                    losses = []
+                    if on_progress:
+                        on_progress(prog)
+                if step % t_cfg.checkpoint_every == 0:
+                    checkpoint()
     if timed and not stopped and step % t_cfg.val_every:  # the annealed end is validated too
         validate_and_keep_best()
     if timed and not stopped:  # the run's length is known only now: record it everywhere

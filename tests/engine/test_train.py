@@ -167,6 +167,34 @@ def test_a_sampler_that_reads_the_model_refuses_prefetch_workers(tmp_path, image
               sampler=Bound(), workers=2)
 
 
+def test_an_error_mid_run_closes_the_batch_prefetcher(tmp_path, images, monkeypatch):
+    from src_models import prefetch
+
+    train_ims, val_ims = images
+    closed = []
+    real = prefetch.prefetched_batches
+
+    def watched(*args, **kwargs):
+        try:
+            yield from real(*args, **kwargs)
+        finally:
+            closed.append(True)
+
+    monkeypatch.setattr(prefetch, "prefetched_batches", watched)
+    calls = []
+
+    def fail_at_step_3():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return False
+
+    with pytest.raises(RuntimeError, match="boom"):
+        train(_recipe(50), tmp_path, images=train_ims, val_images=val_ims,
+              should_stop=fail_at_step_3)
+    assert closed == [True]  # its workers shut down now, not when the traceback is freed
+
+
 def test_should_stop_returns_quickly_with_a_checkpoint(tmp_path, images):
     train_ims, val_ims = images
     t0 = []
