@@ -104,7 +104,11 @@ def _read_raw(path: Path) -> np.ndarray:
 
         return np.asarray(tifffile.imread(path))
     import imageio.v3 as iio
+    from PIL import Image
 
+    with Image.open(path) as im:
+        if im.mode == "CMYK":  # as (H, W, 4) it would pass for RGBA: cyan for red
+            return np.asarray(im.convert("RGB"))
     return np.asarray(iio.imread(path))
 
 
@@ -152,7 +156,8 @@ def load_image(path: str | Path, color: bool) -> np.ndarray:
     """Read one image as float32 (H, W, C) in [0, 1].
 
     Integer images are divided by their dtype's maximum (uint8 by 255, uint16 by 65535);
-    float images are kept as they are. Alpha is dropped (RGBA -> RGB, gray+alpha -> gray);
+    float images in [0, 1] are kept as they are, others rescaled to it with a warning; CMYK
+    JPEGs are converted to RGB. Alpha is dropped (RGBA -> RGB, gray+alpha -> gray);
     gray becomes color by repeating the channel, color becomes gray by luminance
     (``skimage.color.rgb2gray``).
 

@@ -80,6 +80,16 @@ def test_load_rgba_png_drops_alpha_and_gray_is_luminance(tmp_path):
     np.testing.assert_allclose(gray[..., 0], rgb2gray(rgba[..., :3] / 255.0), atol=1e-6)
 
 
+def test_cmyk_jpeg_loads_as_its_rgb_colours(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "red.jpg"
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(path, quality=100)  # pure red
+    red = load_image(path, color=True)
+    assert red.shape == (16, 16, 3)
+    np.testing.assert_allclose(red.mean(axis=(0, 1)), [1.0, 0.0, 0.0], atol=0.02)
+
+
 def test_load_channel_first_rgb_tiff(tmp_path):
     chw = np.random.default_rng(2).integers(0, 256, (3, 6, 7), dtype=np.uint8)
     path = tmp_path / "chw.tif"
