@@ -24,16 +24,25 @@ def tiny_models():
 
 
 @pytest.fixture(scope="session")
-def model_dir(tiny_models, tmp_path_factory):
-    """The tiny models saved as ``<name>.keras``; NAPARI_BFCNN_MODEL_DIR points here all session."""
+def tiny_model_folder(tiny_models, tmp_path_factory):
+    """The tiny models saved once as ``<name>.keras``."""
     from src_models.modelfile import save_model
 
     folder = tmp_path_factory.mktemp("models")
     for name, den in tiny_models.items():
         save_model(den.model, folder / f"{name}.keras", den.card)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NAPARI_BFCNN_MODEL_DIR", str(folder))
-        yield folder
+    return folder
+
+
+@pytest.fixture
+def model_dir(tiny_model_folder, monkeypatch):
+    """NAPARI_BFCNN_MODEL_DIR at the tiny models, for this test only.
+
+    Why per test: tiny models named like bundled ones (``gray``, ``color``) shadow them,
+    so a session-wide setting made other tests' results depend on the order they ran in.
+    """
+    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(tiny_model_folder))
+    return tiny_model_folder
 
 
 @pytest.fixture

@@ -18,12 +18,14 @@ def _noisy(shape, seed=0):
 def test_denoise_folder_writes_good_files_skips_bad_ones_and_reports_failure(
     model_dir, tmp_path, capsys
 ):
+    from src_models.registry import load_model
+
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     out.mkdir()
-    tifffile.imwrite(src / "a.tif", _noisy((40, 48)).astype("uint16") * 100,
-                     resolution=(2.5, 2.5), resolutionunit="CENTIMETER")
-    iio.imwrite(src / "b.png", _noisy((32, 32)).astype("uint8"))
+    a_in, b_in = _noisy((40, 48)).astype("uint16") * 100, _noisy((32, 32)).astype("uint8")
+    tifffile.imwrite(src / "a.tif", a_in, resolution=(2.5, 2.5), resolutionunit="CENTIMETER")
+    iio.imwrite(src / "b.png", b_in)
     (src / "c.tif").write_bytes(b"not a tiff at all")
     iio.imwrite(src / "d.png", _noisy((32, 32), 1).astype("uint8"))
     (out / "d_denoised.png").write_bytes(b"earlier result")
@@ -41,6 +43,9 @@ def test_denoise_folder_writes_good_files_skips_bad_ones_and_reports_failure(
         assert tif.pages[0].tags["XResolution"].value == (5, 2)
     b = iio.imread(out / "b_denoised.png")
     assert b.dtype == np.uint8 and b.shape == (32, 32)
+    den = load_model("pyramid")
+    assert np.abs(a.astype(int) - den.denoise(a_in, offset="auto")).max() <= 1  # 16-bit: camera
+    assert np.abs(b.astype(int) - den.denoise(b_in)).max() <= 1  # 8-bit: no black level
     assert (out / "d_denoised.png").read_bytes() == b"earlier result"  # never overwritten
     assert (src / "c.tif").read_bytes() == b"not a tiff at all"
 
@@ -98,6 +103,11 @@ def test_denoise_keeps_ome_tiff_metadata_and_writes_jpeg_as_png_without_overwrit
     with tifffile.TiffFile(out / "s_denoised.ome.tif") as tif:
         assert tif.series[0].axes == "ZCYX" and tif.series[0].shape == (2, 3, 24, 20)
         assert 'PhysicalSizeX="0.25"' in tif.ome_metadata
+        written = tif.asarray()
+    from src_models.registry import load_model
+
+    want = load_model("pyramid").denoise(stack, channel_axis=1, offset="auto")  # C, not RGB
+    assert np.abs(written.astype(int) - want).max() <= 1
     p = iio.imread(out / "p_denoised.png")
     assert p.dtype == np.uint8 and p.shape == (24, 24, 3)
 
