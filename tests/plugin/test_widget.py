@@ -422,12 +422,24 @@ def test_auto_model_follows_the_layer_kind(viewer_widget, qtbot):
     from src_models import default_model
 
     viewer, widget = viewer_widget
-    gray = viewer.add_image(np.ones((24, 24), np.float32), name="g")
-    rgb = viewer.add_image(np.ones((24, 24, 3), np.uint8), name="c", rgb=True)
+    rng = np.random.default_rng(21)
+    gray_data = rng.uniform(0, 200, (24, 24)).astype(np.float32)
+    rgb_data = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    gray = viewer.add_image(gray_data, name="g")
+    rgb = viewer.add_image(rgb_data, name="c", rgb=True)
     _run(qtbot, widget, gray, model="auto")
     _run(qtbot, widget, rgb, model="auto")
-    assert f"g [denoised: {default_model(1, False)}]" in viewer.layers
-    assert f"c [denoised: {default_model(3, True)}]" in viewer.layers
+    gray_model, rgb_model = default_model(1, False), default_model(3, True)
+    assert (gray_model, rgb_model) == ("gray", "color")  # the bundled models
+    out = viewer.layers[f"g [denoised: {gray_model}]"].data
+    # float and 8-bit data: no black level removed
+    np.testing.assert_allclose(out, _engine(gray_model, gray_data), rtol=1e-5, atol=1e-4)
+    assert np.abs(out - gray_data).max() > 1  # the model changed the image
+    out = viewer.layers[f"c [denoised: {rgb_model}]"].data
+    assert out.dtype == np.uint8
+    want = _engine(rgb_model, rgb_data, channel_axis=-1)
+    np.testing.assert_allclose(out, want, atol=1)  # 8-bit rounding of the same floats
+    assert np.abs(out.astype(int) - rgb_data).max() > 1
 
 
 def test_export_button_docks_the_export_widget_with_the_chosen_model(viewer_widget):
