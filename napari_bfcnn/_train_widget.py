@@ -156,6 +156,7 @@ class TrainWidget(Container):
         self._viewer = napari_viewer
         self._worker = None
         self._job: TrainJob | None = None
+        self._closed = False  # the dock was closed: a running job still reports, to no widget
         self._job_layers: list[Any] = []  # the layers of the run's images, in their order
         self._models: dict[str, Any] = {}
         self._user_infos: dict[str, Any] = {}
@@ -359,6 +360,7 @@ class TrainWidget(Container):
         self._on_user_model()
 
     def _disconnect(self, *_args) -> None:
+        self._closed = True
         disconnect_all(self._connections)
         if self._job is not None:
             self._job.stop.set()
@@ -571,6 +573,8 @@ class TrainWidget(Container):
         from src_models.finetune import ValidationPreview
         from src_models.train import TrainProgress
 
+        if self._closed:  # its widgets are gone; the run stops at its next step
+            return
         if isinstance(item, TrainProgress):
             self.progress.value = int(round(PROGRESS_STEPS * item.step / max(1, item.total)))
             self.status.value = (
@@ -590,17 +594,21 @@ class TrainWidget(Container):
                 log.warning("validation preview failed: %s", err)
 
     def _on_returned(self, outcome: TrainOutcome) -> None:
+        """Report the result; after the dock was closed, by notification only."""
+        live = not self._closed
         if outcome.error is not None:
-            self.status.value = f"failed: {_short(outcome.error, 200)}"
+            if live:
+                self.status.value = f"failed: {_short(outcome.error, 200)}"
             show_error(outcome.error)
             return
         r = outcome.result
         if not r.saved:
             every = r.recipe.training.val_every
-            self.status.value = (
-                f"stopped at step {r.steps_done}, before the first validation (every {every} "
-                "steps): nothing saved; Resume continues"
-            )
+            if live:
+                self.status.value = (
+                    f"stopped at step {r.steps_done}, before the first validation (every "
+                    f"{every} steps): nothing saved; Resume continues"
+                )
             show_info(f"Training of '{r.name}' stopped before any validation: nothing saved.")
             return
         key = next(iter(r.val_psnr_best), None)
@@ -615,14 +623,16 @@ class TrainWidget(Container):
             how += "; kept the starting model: no validation beat it"
         elif "WiSE-FT" in r.card.notes.get("kept", ""):
             how += "; saved the average of the base and the fine-tuned weights"
-        self.status.value = f"saved '{r.name}' ({how}){score}"
-        self.progress.value = PROGRESS_STEPS if not r.stopped else self.progress.value
-        notify_models_changed()
-        self.user_models.value = r.name
+        notify_models_changed()  # the other docks list it, whether or not this one is open
+        if live:
+            self.status.value = f"saved '{r.name}' ({how}){score}"
+            self.progress.value = PROGRESS_STEPS if not r.stopped else self.progress.value
+            self.user_models.value = r.name
         show_info(f"Model '{r.name}' saved ({how}){score}. It is now in the model lists.")
 
     def _on_errored(self, err) -> None:  # train_job catches everything; this is a last resort
-        self.status.value = f"failed: {err}"
+        if not self._closed:
+            self.status.value = f"failed: {err}"
         show_error(f"training failed: {err}")
 
     def _on_finished(self, *_args) -> None:
@@ -632,6 +642,8 @@ class TrainWidget(Container):
         self._job = None
         with contextlib.suppress(RuntimeError):
             _TRAINING.release()
+        if self._closed:
+            return
         self.run_button.enabled = self.resume_button.enabled = True
         self.stop_button.enabled = False
 

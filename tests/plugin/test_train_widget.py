@@ -392,3 +392,17 @@ def test_previews_follow_a_source_renamed_during_training(viewer_widgets, qtbot,
     tags = {lyr.metadata.get(TAG) for lyr in viewer.layers}
     assert {"region", "input", "preview"} <= tags  # found by the layer, not by its old name
     assert notes["error"] == []
+
+
+def test_closing_napari_mid_run_stops_the_training_without_touching_deleted_widgets(
+    viewer_widgets, qtbot, notes
+):
+    viewer, train, _ = viewer_widgets
+    layer = viewer.add_image(_text(), name="text")
+    _setup(train, layer, name="closed", steps=100_000)
+    assert train.run() is not None
+    qtbot.waitUntil(lambda: len(train.plot.losses) >= 2, timeout=TIMEOUT_MS)
+    viewer.close()  # the widgets are deleted; the job still reports until it stops
+    qtbot.waitUntil(lambda: not tw._TRAINING.locked(), timeout=TIMEOUT_MS)
+    assert not tw._ACTIVE  # the lock and the job are freed for the next training
+    assert notes["error"] == []  # and no slot wrote into a deleted widget (pytest-qt fails it)
