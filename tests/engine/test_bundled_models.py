@@ -74,3 +74,35 @@ def test_bundled_model_output_is_exactly_its_adaptive_filter(bundled):
     for pixel in ((96, 96), (3, 150)):
         f = pixel_filter(bundled, noisy, pixel, channel_axis=axis)
         assert np.max(f.identity_error) < 1e-4
+
+
+def test_bundling_refuses_a_model_with_a_conv_bias_and_leaves_the_destination_alone(tmp_path):
+    """The homogeneity gate of bundle_model: a bias makes D(a y) != a D(y) at small a."""
+    import keras
+
+    from src_models.bundle import bundle_model
+    from src_models.config import ModelCard
+    from src_models.modelfile import save_model
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, None, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="biased")(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(1, 3, padding="same", use_bias=False)(h))
+    card = ModelCard(name="biased", description="a conv bias", channels=1, kind="dncnn",
+                     parameters=model.count_params(), receptive_field=2, size_multiple=1)
+    dest = tmp_path / "pretrained"
+    dest.mkdir()
+    (dest / "biased.keras").write_bytes(b"the shipped model")
+
+    model.get_layer("biased").bias.assign(np.full(4, 0.1, "float32"))
+    save_model(model, tmp_path / "biased.keras", card)
+    with pytest.raises(ValueError, match=r"not homogeneous at scale 1e-06 .*refusing to ship"):
+        bundle_model(tmp_path / "biased.keras", dest=dest)
+    assert [p.name for p in dest.iterdir()] == ["biased.keras"]  # no staged file either
+    assert (dest / "biased.keras").read_bytes() == b"the shipped model"
+
+    # the same network with a zero bias is homogeneous: it ships, replacing the old file
+    model.get_layer("biased").bias.assign(np.zeros(4, "float32"))
+    save_model(model, tmp_path / "zero-bias.keras", card)
+    shipped = bundle_model(tmp_path / "zero-bias.keras", dest=dest)
+    assert shipped == dest / "biased.keras" and shipped.read_bytes()[:2] == b"PK"

@@ -113,12 +113,22 @@ def test_saved_model_uint8_endpoint_rounds_and_clips_like_original_bfcnn(exporte
     assert out.min() >= 0 and out.max() <= 255
 
 
-def test_saved_model_uint8_endpoint_accepts_any_size(exported):
-    _, card, folder = exported
+def test_saved_model_uint8_endpoint_reflect_pads_odd_sizes_and_crops_back(exported):
+    """Any H, W: padded at the bottom and right to the next multiple by reflection, run,
+    cropped back, rounded half to even and clipped to 0-255 (as tf.round and np.rint do)."""
+    model, card, folder = exported
     m = card.size_multiple
-    odd = np.full((1, 4 * m + 3, 4 * m + 1, card.channels), 100, dtype=np.uint8)
-    out = run_saved_model(folder / "sm", odd)
-    assert out.shape == odd.shape and out.dtype == np.uint8
+    h, w = 4 * m + 3, 4 * m + 1
+    noisy = test_image(card.channels, 4 * m + 8, seed=4)[:, :h, :w]
+    x = np.clip(np.rint(noisy * 255.0), 0, 255).astype(np.uint8)
+    out = run_saved_model(folder / "sm", x)
+    assert out.shape == x.shape and out.dtype == np.uint8
+    pad = ((0, 0), (0, (-h) % m), (0, (-w) % m), (0, 0))
+    padded = np.pad(x.astype(np.float32), pad, mode="reflect")
+    want = np.clip(np.rint(_keras(model, padded)[:, :h, :w]), 0, 255).astype(int)
+    diff = np.abs(out.astype(int) - want)
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # ±1 only at .5 rounding ties
+    assert np.abs(out.astype(int) - x.astype(int)).max() > 1  # the model did filter
 
 
 def test_tflite_uses_builtin_ops_only(exported):
@@ -255,6 +265,69 @@ def test_existing_output_is_refused_before_any_work(model_dir, tmp_path):
         export_model("resnet", "saved_model,tflite", tmp_path)
     assert (tmp_path / "resnet.tflite").read_bytes() == b"keep me"
     assert not output_path(tmp_path, "resnet", "saved_model").exists()
+
+
+def _off_by(monkeypatch, fmt: str, delta: float = 1e-3) -> None:
+    """Make the reloaded SavedModel or TFLite file compute ``delta`` more than it does."""
+    from src_models import export_tf
+
+    if fmt == "saved_model":
+        real_run = export_tf.run_saved_model
+        monkeypatch.setattr(
+            export_tf, "run_saved_model", lambda path, x: real_run(path, x) + delta
+        )
+    else:
+        real_load = export_tf.load_tflite
+        monkeypatch.setattr(
+            export_tf, "load_tflite", lambda path: lambda x: real_load(path)(x) + delta
+        )
+
+
+@pytest.mark.parametrize(
+    "fmt, what", [("saved_model", "the SavedModel"), ("tflite", "the TFLite model")]
+)
+def test_an_export_off_by_more_than_the_tolerance_fails_and_writes_nothing(
+    model_dir, tmp_path, monkeypatch, fmt, what
+):
+    _off_by(monkeypatch, fmt)
+    with pytest.raises(ExportError, match=rf"{what} differs from the Keras model by 0\.001 "):
+        export_model("gray", fmt, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor the staging folder is left
+
+
+def test_a_failed_check_leaves_an_existing_export_it_would_overwrite(
+    model_dir, tmp_path, monkeypatch
+):
+    (tmp_path / "gray.tflite").write_bytes(b"keep me")
+    _off_by(monkeypatch, "tflite")
+    with pytest.raises(ExportError, match="the TFLite model differs"):
+        export_model("gray", "tflite", tmp_path, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["gray.tflite"]
+    assert (tmp_path / "gray.tflite").read_bytes() == b"keep me"
+
+
+def test_a_later_format_failing_keeps_the_earlier_checked_ones(model_dir, tmp_path, monkeypatch):
+    """Formats are written one by one, each once checked: a TFLite failure after the
+    SavedModel leaves the finished SavedModel (yielded before the error), nothing else."""
+    from src_models.export import iter_export
+
+    _off_by(monkeypatch, "tflite")
+    done = []
+    with pytest.raises(ExportError, match="the TFLite model differs"):
+        for result in iter_export("gray", "saved_model,tflite", tmp_path):
+            done.append(result)
+    assert [r.format for r in done] == ["saved_model"] and done[0].max_error < TOLERANCE
+    assert [p.name for p in tmp_path.iterdir()] == ["gray_saved_model"]
+    assert (tmp_path / "gray_saved_model" / "saved_model.pb").is_file()
+
+
+def test_an_export_within_the_tolerance_passes_and_reports_its_error(
+    model_dir, tmp_path, monkeypatch
+):
+    _off_by(monkeypatch, "tflite", delta=5e-5)  # half the tolerance
+    (result,) = export_model("gray", "tflite", tmp_path)
+    assert result.max_error == pytest.approx(5e-5, abs=5e-6)  # the shift, within 1e-4
+    assert [p.name for p in tmp_path.iterdir()] == ["gray.tflite"]
 
 
 def test_test_image_is_a_noisy_sample_in_unit_range():

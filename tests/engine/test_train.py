@@ -259,30 +259,51 @@ def test_time_schedule_warms_up_by_steps_then_decays_by_elapsed_fraction():
     assert time_schedule_lr(10, 3.0, t) == pytest.approx(1e-5)  # past the budget: the floor
 
 
-def test_time_budget_finishes_on_time_with_a_decayed_rate_and_records_the_steps(
-    tmp_path, images
+def test_time_budget_ends_the_run_anneals_the_rate_by_elapsed_time_and_records_the_steps(
+    tmp_path, images, monkeypatch
 ):
+    """A fake clock that advances 1/8 s per batch: a 10 s budget is exactly 80 steps, on any
+    machine, and the rate before each step is the time schedule at the elapsed fraction."""
+    import types
+
+    from src_models import train as train_module
+    from src_models.data import PatchSampler
+    from src_models.train import time_schedule_lr
+
+    dt, budget = 0.125, 10.0
+    clock = [1000.0]
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(time=lambda: clock[0]))
+
+    class Ticking:  # every batch costs dt of (fake) wall time
+        def __init__(self, sampler):
+            self.sampler = sampler
+
+        def batch(self, step):
+            clock[0] += dt
+            return self.sampler.batch(step)
+
     train_ims, val_ims = images
+    recipe = _recipe(10**6, val_every=10**5, learning_rate=3e-3, min_learning_rate=1e-5)
+    sampler = PatchSampler(train_ims, 32, 8, recipe.corruption, seed=recipe.training.seed)
     reports = []
-    t = time.time()
-    result = train(
-        _recipe(10**6, val_every=10**5, learning_rate=3e-3, min_learning_rate=1e-5),
-        tmp_path,
-        images=train_ims,
-        val_images=val_ims,
-        on_progress=reports.append,
-        time_budget_s=6.0,
-    )
-    assert time.time() - t < 60  # validation and saving on top of the 6 s of steps
-    assert not result.stopped and 20 < result.steps_done < 10**6
+    result = train(recipe, tmp_path, sampler=Ticking(sampler), val_images=val_ims,
+                   on_progress=reports.append, time_budget_s=budget)
+    assert not result.stopped and result.steps_done == 80  # budget / dt, not the 10**6 bound
+    assert [r.step for r in reports] == list(range(10, 81, 10))
+    assert all(r.total == 80 for r in reports)  # the total is the time's, not the bound
+    assert [r.elapsed_s for r in reports] == [r.step * dt for r in reports]
+    # the rate set before step k (k steps done, k * dt elapsed): warm-up, then cosine decay
+    for r in reports:
+        k = r.step - 1
+        want = time_schedule_lr(k, k * dt / budget, recipe.training)
+        assert r.learning_rate == pytest.approx(want, rel=1e-5), r.step
     rates = [r.learning_rate for r in reports]
-    assert max(rates) == pytest.approx(3e-3, rel=0.2) and rates[-1] < 3e-4  # annealed by time
-    assert all(r.total < 10**6 for r in reports)  # the total is the time's, not the bound
+    assert rates[0] == pytest.approx(3e-3) and rates[-1] < 2e-5  # annealed by time
     card = read_card(result.model_path)
-    assert card.recipe.training.steps == result.steps_done  # its step-scheduled equivalent
+    assert card.recipe.training.steps == 80  # its step-scheduled equivalent
     saved = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
-    assert saved["training"]["steps"] == result.steps_done
-    assert result.val_psnr_best["25"] > result.val_psnr_initial["25"] + 1.0
+    assert saved["training"]["steps"] == 80
+    assert result.val_psnr_best["25"] > result.val_psnr_initial["25"] + 3.0  # 20.3 -> 26.5 dB
 
 
 def test_recipe_init_from_a_model_file_is_resolved_relative_to_the_recipe(tmp_path):
