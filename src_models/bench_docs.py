@@ -232,7 +232,7 @@ def card_markdown(card, rows: Sequence[Row], meta: dict, name: str | None = None
             *paired_section(rows, dataset, methods=compare),
             "SSIM:",
             "",
-            quality_table(rows, dataset, "ssim", methods=own),
+            quality_table(rows, dataset, "ssim", methods=compare),
             "",
         ]
     sp = speed_table(rows, methods=own)

@@ -101,9 +101,11 @@ def micro_table(rows: Sequence[Row], methods: Iterable[str] | None = None) -> st
     """Markdown table: methods as rows; fitted PSNR, plain PSNR (FMD) and SSIM per set.
 
     The best value of each column among complete measured rows (not the noisy input,
-    not published) is bold; rows covering fewer images say ``(n/N images)``.
-    ``methods`` keeps those methods (and the noisy input) only.
+    not published, not the oracle that picks BM3D's σ with the clean image) is bold;
+    rows covering fewer images say ``(n/N images)``. ``methods`` keeps those methods
+    (and the noisy input) only.
     """
+    oracle = micro_baseline_label("bm3d_best")
     wanted = None if methods is None else set(methods)
     m = [
         r
@@ -125,7 +127,11 @@ def micro_table(rows: Sequence[Row], methods: Iterable[str] | None = None) -> st
     cell: dict[tuple, Row] = {(r.kind, r.method, r.dataset): r for r in m}
 
     def complete(r: Row) -> bool:
-        return r.kind not in ("noisy", "published") and r.n_images == r.n_total
+        return (
+            r.kind not in ("noisy", "published")
+            and r.method != oracle
+            and r.n_images == r.n_total
+        )
 
     best = {}
     for d, field, _ in cols:
@@ -137,6 +143,8 @@ def micro_table(rows: Sequence[Row], methods: Iterable[str] | None = None) -> st
     ]
     for kind, method in keys:
         label = "noisy input" if kind == "noisy" else method
+        if method == oracle and kind != "published":
+            label += ", oracle: σ picked with the clean image"
         partial = sorted(
             {
                 (r.n_images, r.n_total)

@@ -446,8 +446,9 @@ def _provenance(meta: dict) -> list[str]:
 PROTOCOL = (
     "Protocol: clean 8-bit images as floats in [0, 255]; white Gaussian noise of the given "
     "σ (8-bit scale) added in float, not clipped, from a generator seeded per (dataset, image, σ), "
-    "so every method sees identical noisy inputs; models get the float image as is; outputs "
-    "clipped to [0, 255]; PSNR with peak 255 and SSIM (Gaussian window σ=1.5, data range 255) "
+    "so every method sees identical noisy inputs; models get the float image as is; outputs, "
+    "and the noisy input's own row, clipped to [0, 255]; PSNR with peak 255 and SSIM "
+    "(Gaussian window σ=1.5, data range 255) "
     "averaged over images. Baselines get the true σ (BM3D/CBM3D) or the wavelet estimate "
     '("est. sigma", NLM). Published rows used other noise draws and are for orientation only.'
 )
