@@ -403,7 +403,11 @@ class ChannelsToBatch(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PKG)
 class KernelRegularizer(keras.regularizers.Regularizer):
-    """L1 + L2 + soft orthogonality ``||W^T W - I||_F^2`` on a convolution kernel."""
+    """L1 + L2 + soft orthogonality on a convolution kernel W reshaped to (k*k*in, out).
+
+    Orthogonality: ``||W^T W - I||_F^2``, or ``||W W^T - I||_F^2`` when W has fewer rows
+    than columns (the one that can reach 0).
+    """
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0, orthogonal: float = 0.0):
         for name, v in (("l1", l1), ("l2", l2), ("orthogonal", orthogonal)):
@@ -419,8 +423,13 @@ class KernelRegularizer(keras.regularizers.Regularizer):
             loss = loss + self.l2 * ops.sum(ops.square(w))
         if self.orthogonal:
             m = ops.reshape(w, (-1, w.shape[-1]))
+            rows, cols = int(m.shape[0]), int(m.shape[1])
+            # the smaller Gram: a kernel with fewer rows (3x3x1 inputs -> 64 filters) cannot
+            # have orthonormal columns, and W^T W - I would keep a floor of cols - rows
+            if rows < cols:
+                m = ops.transpose(m)
             gram = ops.matmul(ops.transpose(m), m)
-            eye = ops.eye(w.shape[-1], dtype=w.dtype)
+            eye = ops.eye(min(rows, cols), dtype=w.dtype)
             loss = loss + self.orthogonal * ops.sum(ops.square(gram - eye))
         return loss
 

@@ -53,3 +53,15 @@ def test_every_architecture_is_positively_homogeneous(name):
     for a in (1e-12, 0.25, 2.0, 10.0, 1e6):  # tiny physical units too: no epsilon anywhere
         scaled = np.asarray(model(np.float32(a) * y, training=False))
         assert _relative(scaled, np.float32(a) * base) < 1e-4, (name, a)
+
+
+def test_soft_orthogonality_is_zero_for_orthonormal_kernels_wide_or_tall():
+    from src_models.layers import KernelRegularizer
+
+    reg = KernelRegularizer(orthogonal=1.0)
+    rng = np.random.default_rng(0)
+    tall = np.linalg.qr(rng.normal(size=(63, 16)))[0].astype(np.float32)  # columns orthonormal
+    wide = np.linalg.qr(rng.normal(size=(64, 64)))[0][:9].astype(np.float32)  # rows orthonormal
+    assert float(reg(tall.reshape(3, 3, 7, 16))) < 1e-8
+    assert float(reg(wide.reshape(3, 3, 1, 64))) < 1e-8  # was 64 - 9 = 55: W^T W can't be I
+    assert float(reg(2 * wide.reshape(3, 3, 1, 64))) == pytest.approx(81, rel=1e-4)  # |4I - I|^2
