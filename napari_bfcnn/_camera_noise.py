@@ -35,9 +35,11 @@ __all__ = [
     "finite_range",
     "microscopy_reason",
     "range_warning",
+    "read_noise_warning",
     "readout_text",
     "trained_on_correlated_noise",
     "trained_photons_range",
+    "trained_read_noise_range",
     "whole_plane",
 ]
 
@@ -123,6 +125,13 @@ class CameraNoise:
     def photons_full_scale(self) -> float:
         """Photons at the peak: the engine's full scale, in the units of a model's photons_range."""
         return self.estimate.photons_at(self.peak)
+
+    @property
+    def read_noise_full_scale(self) -> float:
+        """Read-noise sigma on the 8-bit scale of the signal at the peak (a recipe's read_noise
+        units: ``read_sigma / (peak - offset) * 255``); inf without signal."""
+        signal = self.peak - self.estimate.offset
+        return math.inf if signal <= 0 else self.estimate.read_sigma / signal * 255.0
 
     @property
     def shot_fraction_peak(self) -> float:
@@ -225,6 +234,22 @@ def range_warning(noise: CameraNoise | None, model: str, photons_range: Any) -> 
     )
 
 
+def read_noise_warning(noise: CameraNoise | None, model: str, read_range: Any) -> str:
+    """A warning when the read noise, relative to full scale, is above the model's trained
+    range, else "". Why: at a few photons a camera's 1-2 electrons of read noise are a
+    large share of the signal, and a model never shown that much leaves it in."""
+    if noise is None or read_range is None or not noise.shot_noise:
+        return ""
+    hi = float(read_range[1])
+    read = noise.read_noise_full_scale
+    if not math.isfinite(read) or read <= hi:
+        return ""
+    return (
+        f"\u26a0 read noise \u2248 {read:.3g}/255 of full scale: above {model}'s trained range "
+        f"(up to {hi:g})"
+    )
+
+
 def correlation_warning(noise: CameraNoise | None, model: str, trained: bool | None) -> str:
     """A warning when the noise is correlated between neighbours and ``model`` was trained
     on white noise only (``trained`` False), else ""."""
@@ -247,6 +272,16 @@ def trained_photons_range(path: str | Path | None) -> tuple[float, float] | None
     if corruption is None or corruption.poisson_gaussian_prob <= 0:
         return None
     lo, hi = corruption.photons_range
+    return float(lo), float(hi)
+
+
+def trained_read_noise_range(path: str | Path | None) -> tuple[float, float] | None:
+    """``card.recipe.corruption.read_noise_range`` (8-bit scale of full scale) of a model file
+    trained on Poisson-Gaussian noise; None otherwise (see :func:`trained_photons_range`)."""
+    corruption = _trained_corruption(path)
+    if corruption is None or corruption.poisson_gaussian_prob <= 0:
+        return None
+    lo, hi = corruption.read_noise_range
     return float(lo), float(hi)
 
 

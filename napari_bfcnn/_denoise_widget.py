@@ -45,9 +45,11 @@ from ._camera_noise import (
     finite_range,
     microscopy_reason,
     range_warning,
+    read_noise_warning,
     readout_text,
     trained_on_correlated_noise,
     trained_photons_range,
+    trained_read_noise_range,
     whole_plane,
 )
 from ._image_model_widget import ImageModelWidget
@@ -685,6 +687,7 @@ class DenoiseWidget(ImageModelWidget):
         path = info.path if info is not None and not info.error else None
         warnings = (
             range_warning(self._camera, name or "", trained_photons_range(path)),
+            read_noise_warning(self._camera, name or "", trained_read_noise_range(path)),
             correlation_warning(self._camera, name or "", trained_on_correlated_noise(path)),
         )
         warning = "\n".join(w for w in warnings if w)

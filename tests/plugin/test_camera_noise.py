@@ -13,9 +13,11 @@ from napari_bfcnn._camera_noise import (
     correlation_warning,
     microscopy_reason,
     range_warning,
+    read_noise_warning,
     readout_text,
     trained_on_correlated_noise,
     trained_photons_range,
+    trained_read_noise_range,
 )
 from src_models.noise_model import PoissonGaussian
 
@@ -97,6 +99,19 @@ def test_no_range_warning_without_shot_noise_or_a_range():
     assert range_warning(_noise(8.0, 16.0, 120.0, 200.0), "m", None) == ""
 
 
+def test_read_noise_warning_compares_read_sigma_relative_to_full_scale():
+    # gain 8, 15 photons at the peak: signal 120 above the black level of 100
+    low = _noise(8.0, 6.0, 60.0, 220.0)  # read 6 of 120: 12.75/255 of full scale
+    high = _noise(8.0, 12.0, 60.0, 220.0)  # 25.5/255
+    assert low.read_noise_full_scale == pytest.approx(12.75)
+    assert read_noise_warning(low, "m", (0.0, 15.0)) == ""
+    assert read_noise_warning(high, "m", (0.0, 15.0)) == (
+        "\u26a0 read noise \u2248 25.5/255 of full scale: above m's trained range (up to 15)"
+    )
+    assert read_noise_warning(_noise(0.0, 12.0, 60.0, 220.0), "m", (0.0, 15.0)) == ""  # Gaussian
+    assert read_noise_warning(high, "m", None) == ""
+
+
 def test_trained_photons_range_is_none_for_models_not_trained_on_shot_noise(tmp_path):
     from src_models.architectures import build_model
     from src_models.config import DataConfig, DnCNNConfig, ModelCard, RecipeConfig
@@ -108,6 +123,7 @@ def test_trained_photons_range_is_none_for_models_not_trained_on_shot_noise(tmp_
     save_model(model, tmp_path / "g.keras", ModelCard(name="g", recipe=gaussian))
     save_model(model, tmp_path / "bare.keras", ModelCard(name="bare"))
     assert trained_photons_range(tmp_path / "g.keras") is None  # default range, never used
+    assert trained_read_noise_range(tmp_path / "g.keras") is None
     assert trained_photons_range(tmp_path / "bare.keras") is None
     assert trained_photons_range(tmp_path / "missing.keras") is None
     assert trained_photons_range(None) is None
