@@ -227,7 +227,10 @@ def black_levels(planes: Any, smooth: float = BLACK_SMOOTH) -> np.ndarray:
 
     Why together: the planes are read strip by strip all at once, so a lazy stack
     chunked over several planes (a zarr of 64-plane chunks) is decompressed once
-    per strip, not once per plane and strip. Same values as plane by plane.
+    per strip, not once per plane and strip. Same values as plane by plane. Memory
+    stays bounded: planes go in groups whose samples fit 256 MiB (one 2048² plane
+    holds 32 MiB of them), strips are at most 64 MiB, so a chunk of many large
+    planes is read once per group and strip.
 
     Returns
     -------
@@ -239,15 +242,33 @@ def black_levels(planes: Any, smooth: float = BLACK_SMOOTH) -> np.ndarray:
     if planes.ndim not in (3, 4):
         raise ValueError(f"black_levels needs (N, H, W) or (N, H, W, C) (got shape {planes.shape})")
     chunks = getattr(planes, "chunks", None)
-    return _black_levels(
-        lambda lo, hi: np.asarray(planes[:, lo:hi], dtype=np.float64),
-        lambda i: np.asarray(planes[i]),
-        int(planes.shape[0]), tuple(planes.shape[1:]), smooth,
-        int(chunks[1][0]) if chunks else 0,
-    )
+    n, plane_shape = int(planes.shape[0]), tuple(planes.shape[1:])
+    h, w = plane_shape[:2]
+    step = _sample_step(h, w)
+    channels = plane_shape[2] if len(plane_shape) == 3 else 1
+    kept = math.ceil(h / step) * math.ceil(w / step) * channels
+    group = max(1, _SAMPLE_VALUES // kept)  # planes whose samples are held together
+    levels = []
+    for g0 in range(0, n, group):
+        sub = planes[g0 : g0 + group]
+        levels.append(
+            _black_levels(
+                lambda lo, hi, sub=sub: np.asarray(sub[:, lo:hi], dtype=np.float64),
+                lambda i, sub=sub: np.asarray(sub[i]),
+                int(sub.shape[0]), plane_shape, smooth,
+                int(chunks[1][0]) if chunks else 0,
+            )
+        )
+    return np.concatenate(levels)
+
+
+def _sample_step(h: int, w: int) -> int:
+    """Grid step of the black level's samples: planes above MAX_PLANE_PIXELS are subsampled."""
+    return max(1, math.ceil(math.sqrt(h * w / MAX_PLANE_PIXELS)))
 
 
 _STRIP_VALUES = 1 << 23  # values per strip of all planes read together (64 MiB as float64)
+_SAMPLE_VALUES = 1 << 25  # smoothed samples kept for the percentiles (256 MiB as float64)
 
 
 def _black_levels(
@@ -264,7 +285,7 @@ def _black_levels(
 
     h, w = plane_shape[:2]
     per_row = n * w * (plane_shape[2] if len(plane_shape) == 3 else 1)
-    step = max(1, math.ceil(math.sqrt(h * w / MAX_PLANE_PIXELS)))
+    step = _sample_step(h, w)
     halo = 3 * math.ceil(smooth)
     rows = max(256, step, chunk_rows)  # a lazy stack: strips as tall as its chunks
     rows = min(rows, max(step, 16, _STRIP_VALUES // max(1, per_row)))  # ... memory allowing

@@ -248,8 +248,14 @@ def test_centre_crop_estimate_reads_the_middle_plane_and_first_channel(camera):
     assert estimate_centre_crop(np.zeros((8, 8))) is None  # too small: no estimate, no error
 
 
-def test_black_levels_of_a_stack_equal_each_planes_and_leave_the_input_alone():
+@pytest.mark.parametrize("group", [None, 3])  # all planes' samples together, or 3 at a time
+def test_black_levels_of_a_stack_equal_each_planes_and_leave_the_input_alone(group, monkeypatch):
     import dask.array as da
+
+    from src_models import noise_model
+
+    if group is not None:
+        monkeypatch.setattr(noise_model, "_SAMPLE_VALUES", group * 90 * 300)
 
     rng = np.random.default_rng(3)
     stack = 100.0 + rng.poisson(20.0, (4, 90, 300)) * np.arange(1, 5)[:, None, None]
