@@ -57,9 +57,11 @@ if TYPE_CHECKING:
     from .config import ModelCard
     from .inference import Denoiser
 
-__all__ = ["denoise_dask", "measure_dask"]
+__all__ = ["chunk_side", "denoise_dask", "measure_dask"]
 
-BLOCK_PIXELS = 1 << 24  # pixels of one task's planes (cores only): ~64 MiB as float32
+# pixels of one task's planes (cores only, per channel): ~64 MiB as float32, before the
+# windows' margins and the model's activations
+BLOCK_PIXELS = 1 << 24
 
 _LIVE: weakref.WeakValueDictionary[str, Denoiser] = weakref.WeakValueDictionary()
 
@@ -125,6 +127,24 @@ class _ModelRef:
 # --------------------------------------------------------------------------- chunk geometry
 
 
+def _tile_step(tile: int, multiple: int, min_size: int) -> int:
+    """The chunk side a given tile becomes: at least the overlap, on the size multiple."""
+    return _round_up(max(int(tile), min_size, 1), multiple)
+
+
+def chunk_side(model: Any, tile: int) -> int:
+    """The spatial chunk side :func:`denoise_dask` uses for ``tile`` with ``model``.
+
+    Why public: a reader chunking its input to it (the command line's TIFF bands)
+    gives every engine chunk exactly one input chunk, so none is computed twice.
+    Reads only the model's card.
+    """
+    card = _ModelRef(model).card()
+    multiple = int(card.size_multiple)
+    margin = _round_up(int(card.receptive_field), multiple)
+    return _tile_step(tile, multiple, max(margin, multiple, 1))
+
+
 def _aligned_chunks(
     chunks: Sequence[int],
     multiple: int,
@@ -144,7 +164,7 @@ def _aligned_chunks(
     """
     length = int(sum(chunks))
     if tile is not None:
-        step = _round_up(max(int(tile), min_size, 1), multiple)
+        step = _tile_step(tile, multiple, min_size)
         bounds = list(range(step, length, step))
     else:
         cuts, start = [], 0
@@ -349,6 +369,7 @@ def denoise_dask(
     tile: int | None = None,
     offset: float | str | None = None,
     tta: int = 1,
+    input_chunks: bool = True,
 ) -> da.Array:
     """Denoise a (lazy) array chunk by chunk; equal to ``Denoiser.denoise`` up to float rounding.
 
@@ -366,19 +387,24 @@ def denoise_dask(
     channel_axis : int, optional
         Axis holding channels; None for a single channel.
     tile : int, optional
-        Spatial chunk (core) size. None keeps the input's chunks, split above
-        1024 px. Rounded up to the size multiple; never below the overlap.
+        Spatial chunk (core) size. None follows the input's chunks: long ones split,
+        small neighbours merged, up to 1024 px (less when a chunk holds many planes,
+        see ``BLOCK_PIXELS``). Rounded up to the size multiple; never below the overlap.
     offset : float or "auto", optional
         As in :meth:`Denoiser.denoise`; None: each plane's minimum when negative;
-        ``"auto"``: each plane's black level, which reads every plane whole once.
+        ``"auto"``: each plane's black level, which reads the input once more, strip
+        by strip, the planes of a stored chunk together.
     tta : {1, 2, 4, 8}
         Test-time augmentation, as in :meth:`Denoiser.denoise_iter`.
+    input_chunks : bool
+        Give dask input's chunks back (default). False: the engine's own chunks, so
+        a writer computing one row of chunks at a time computes each exactly once.
 
     Returns
     -------
     dask.array.Array
-        Same shape, axis order and (for dask input) chunks; same dtype for
-        integers, float32 for floats.
+        Same shape and axis order; for dask input its chunks (see ``input_chunks``);
+        same dtype for integers, float32 for floats.
     """
     import dask.array as da
 
@@ -410,8 +436,9 @@ def denoise_dask(
     nl = len(layout.lead_axes)
     min_size = max(margin, multiple, 1)
     # a chunk holding many planes (a 64-plane zarr chunk) gets smaller cores: bounded memory
-    depth = math.prod(max(c) for c in t.chunks[:nl])
-    max_core = min(MAX_CORE, max(min_size, _round_up(math.isqrt(BLOCK_PIXELS // depth), multiple)))
+    planes_per_chunk = math.prod(max(c) for c in t.chunks[:nl])
+    side = math.isqrt(BLOCK_PIXELS // planes_per_chunk)
+    max_core = min(MAX_CORE, max(min_size, _round_up(side, multiple)))
     spatial_chunks = [
         _aligned_chunks(t.chunks[nl + i], multiple, min_size, tile, max_core) for i in (0, 1)
     ]
@@ -451,7 +478,7 @@ def denoise_dask(
         result = result[..., 0].transpose(tuple(int(a) for a in np.argsort(axes)))
     else:
         result = result.transpose(tuple(int(a) for a in np.argsort((*axes, layout.channel_axis))))
-    return result if given_chunks is None else result.rechunk(given_chunks)
+    return result if given_chunks is None or not input_chunks else result.rechunk(given_chunks)
 
 
 # --------------------------------------------------------------------------- clusters
@@ -564,9 +591,10 @@ def measure_dask(
                     m = _round_up(int(ref.card().receptive_field), int(ref.card().size_multiple))
                     side = _round_up(tile, int(ref.card().size_multiple)) + 2 * m
                     client.run(_warm, ref.path, (1, side, side, channels))
-                denoise_dask(warm, ref.path, channel_axis=axis).compute()
+                denoise_dask(warm, ref.path, channel_axis=axis, tile=tile).compute()
                 t0 = time.perf_counter()
-                out = denoise_dask(da.from_zarr(f"{tmp}/in.zarr"), ref.path, channel_axis=axis)
+                data = da.from_zarr(f"{tmp}/in.zarr")
+                out = denoise_dask(data, ref.path, channel_axis=axis, tile=tile)
                 out.to_zarr(f"{tmp}/out.zarr")  # the input's chunks: regular
                 sec = time.perf_counter() - t0
             worker_peaks = sorted(client.run(_maxrss_mb).values()) if client else []

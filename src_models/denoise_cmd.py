@@ -150,15 +150,21 @@ def _denoise_lazy(
     data: Any, axis: int | None, name: str, alpha: bool, tile: int | None, offset=None,
     tta: int = 1,
 ) -> Any:
-    """dask in, dask out; alpha (the last channel of RGBA or gray + alpha) passed through."""
+    """dask in, dask out; alpha (the last channel of RGBA or gray + alpha) passed through.
+
+    The result keeps the engine's chunks: the TIFF writer computes one row of them at a
+    time, each once (chunks given back as the input's would straddle them); zarr
+    rechunks in the one graph it stores.
+    """
     import dask.array as da
 
     from .dask_inference import denoise_dask
 
-    kwargs = dict(channel_axis=axis, tile=tile, offset=offset, tta=tta)
+    kwargs = dict(channel_axis=axis, tile=tile, offset=offset, tta=tta, input_chunks=False)
     if alpha:
         colour = denoise_dask(data[..., :-1], name, **kwargs)
-        return da.concatenate([colour, data[..., -1:].astype(colour.dtype)], axis=-1)
+        alpha_plane = data[..., -1:].astype(colour.dtype).rechunk(colour.chunks[:-1] + (1,))
+        return da.concatenate([colour, alpha_plane], axis=-1)
     return denoise_dask(data, name, **kwargs)
 
 
@@ -220,12 +226,11 @@ def _one_lazy(
     samples = _holds_samples(path, image.axes, image.data.ndim, axis)
     axis, name, alpha, offset = plan_for_data(image.data, axis, args.model, offset, samples)
     tile = args.tile or None
-    if tile is not None:  # chunks on the model's size multiple, or each band computes twice
-        from .registry import load_model
+    if tile is not None:  # the engine's chunks (size multiple, overlap), or bands compute twice
+        from .dask_inference import chunk_side
 
-        multiple = int(load_model(name).card.size_multiple)
-        if tile % multiple:
-            tile += multiple - tile % multiple
+        tile = chunk_side(name, tile)
+        if tile != args.tile:
             image = open_lazy(path, chunk=tile)
     image.channel_axis = axis
     result = _denoise_lazy(image.data, axis, name, alpha, tile, offset, args.tta)
