@@ -68,7 +68,10 @@ def denoise_image(
     image : array-like
         2-D gray, (..., Y, X, 3|4) RGB(A) (a last axis of 3 or 4 is taken as
         colour: no image is 3 or 4 pixels wide), or a stack whose last two axes
-        are Y, X. Multiscale (pyramid) data are refused: pass one level.
+        are Y, X. Channels are guessed as the Denoise widget guesses them: a last
+        axis of 2, or a first axis of at most 4 in front of a larger plane, holds
+        channels, each denoised alone by a gray model (the Denoise dock lets you
+        override the guess). Multiscale (pyramid) data are refused: pass one level.
     model : str
         Model name or ``.keras`` path; ``"auto"`` picks by data: colour for RGB,
         microscopy for camera data, else gray.

@@ -221,8 +221,11 @@ def vectors_kwargs(source, data: np.ndarray, model: str, fixed: dict[int, int], 
     n = int(source.ndim)
     rotate, shear = np.eye(n + 1), np.eye(n + 1)
     rotate[1:, 1:] = np.asarray(source.rotate, dtype=float)
-    shear[1:, 1:] = np.eye(n)
-    shear[1:, 1:][np.triu_indices(n, 1)] = np.asarray(source.shear, dtype=float)
+    given = np.asarray(source.shear, dtype=float)
+    if given.ndim == 2:  # napari gives the full matrix when it is not upper triangular
+        shear[1:, 1:] = given
+    else:
+        shear[1:, 1:][np.triu_indices(n, 1)] = given
     affine = np.eye(n + 2)
     affine[1:, 1:] = np.asarray(source.affine.affine_matrix, dtype=float)
     metadata = {PROVENANCE_KEY: provenance(source, model, VECTORS)}

@@ -103,13 +103,9 @@ def _read_raw(path: Path) -> np.ndarray:
         import tifffile
 
         return np.asarray(tifffile.imread(path))
-    import imageio.v3 as iio
-    from PIL import Image
+    from .files import read_pixels
 
-    with Image.open(path) as im:
-        if im.mode == "CMYK":  # as (H, W, 4) it would pass for RGBA: cyan for red
-            return np.asarray(im.convert("RGB"))
-    return np.asarray(iio.imread(path))
+    return read_pixels(path)
 
 
 def _to_unit_float(arr: np.ndarray, path: Path) -> np.ndarray:

@@ -112,15 +112,28 @@ def read_image_file(path: str | Path) -> ImageFile:
     try:
         if suffix in (".tif", ".tiff"):
             return _read_tiff(path)
-        import imageio.v3 as iio
-
-        data = np.asarray(iio.imread(path))
+        data = read_pixels(path)
     except _SeriesError:
         raise
     except (OSError, ValueError, SyntaxError, RuntimeError) as err:  # decoders raise many kinds
         raise ValueError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
     la = data.ndim == 3 and data.shape[-1] == 2  # gray + alpha (PNG colour type 4)
     return ImageFile(data, 2 if la else _guess_channel_axis(data.shape))
+
+
+def read_pixels(path: str | Path) -> np.ndarray:
+    """The pixels of a PNG / JPEG / other non-TIFF image; CMYK converted to RGB.
+
+    Why the conversion: imageio gives a CMYK JPEG's 4 channels as they are, which
+    pass for RGBA (pure red would come out cyan, its black as alpha).
+    """
+    import imageio.v3 as iio
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode == "CMYK":
+            return np.asarray(im.convert("RGB"))
+    return np.asarray(iio.imread(path))
 
 
 def _read_tiff(path: Path) -> ImageFile:

@@ -177,7 +177,7 @@ def _layout(array: Any, channel_axis: int | None) -> _Layout:
     if 0 in shape:
         raise ValueError(f"cannot denoise an empty image (shape {shape})")
     spatial = (others[-2], others[-1])
-    if channel_axis is None and ndim >= 3 and shape[-1] <= 4 < min(shape[-3:-1]):
+    if channel_axis is None and ndim >= 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
         raise ValueError(
             f"an image of shape {shape} looks like {shape[-1]} channels last (RGB, RGBA): pass "
             "channel_axis=-1; without it the last two axes are the planes' height and width"

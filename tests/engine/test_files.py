@@ -183,3 +183,12 @@ def test_an_ome_zarr_source_gives_a_one_level_ome_zarr_result(tmp_path, zarr_for
     assert out.attrs["omero"] == {"channels": [{"label": "GFP"}]}
     assert [name for name, _ in out.arrays()] == ["s0"] and out["s0"].chunks == (8, 8)
     np.testing.assert_array_equal(open_lazy(tmp_path / "out.ome.zarr").data.compute(), img * 2)
+
+
+def test_a_cmyk_jpeg_is_read_as_rgb(tmp_path):
+    from PIL import Image
+
+    Image.new("CMYK", (16, 12), (0, 255, 255, 0)).save(tmp_path / "red.jpg", quality=100)
+    image = read_image_file(tmp_path / "red.jpg")
+    assert image.data.shape == (12, 16, 3) and image.channel_axis == 2  # not RGBA
+    np.testing.assert_allclose(image.data.mean(axis=(0, 1)), [255, 0, 0], atol=5)
