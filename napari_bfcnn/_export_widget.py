@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class ExportJob:
     folder: Path
     overwrite: bool = False
     info: Any = None  # src_models.export_bioimageio.PackageInfo of a bioimage.io package
+    stop: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
 @dataclass
@@ -61,13 +63,16 @@ class ExportOutcome:
 
     results: list[Any] = field(default_factory=list)  # src_models.export.ExportResult
     error: str | None = None
+    cancelled: bool = False  # stopped by Cancel between two formats
 
 
 def export_job(job: ExportJob) -> Generator[tuple[int, str], None, ExportOutcome]:
     """Export format by format, yielding (formats done, what is being done); never raises.
 
-    Why yield per format: each yield is where Cancel (``worker.quit()``) stops the
-    export, after a whole format, so no file is left half-written.
+    Why its own stop flag (``job.stop``), checked between formats, and not
+    ``worker.quit()``: the export always returns (an error raised by the format being
+    written when Cancel was pressed is still reported), the exporter's temporary folder
+    is removed at once, and no file is left half-written.
 
     Returns
     -------
@@ -83,9 +88,15 @@ def export_job(job: ExportJob) -> Generator[tuple[int, str], None, ExportOutcome
         results = iter_export(
             job.model, job.formats, job.folder, overwrite=job.overwrite, info=job.info
         )
-        for result in results:
-            outcome.results.append(result)
-            yield len(outcome.results), f"{result.format} written to {result.path.name}"
+        try:
+            for result in results:
+                outcome.results.append(result)
+                yield len(outcome.results), f"{result.format} written to {result.path.name}"
+                if job.stop.is_set() and len(outcome.results) < len(job.formats):
+                    outcome.cancelled = True
+                    break
+        finally:
+            results.close()  # its staging folder goes now, not when collected
     except (ValueError, OSError, RuntimeError) as err:  # ExportError, ModelFileError included
         outcome.error = str(err)
     except Exception as err:  # a bug: keep the traceback in the log, show one line
@@ -107,6 +118,8 @@ class ExportWidget(Container):
         super().__init__()
         self._viewer = napari_viewer
         self._worker = None
+        self._job: ExportJob | None = None
+        self._closed = False  # the dock was closed: a running export reports by notification
         self._models: dict[str, Any] = {}
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.formats = {
@@ -131,7 +144,6 @@ class ExportWidget(Container):
         buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(label="status", value="")
-        self._written: list[str] = []
         self.extend(
             [self.model, *self.formats.values(), self.authors, self.license, self.folder,
              self.overwrite, buttons, self.progress, self.status]
@@ -154,10 +166,11 @@ class ExportWidget(Container):
         decorate_model_combo(self.model, self._models)
 
     def _disconnect(self, *_args) -> None:
+        self._closed = True
         with contextlib.suppress(Exception):
             model_events.changed.disconnect(self.reset_choices)
-        if self._worker is not None:
-            self._worker.quit()
+        if self._job is not None:
+            self._job.stop.set()
 
     @property
     def running(self) -> bool:
@@ -222,10 +235,8 @@ class ExportWidget(Container):
         worker = create_worker(export_job, job, _start_thread=False)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
-        worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self._written = []
+        self._worker, self._job = worker, job
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.progress.max, self.progress.value = len(job.formats), 0
@@ -235,36 +246,42 @@ class ExportWidget(Container):
 
     def cancel(self, *_args) -> None:
         """Stop the export after the format being written."""
-        if self._worker is not None:
+        if self._job is not None:
             self.status.value = "cancelling after the current format…"
             self.cancel_button.enabled = False
-            self._worker.quit()
+            self._job.stop.set()
 
     def _on_yielded(self, item: tuple[int, str]) -> None:
+        if self._closed:
+            return
         done, message = item
         self.progress.value = done
-        if done > len(self._written):
-            self._written.append(message)
         if self.cancel_button.enabled:  # keep "cancelling…" once asked
             self.status.value = message
 
-    def _on_aborted(self, *_args) -> None:
-        done = "; ".join(self._written)
-        self.status.value = "cancelled" + (f" ({done})" if done else ", nothing written")
-        show_info(f"Export cancelled{': ' + done if done else ' before any file was written'}.")
 
     def _on_returned(self, outcome: ExportOutcome) -> None:
         done = ", ".join(f"{r.format} ({r.path.name})" for r in outcome.results)
+        live = not self._closed
         if outcome.error is not None:
-            self.status.value = "failed" + (f" after {done}" if done else "")
+            if live:
+                self.status.value = "failed" + (f" after {done}" if done else "")
             show_error(outcome.error)
             return
+        if outcome.cancelled:
+            if live:
+                self.status.value = "cancelled" + (f" after {done}" if done else "")
+            show_info(f"Export cancelled{' after ' + done if done else ''}.")
+            return
         folder = outcome.results[0].path.parent if outcome.results else ""
-        self.status.value = f"written to {folder}: {done}"
+        if live:
+            self.status.value = f"written to {folder}: {done}"
         worst = max((r.max_error for r in outcome.results), default=0.0)
         show_info(f"Exported {done} to {folder}; each matches the model to {worst:.1e}.")
 
     def _on_finished(self, *_args) -> None:
-        self._worker = None
+        self._worker = self._job = None
+        if self._closed:
+            return
         self.run_button.enabled = True
         self.cancel_button.enabled = False
