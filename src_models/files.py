@@ -289,6 +289,7 @@ class LazyImage:
     zarr_format: int | None = None  # written back in the same format (2 or 3)
     ome_attrs: dict[str, Any] | None = None  # an OME-Zarr group's attributes (level 0 read)
     ome_path: str = ""  # level 0's path in that group
+    zarr_layout: dict[str, Any] = field(default_factory=dict)  # chunk keys, dimension names
 
 
 def tiff_nbytes(path: str | Path) -> int:
@@ -335,6 +336,24 @@ def _ome_group(path: Path) -> tuple[dict[str, Any], str] | None:
     if not scales:
         return None
     return attrs, str(scales[0]["datasets"][0]["path"])
+
+
+def _zarr_layout(arr: Any) -> dict[str, Any]:
+    """``create_array`` arguments keeping a zarr array's chunk key separator and dimension
+    names. Why: OME-Zarr 0.4 (zarr v2) requires "/" chunk keys, 0.5 (v3) dimension names
+    matching its axes; zarr's defaults give neither."""
+    meta = getattr(arr, "metadata", None)
+    out: dict[str, Any] = {}
+    separator = getattr(meta, "dimension_separator", None)  # zarr v2
+    if separator is not None:
+        out["chunk_key_encoding"] = {"name": "v2", "separator": str(separator)}
+    encoding = getattr(meta, "chunk_key_encoding", None)  # zarr v3
+    if encoding is not None:
+        out["chunk_key_encoding"] = encoding
+    names = getattr(meta, "dimension_names", None)
+    if names is not None:
+        out["dimension_names"] = list(names)
+    return out
 
 
 def _one_level(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -405,6 +424,7 @@ def open_lazy(path: str | Path, chunk: int = 1024) -> LazyImage:
                 zarr_chunks=tuple(arr.chunks), zarr_attrs=dict(arr.attrs),
                 zarr_format=getattr(getattr(arr, "metadata", None), "zarr_format", None),
                 ome_attrs=ome[0] if ome else None, ome_path=ome[1] if ome else "",
+                zarr_layout=_zarr_layout(arr),
             )
         import tifffile
 
@@ -450,11 +470,13 @@ def write_zarr_lazy(path: str | Path, image: LazyImage, data: Any) -> Any:
         group = zarr.open_group(where, mode="w-", **fmt)
         group.attrs.update(_one_level(image.ome_attrs))
         out = group.create_array(
-            image.ome_path, shape=data.shape, chunks=chunks, dtype=data.dtype
+            image.ome_path, shape=data.shape, chunks=chunks, dtype=data.dtype,
+            **image.zarr_layout,
         )
     else:
-        out = zarr.open_array(
-            where, mode="w-", shape=data.shape, chunks=chunks, dtype=data.dtype, **fmt
+        out = zarr.create_array(
+            where, shape=data.shape, chunks=chunks, dtype=data.dtype, overwrite=False,
+            **fmt, **image.zarr_layout,
         )
     if image.zarr_attrs:
         out.attrs.update(image.zarr_attrs)

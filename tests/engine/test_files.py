@@ -172,7 +172,12 @@ def test_an_ome_zarr_source_gives_a_one_level_ome_zarr_result(tmp_path, zarr_for
     attrs = {"multiscales": scales} if zarr_format == 2 else {"ome": {"multiscales": scales}}
     group = zarr.open_group(str(tmp_path / "in.ome.zarr"), mode="w", zarr_format=zarr_format)
     group.attrs.update({**attrs, "omero": {"channels": [{"label": "GFP"}]}})
-    group.create_array("s0", shape=img.shape, chunks=(8, 8), dtype=img.dtype)[:] = img
+    layout = (
+        {"chunk_key_encoding": {"name": "v2", "separator": "/"}}  # as OME-Zarr 0.4 requires
+        if zarr_format == 2
+        else {"dimension_names": ["y", "x"]}  # as 0.5 requires
+    )
+    group.create_array("s0", shape=img.shape, chunks=(8, 8), dtype=img.dtype, **layout)[:] = img
     group.create_array("s1", shape=(12, 10), chunks=(8, 8), dtype=img.dtype)[:] = img[::2, ::2]
 
     image = open_lazy(tmp_path / "in.ome.zarr")
@@ -182,6 +187,11 @@ def test_an_ome_zarr_source_gives_a_one_level_ome_zarr_result(tmp_path, zarr_for
     assert meta[0]["axes"] == scales[0]["axes"] and meta[0]["datasets"] == scales[0]["datasets"][:1]
     assert out.attrs["omero"] == {"channels": [{"label": "GFP"}]}
     assert [name for name, _ in out.arrays()] == ["s0"] and out["s0"].chunks == (8, 8)
+    if zarr_format == 2:
+        assert out["s0"].metadata.dimension_separator == "/"
+        assert (tmp_path / "out.ome.zarr" / "s0" / "0" / "0").is_file()  # "/" chunk keys
+    else:
+        assert out["s0"].metadata.dimension_names == ("y", "x")
     np.testing.assert_array_equal(open_lazy(tmp_path / "out.ome.zarr").data.compute(), img * 2)
 
 
