@@ -43,6 +43,7 @@ class TrainOutcome:
 
     result: Any = None  # src_models.finetune.FinetuneResult
     error: str | None = None
+    stopped_early: bool = False  # Stop pressed while the data were prepared: nothing trained
 
 
 def train_job(job: TrainJob) -> Generator[Any, None, TrainOutcome]:
@@ -52,7 +53,7 @@ def train_job(job: TrainJob) -> Generator[Any, None, TrainOutcome]:
     ------
     TrainProgress, ValidationPreview or None
     """
-    from src_models.finetune import finetune
+    from src_models.finetune import StoppedBeforeTraining, finetune
 
     reports: queue.Queue = queue.Queue()
     box: dict[str, Any] = {}
@@ -69,6 +70,8 @@ def train_job(job: TrainJob) -> Generator[Any, None, TrainOutcome]:
                 on_preview=reports.put,
                 should_stop=job.stop.is_set,
             )
+        except StoppedBeforeTraining:
+            box["stopped_early"] = True
         except MemoryError:
             box["error"] = "not enough memory: use smaller patches, a smaller batch or fewer layers"
         except (ValueError, OSError) as err:  # ConfigError, ModelFileError included
@@ -95,7 +98,9 @@ def train_job(job: TrainJob) -> Generator[Any, None, TrainOutcome]:
         if thread.is_alive():  # the worker was quit: stop the training, let it save
             job.stop.set()
             thread.join()
-    return TrainOutcome(result=box.get("result"), error=box.get("error"))
+    return TrainOutcome(
+        result=box.get("result"), error=box.get("error"), stopped_early="stopped_early" in box
+    )
 
 
 def make_train_worker(job: TrainJob) -> Any:

@@ -601,6 +601,11 @@ class TrainWidget(Container):
                 self.status.value = f"failed: {_short(outcome.error, 200)}"
             show_error(outcome.error)
             return
+        if outcome.stopped_early:
+            if live:
+                self.status.value = "stopped before training began: nothing saved"
+            show_info("Training stopped before it began: nothing saved.")
+            return
         r = outcome.result
         if not r.saved:
             every = r.recipe.training.val_every

@@ -509,6 +509,17 @@ class _Evaluator:
 # --------------------------------------------------------------------------- run
 
 
+class StoppedBeforeTraining(Exception):
+    """Stop was asked while the data were being prepared: nothing was trained or saved."""
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    """Why between preparation steps: reading and normalising big layers, and estimating
+    each image's noise for R2R, can take a while before the first training step polls."""
+    if should_stop is not None and should_stop():
+        raise StoppedBeforeTraining("stopped before training began: nothing saved")
+
+
 def _fresh_channels(images: Sequence[SourceImage]) -> int:
     return 3 if images and all(im.rgb for im in images) else 1
 
@@ -573,6 +584,8 @@ def finetune(
         Bad settings, a taken name, or nothing to resume.
     ValueError
         Unusable images (shapes, dtypes, too small).
+    StoppedBeforeTraining
+        ``should_stop`` said stop while the data were prepared (nothing written).
     """
     from .data import PairSampler
     from .modelfile import copy_with_card, read_card, save_model
@@ -595,6 +608,7 @@ def finetune(
         )
     else:
         inputs, cleans = samples(images, base.channels, settings.black_level), None
+    _check_stop(should_stop)  # before an earlier run's folder is replaced
     region = choose_validation(inputs, names, base.multiple)
     train_in, crop, crop_sample = split_off_validation(inputs, region)
     reference = None
@@ -651,6 +665,7 @@ def finetune(
             gamma=settings.n2n_gamma,
             total_steps=t_cfg.steps,
         )
+    _check_stop(should_stop)
     evaluator = _Evaluator(
         settings.mode,
         crop,

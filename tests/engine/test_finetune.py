@@ -375,6 +375,28 @@ def test_resume_with_other_settings_or_layers_is_refused_naming_what_changed(use
     assert finetune(settings, text, resume=True).steps_done == 8
 
 
+@pytest.mark.parametrize("polls_before_stop", [0, 1])  # after reading the data, after the sampler
+def test_stop_while_the_data_are_prepared_ends_before_training_and_writes_nothing(
+    user_dir, polls_before_stop
+):
+    from src_models.finetune import StoppedBeforeTraining
+
+    earlier = run_dir("ft")
+    earlier.mkdir(parents=True)
+    (earlier / "checkpoint.keras").write_bytes(b"an earlier run")
+    polls = []
+
+    def stop() -> bool:
+        polls.append(1)
+        return len(polls) > polls_before_stop
+
+    with pytest.raises(StoppedBeforeTraining, match="nothing saved"):
+        finetune(_settings(steps=20), [SourceImage("text", skdata.text())], should_stop=stop)
+    assert not (user_dir / "ft.keras").exists()
+    if polls_before_stop == 0:  # stopped before the run folder was replaced: it is intact
+        assert (earlier / "checkpoint.keras").read_bytes() == b"an earlier run"
+
+
 def test_stop_after_a_validation_keeps_the_best_scored_model(user_dir):
     settings = _settings(steps=100_000, val_every=10)
     result = finetune(settings, [SourceImage("text", skdata.text())], should_stop=_stop_at(26, []))

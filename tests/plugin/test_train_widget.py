@@ -152,8 +152,12 @@ def test_trained_model_is_saved_listed_by_the_denoise_widget_and_denoises(
 class _CountingStop(threading.Event):
     """The job's stop flag, counting the steps the training began: one poll per step.
 
-    ``requested_after``: the steps begun (polls answered "go on") when Stop was pressed.
+    ``requested_after``: the steps begun (polls answered "go on") when Stop was pressed,
+    less the polls made while the data were prepared (``finetune`` checks twice before
+    the training loop).
     """
+
+    PREPARATION_POLLS = 2
 
     def __init__(self) -> None:
         super().__init__()
@@ -170,7 +174,7 @@ class _CountingStop(threading.Event):
     def set(self) -> None:
         with self._count_lock:
             if self.requested_after is None:
-                self.requested_after = self.steps_begun
+                self.requested_after = self.steps_begun - self.PREPARATION_POLLS
             super().set()
 
 
@@ -406,3 +410,13 @@ def test_closing_napari_mid_run_stops_the_training_without_touching_deleted_widg
     qtbot.waitUntil(lambda: not tw._TRAINING.locked(), timeout=TIMEOUT_MS)
     assert not tw._ACTIVE  # the lock and the job are freed for the next training
     assert notes["error"] == []  # and no slot wrote into a deleted widget (pytest-qt fails it)
+
+
+def test_a_stop_while_the_data_are_prepared_is_reported_as_nothing_saved(viewer_widgets, notes):
+    from napari_bfcnn._train_jobs import TrainOutcome
+
+    _, train, _ = viewer_widgets
+    train._on_returned(TrainOutcome(stopped_early=True))
+    assert train.status.value == "stopped before training began: nothing saved"
+    assert notes["info"] == ["Training stopped before it began: nothing saved."]
+    assert notes["error"] == []
