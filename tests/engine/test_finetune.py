@@ -241,6 +241,21 @@ def test_validation_band_is_deterministic_and_never_trained_on():
     np.testing.assert_allclose(crop[..., 0], expected, rtol=1e-6)
 
 
+def test_validation_band_moves_to_the_top_when_the_bottom_is_dark_background():
+    rng = np.random.default_rng(1)
+    cells = rng.normal(10.0, 2.0, (3, 120, 200)).astype("float32")  # dark background, noise
+    cells[:, :60] += 200.0 * (rng.uniform(0, 1, (3, 60, 200)) > 0.7)  # structure: top half
+    items = samples([SourceImage("cells", cells)], channels=1)
+    region = choose_validation(items, ["cells"], multiple=4)
+    rows = region.y1 - region.y0
+    assert region.y0 == 0 and 16 <= rows <= 30  # the top band, of the bottom one's size
+    train_ims, crop, _ = split_off_validation(items, region)
+    assert [im.shape[0] for im in train_ims] == [120 - rows] * 3  # left out of every plane
+    np.testing.assert_allclose(crop[..., 0], items[0].image[:rows, :, 0])
+    flipped = samples([SourceImage("cells", cells[:, ::-1].copy())], channels=1)
+    assert choose_validation(flipped, ["cells"], multiple=4).y1 == 120  # structure below
+
+
 def test_rgb_and_multichannel_layers_become_samples_for_the_model_channels():
     rgb = np.random.default_rng(0).integers(0, 255, (2, 32, 40, 4), dtype=np.uint8)  # RGBA stack
     gray_model = samples([SourceImage("rgba", rgb, rgb=True)], channels=1)
@@ -302,14 +317,19 @@ def test_corrupted_preview_of_camera_data_puts_no_shot_noise_on_the_black_level(
     assert as_signal.noisy[:, :28].std() > 30.0  # the old preview: the offset taken for signal
 
 
+PREPARATION_POLLS = 2  # finetune asks twice while it prepares the data, then once per step
+
+
 def _stop_at(n: int, flipped: list[float]):
+    """A should_stop that says stop at the n-th step's poll."""
     calls: list[int] = []
 
-    def stop() -> bool:  # asked once per step
+    def stop() -> bool:
         calls.append(1)
-        if len(calls) == n:
+        steps = len(calls) - PREPARATION_POLLS
+        if steps == n:
             flipped.append(time.monotonic())
-        return len(calls) >= n
+        return steps >= n
 
     return stop
 
@@ -347,7 +367,7 @@ def test_stop_before_the_first_validation_saves_nothing_and_resume_finishes(
         mp.setattr(modelfile, "save_model", save_model)
         mp.setattr(modelfile, "copy_with_card", lambda *a, **k: pytest.fail("saved a copy"))
         result = finetune(settings, text, should_stop=stop, on_preview=previews.append)
-    assert len(polls) == 30  # never polled again once it said stop
+    assert len(polls) == PREPARATION_POLLS + 30  # never polled again once it said stop
     assert result.stopped and result.steps_done == 29 and not result.saved
     assert [p.step for p in previews] == [0]  # the initial score only: no validation on stopping
     assert writes == [("checkpoint.keras", True)]  # the resumable checkpoint, nothing else
