@@ -346,6 +346,7 @@ def run(argv: list[str] | None = None) -> Path:
                 workers=args.workers,
                 log=_log,
                 methods=[m.strip() for m in args.baselines.split(",") if m.strip()],
+                provenance=command,
             )
             _log(f"added {added} baseline rows")
         first = {d: samples[d][0].name for d in datasets if samples[d]}

@@ -227,6 +227,7 @@ def compute_baselines(
     workers: int = 1,
     log: Callable[[str], None] | None = None,
     methods: Sequence[str] = BASELINES,
+    provenance: str | None = None,
 ) -> int:
     """Compute the baseline rows missing from the cache and append them as they finish.
 
@@ -246,6 +247,8 @@ def compute_baselines(
         Receives one line per finished image and sigma.
     methods : sequence of str
         Which of :data:`BASELINES` to compute (e.g. only ``bm3d_est`` at sigma 90).
+    provenance : str, optional
+        The command, written as a ``#`` comment line before the rows it adds.
 
     Returns
     -------
@@ -273,7 +276,9 @@ def compute_baselines(
         log(f"[baselines {done}/{total}] {r['dataset']} {r['image']} sigma {r['sigma']}: {txt}")
 
     on_rows = None if log is None else logged
-    return append_rows_resumably(path, CACHE_FIELDS, _task, tasks, workers, on_rows)
+    return append_rows_resumably(
+        path, CACHE_FIELDS, _task, tasks, workers, on_rows, provenance=provenance
+    )
 
 
 def append_rows_resumably(
