@@ -343,9 +343,11 @@ def _run_with_baselines_of_one_image(quick_run, data_dir, model_files, tmp_path,
     """A quick Set12 run whose baseline cache holds the rows of ``image`` only."""
     _, cache = quick_run
     lines = cache.read_text().splitlines()
+    assert lines[0].startswith("# made by: python -m src_models.bench --data")  # provenance
+    header = next(ln for ln in lines if not ln.startswith("#"))
     partial = tmp_path / "partial.csv"
     partial.write_text(
-        "\n".join([lines[0]] + [ln for ln in lines[1:] if ln.startswith(f"Set12,{image},")]) + "\n"
+        "\n".join([header] + [ln for ln in lines if ln.startswith(f"Set12,{image},")]) + "\n"
     )
     out = tmp_path / "out"
     args = ["--data", str(data_dir), "--out", str(out), "--quick", "--sections", "quality"]
