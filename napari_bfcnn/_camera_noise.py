@@ -268,8 +268,8 @@ def trained_photons_range(path: str | Path | None) -> tuple[float, float] | None
     None for models without a recipe or never trained on shot noise (their
     photons_range is only a default), and for unreadable files.
     """
-    corruption = _trained_corruption(path)
-    if corruption is None or corruption.poisson_gaussian_prob <= 0:
+    corruption = _shot_noise_corruption(path)
+    if corruption is None:
         return None
     lo, hi = corruption.photons_range
     return float(lo), float(hi)
@@ -278,8 +278,8 @@ def trained_photons_range(path: str | Path | None) -> tuple[float, float] | None
 def trained_read_noise_range(path: str | Path | None) -> tuple[float, float] | None:
     """``card.recipe.corruption.read_noise_range`` (8-bit scale of full scale) of a model file
     trained on Poisson-Gaussian noise; None otherwise (see :func:`trained_photons_range`)."""
-    corruption = _trained_corruption(path)
-    if corruption is None or corruption.poisson_gaussian_prob <= 0:
+    corruption = _shot_noise_corruption(path)
+    if corruption is None:
         return None
     lo, hi = corruption.read_noise_range
     return float(lo), float(hi)
@@ -289,6 +289,14 @@ def trained_on_correlated_noise(path: str | Path | None) -> bool | None:
     """Whether a model file's recipe includes spatially correlated noise; None if unknown."""
     corruption = _trained_corruption(path)
     return None if corruption is None else corruption.correlated_prob > 0
+
+
+def _shot_noise_corruption(path: str | Path | None) -> Any:
+    """:func:`_trained_corruption` of a model trained on Poisson-Gaussian noise, else None."""
+    corruption = _trained_corruption(path)
+    if corruption is None or corruption.poisson_gaussian_prob <= 0:
+        return None
+    return corruption
 
 
 def _trained_corruption(path: str | Path | None) -> Any:
