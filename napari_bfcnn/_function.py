@@ -15,6 +15,7 @@ import numpy as np
 from napari.types import ImageData
 
 from ._layers import LayerError, guess_channel_axis, read_array
+from ._planes import run_to_end
 from ._workers import AUTO, DenoiseJob, denoise_job
 
 __all__ = ["denoise_image"]
@@ -128,9 +129,8 @@ def _run_with_progress(job, model: str):
 
     steps = 1000
     with progress(total=steps, desc=f"denoise_image ({model})") as bar:
-        while True:
-            try:
-                done = min(steps, int(round(float(next(job)) * steps)))
-            except StopIteration as stop:
-                return stop.value
-            bar.update(max(0, done - bar.n))
+
+        def advance(fraction: float) -> None:
+            bar.update(max(0, min(steps, int(round(float(fraction) * steps))) - bar.n))
+
+        return run_to_end(job, advance)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -286,10 +287,15 @@ def _fill_per_channel(plane: np.ndarray, finite: np.ndarray, axis: int | None) -
     return filled[..., 0] if axis is None else np.moveaxis(filled, -1, axis)
 
 
-def run_to_end(gen: Generator):
-    """Drive a generator to its end and return its return value (synchronous use)."""
+def run_to_end(gen: Generator, on_yield: Callable[[Any], Any] | None = None):
+    """Drive a generator to its end and return its return value (synchronous use).
+
+    ``on_yield`` receives each yielded item (e.g. the fraction done, for a progress bar).
+    """
     while True:
         try:
-            next(gen)
+            item = next(gen)
         except StopIteration as stop:
             return stop.value
+        if on_yield is not None:
+            on_yield(item)
