@@ -57,6 +57,7 @@ def denoise_image(
     model: Annotated[str, {"choices": _model_menu}] = AUTO,
     tile: Annotated[int, {"min": 0, "max": 8192, "step": 64}] = 0,
     tta: bool = False,
+    strength: Annotated[float, {"min": 0.0, "max": 1.0, "step": 0.05}] = 1.0,
 ) -> ImageData:
     """Denoise an image or stack with a bias-free CNN.
 
@@ -82,6 +83,9 @@ def denoise_image(
         Test-time augmentation: average the model over the 8 flips and transposes
         of the image (in the benchmark about +0.1 to +0.25 dB at σ 15-50, up to
         +0.7 dB at σ 1-5; 8 times slower).
+    strength : float
+        From 0 to 1: ``image + strength * (denoised - image)``; 1 is the model's
+        output, less keeps part of the noise and fine grain.
 
     Returns
     -------
@@ -112,7 +116,14 @@ def denoise_image(
         )
     except LayerError as err:
         raise ValueError(str(err)) from None
-    job = DenoiseJob(inp=inp, model=name, tile=tile or None, offset=offset, tta=8 if tta else 1)
+    job = DenoiseJob(
+        inp=inp,
+        model=name,
+        tile=tile or None,
+        offset=offset,
+        tta=8 if tta else 1,
+        strength=float(strength),
+    )
     outcome = _run_with_progress(denoise_job(job), name)
     if outcome.error is not None:
         raise ValueError(outcome.error)

@@ -215,6 +215,7 @@ def iter_denoise(
     with_noise: bool = False,
     offset: float | str | None = None,
     tta: int = 1,
+    strength: float = 1.0,
 ) -> Generator[float, None, PlaneResult]:
     """Denoise ``data`` plane by plane; yield the fraction done, return a :class:`PlaneResult`.
 
@@ -222,7 +223,8 @@ def iter_denoise(
     Non-finite pixels are filled with the plane median for the model and put
     back afterwards; planes with no finite pixel are passed through and listed
     in ``skipped``. ``offset`` is the engine's black level (a number, ``"auto"``
-    or None), applied to every plane; ``tta`` the engine's test-time augmentation.
+    or None), applied to every plane; ``tta`` the engine's test-time augmentation,
+    ``strength`` its blend of input and output.
     """
     dtype = output_dtype(data.dtype)
     check_memory(plan, dtype, with_noise)
@@ -252,7 +254,7 @@ def iter_denoise(
         result = None
         for item in denoiser.denoise_iter(
             plane_in, channel_axis=plan.plane_channel_axis, tile=tile or None, offset=offset,
-            tta=tta,
+            tta=tta, strength=strength,
         ):
             if isinstance(item, np.ndarray):
                 result = item

@@ -44,6 +44,7 @@ class DenoiseJob:
     with_noise: bool = False
     offset: float | str | None = None  # black level: a value, "auto" or None (engine default)
     tta: int = 1  # test-time augmentation: transforms averaged (1 = off)
+    strength: float = 1.0  # blend: input + strength * (denoised - input)
 
 
 @dataclass
@@ -71,14 +72,19 @@ def resolve_model(name: str, inp: LayerInput) -> str:
     return default_model(inp.channels, inp.rgb, np.dtype(inp.data.dtype))
 
 
-def result_label(model: str, tta: int = 1, preview: bool = False) -> str:
-    """The model part of an output's name: ``"gray"``, ``"gray, TTA ×8"``, ``"gray, preview"``.
+def result_label(
+    model: str, tta: int = 1, preview: bool = False, strength: float = 1.0
+) -> str:
+    """The model part of an output's name: ``"gray"``, ``"gray, TTA ×8"``,
+    ``"gray, strength 0.5"``, ``"gray, preview"``.
 
-    Why: a run with test-time augmentation, or a one-slice preview, is another result;
-    it gets its own layer instead of replacing the plain all-planes run's (a preview
-    replaces only the previous preview with the same settings).
+    Why: a run with test-time augmentation or a lower strength, or a one-slice preview,
+    is another result; it gets its own layer instead of replacing the plain all-planes
+    run's (a preview replaces only the previous preview with the same settings).
     """
     label = model if tta == 1 else f"{model}, TTA \u00d7{tta}"
+    if strength != 1.0:
+        label = f"{label}, strength {strength:g}"
     return f"{label}, preview" if preview else label
 
 
@@ -115,8 +121,9 @@ def denoise_job(job: DenoiseJob) -> Generator[float, None, DenoiseOutcome]:
             with_noise=job.with_noise,
             offset=job.offset,
             tta=job.tta,
+            strength=job.strength,
         )
-        name = result_label(name, job.tta, preview=bool(job.fixed))
+        name = result_label(name, job.tta, preview=bool(job.fixed), strength=job.strength)
     except ResultTooLarge as err:  # says what to do instead
         return DenoiseOutcome(name, error=f"not enough memory: {err}")
     except MemoryError:  # numpy's own says only what it failed at

@@ -43,11 +43,13 @@ from .inference import (
     MAX_CORE,
     _cast_like,
     _check_offset,
+    _check_strength,
     _check_tta,
     _layout,
     _normalise,
     _offset_and_scale,
     _round_up,
+    blend,
     predict_averaged,
 )
 
@@ -309,6 +311,7 @@ def _denoise_block(
     window: tuple[int, int],
     out_dtype: np.dtype,
     tta: int = 1,
+    strength: float = 1.0,
     block_info: dict | None = None,
 ) -> np.ndarray:
     """Denoise one overlapped chunk (lead..., h, w, C) and return its core (no overlap)."""
@@ -329,11 +332,12 @@ def _denoise_block(
 
     def run() -> None:
         x = np.stack([j[-1] for j in jobs])
-        if repeat > 1:
-            x = np.repeat(x, repeat, axis=-1)
-        y = predict_averaged(den.predict_batch, x, tta)
+        y = predict_averaged(
+            den.predict_batch, np.repeat(x, repeat, axis=-1) if repeat > 1 else x, tta
+        )
         if repeat > 1:
             y = y.mean(axis=-1, keepdims=True)
+        y = blend(x, y, strength)
         for (li, chans, off, scale, _), pred in zip(jobs, y, strict=True):
             core = pred[margin : margin + cores[0], margin : margin + cores[1]]
             out[li + (slice(None), slice(None), chans)] = _cast_like(
@@ -369,6 +373,7 @@ def denoise_dask(
     tile: int | None = None,
     offset: float | str | None = None,
     tta: int = 1,
+    strength: float = 1.0,
     input_chunks: bool = True,
 ) -> da.Array:
     """Denoise a (lazy) array chunk by chunk; equal to ``Denoiser.denoise`` up to float rounding.
@@ -396,6 +401,8 @@ def denoise_dask(
         by strip, the planes of a stored chunk together.
     tta : {1, 2, 4, 8}
         Test-time augmentation, as in :meth:`Denoiser.denoise_iter`.
+    strength : float
+        Blend of input and output, as in :meth:`Denoiser.denoise_iter`.
     input_chunks : bool
         Give dask input's chunks back (default). False: the engine's own chunks, so
         a writer computing one row of chunks at a time computes each exactly once.
@@ -419,6 +426,7 @@ def denoise_dask(
         array = da.from_array(array, chunks=chunks)
     offset = _check_offset(offset)
     tta = _check_tta(tta)
+    strength = _check_strength(strength)
     if tile is not None and (isinstance(tile, bool) or int(tile) < 1):
         raise ValueError(f"tile must be a positive integer or None (got {tile!r})")
     ref = _ModelRef(model)
@@ -473,6 +481,7 @@ def denoise_dask(
         window=window,
         out_dtype=out_dtype,
         tta=tta,
+        strength=strength,
     )
     if layout.channel_axis is None:
         result = result[..., 0].transpose(tuple(int(a) for a in np.argsort(axes)))

@@ -36,6 +36,9 @@ def add_arguments(d: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: average the model over N flips/transposes "
                    "(1 = off, 2, 4 or 8; with 8 about +0.1-0.25 dB at sigma 15-50 and up to "
                    "+0.7 dB at sigma 1-5 in the benchmark, for N times the work; default 1)")
+    d.add_argument("--strength", type=_strength, default=1.0, metavar="S",
+                   help="from 0 to 1: input + S * (denoised - input); 1 is the model's output, "
+                   "less keeps part of the noise and fine grain (default 1)")
     d.add_argument("--suffix", default="_denoised", help="added to output file names")
     d.add_argument("--channel-axis", type=int, help="axis holding channels (default: guessed)")
     d.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -46,6 +49,17 @@ def add_arguments(d: argparse.ArgumentParser) -> None:
                    help="dask threads per local worker (default 1)")
     d.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on an existing dask.distributed scheduler (e.g. tcp://host:8786)")
+
+
+def _strength(text: str) -> float:
+    """``--strength``: a number from 0 to 1, checked by argparse before any work."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1 (got {text!r})")
+    return value
 
 
 def output_path(path: Path, out_dir: Path, suffix: str) -> Path:
@@ -148,7 +162,7 @@ def parse_offset(text: str | None) -> float | str | None:
 
 def _denoise_lazy(
     data: Any, axis: int | None, name: str, alpha: bool, tile: int | None, offset=None,
-    tta: int = 1,
+    tta: int = 1, strength: float = 1.0,
 ) -> Any:
     """dask in, dask out; alpha (the last channel of RGBA or gray + alpha) passed through.
 
@@ -160,7 +174,9 @@ def _denoise_lazy(
 
     from .dask_inference import denoise_dask
 
-    kwargs = dict(channel_axis=axis, tile=tile, offset=offset, tta=tta, input_chunks=False)
+    kwargs = dict(
+        channel_axis=axis, tile=tile, offset=offset, tta=tta, strength=strength, input_chunks=False
+    )
     if alpha:
         colour = denoise_dask(data[..., :-1], name, **kwargs)
         alpha_plane = data[..., -1:].astype(colour.dtype).rechunk(colour.chunks[:-1] + (1,))
@@ -170,7 +186,7 @@ def _denoise_lazy(
 
 def _denoise_in_memory(
     data: Any, axis: int | None, name: str, alpha: bool, tile: int | None, offset=None,
-    tta: int = 1,
+    tta: int = 1, strength: float = 1.0,
 ):
     import numpy as np
 
@@ -179,7 +195,9 @@ def _denoise_in_memory(
     rgba = data
     if alpha:
         data = data[..., :-1]
-    result = load_model(name).denoise(data, channel_axis=axis, tile=tile, offset=offset, tta=tta)
+    result = load_model(name).denoise(
+        data, channel_axis=axis, tile=tile, offset=offset, tta=tta, strength=strength
+    )
     if alpha:
         result = np.concatenate([result, rgba[..., -1:].astype(result.dtype)], axis=-1)
     return result
@@ -233,7 +251,7 @@ def _one_lazy(
         if tile != args.tile:
             image = open_lazy(path, chunk=tile)
     image.channel_axis = axis
-    result = _denoise_lazy(image.data, axis, name, alpha, tile, offset, args.tta)
+    result = _denoise_lazy(image.data, axis, name, alpha, tile, offset, args.tta, args.strength)
     partial = target.with_name(f".{target.name}.partial")
     _remove(partial)
     try:
@@ -261,9 +279,13 @@ def _one_file(path: Path, target: Path, args: argparse.Namespace, offset, client
     axis, name, alpha, offset = plan_for_data(image.data, axis, args.model, offset, samples)
     tile = args.tile or None
     if client is not None:
-        result = _denoise_lazy(image.data, axis, name, alpha, tile, offset, args.tta).compute()
+        result = _denoise_lazy(
+            image.data, axis, name, alpha, tile, offset, args.tta, args.strength
+        ).compute()
     else:
-        result = _denoise_in_memory(image.data, axis, name, alpha, tile, offset, args.tta)
+        result = _denoise_in_memory(
+            image.data, axis, name, alpha, tile, offset, args.tta, args.strength
+        )
     write_image_file(target, image, result)
     return name
 

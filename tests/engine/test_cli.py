@@ -65,6 +65,22 @@ def test_denoise_tta_writes_the_augmented_result(model_dir, tmp_path):
     assert not np.array_equal(written, den.denoise(img))
 
 
+def test_denoise_strength_writes_the_blend_and_refuses_out_of_range(model_dir, tmp_path, capsys):
+    from src_models.registry import load_model
+
+    img = _noisy((40, 48)).astype("uint16") * 100
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    out = tmp_path / "out"
+    code = main(["denoise", str(tmp_path / "a.tif"), "--out", str(out), "--model", "pyramid",
+                 "--strength", "0.5", "--offset", "none", "--quiet"])
+    assert code == 0
+    written = tifffile.imread(out / "a_denoised.tif")
+    assert np.array_equal(written, load_model("pyramid").denoise(img, strength=0.5))
+    with pytest.raises(SystemExit):
+        main(["denoise", str(tmp_path / "a.tif"), "--out", str(out), "--strength", "1.5"])
+    assert "--strength: must be a number from 0 to 1" in capsys.readouterr().err
+
+
 def test_denoise_refuses_to_overwrite_its_input(model_dir, tmp_path, capsys):
     iio.imwrite(tmp_path / "x.png", _noisy((16, 16)).astype("uint8"))
     before = (tmp_path / "x.png").read_bytes()

@@ -129,6 +129,17 @@ def test_tta_over_many_chunks_equals_in_memory(tiny_models):
     assert _rel(out, ref) < RTOL
 
 
+def test_strength_over_many_chunks_equals_in_memory(tiny_models):
+    den = tiny_models["pyramid"]
+    img = _noisy((2, 90, 70), seed=8)
+    ref = den.denoise(img, strength=0.35)
+    assert _rel(ref, den.denoise(img)) > 1e-4  # the blend changes the output
+    out = denoise_dask(da.from_array(img, chunks=(1, 37, 41)), den, strength=0.35).compute()
+    assert _rel(out, ref) < RTOL
+    with pytest.raises(ValueError, match="strength must be a number from 0"):
+        denoise_dask(img, den, strength=2)
+
+
 def test_tile_rechunks_a_numpy_array(tiny_models):
     den = tiny_models["gray"]
     img = _noisy((64, 80), seed=4).astype(np.uint16) * 100

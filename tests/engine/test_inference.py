@@ -442,6 +442,49 @@ def test_bad_tta_is_refused_naming_the_choices(gray, tta):
         gray.denoise(noisy((32, 32)), tta=tta)
 
 
+# ------------------------------------------------------------------ strength
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.3, 0.75])
+def test_strength_blends_the_input_back_in(gray, strength):
+    """y + s (D(y) - y): 0 gives the input back, 1 the model's output."""
+    img = noisy((70, 90))
+    full = gray.denoise(img, offset=0.0)
+    out = gray.denoise(img, offset=0.0, strength=strength)
+    assert np.abs(out - (img + strength * (full - img))).max() < 1e-5 * np.abs(img).max()
+    assert np.array_equal(gray.denoise(img, offset=0.0, strength=1.0), full)
+
+
+def test_strength_keeps_tiles_homogeneity_and_channel_repeats(tiny_models, gray):
+    img = noisy((97, 131))
+    whole = gray.denoise(img, strength=0.4)
+    assert rel_err(gray.denoise(img, strength=0.4, tile=(41, 23), tta=2),
+                   gray.denoise(img, strength=0.4, tta=2)) < 1e-5
+    assert rel_err(gray.denoise(6.0 * img, strength=0.4), 6.0 * whole) < 1e-5
+    # a colour model on a gray image: the blend uses the image, not its repeated channels
+    color = tiny_models["color"]
+    full = color.denoise(img, offset=0.0)
+    half = color.denoise(img, offset=0.0, strength=0.5)
+    assert half.shape == img.shape
+    assert np.abs(half - (img + 0.5 * (full - img))).max() < 1e-5 * np.abs(img).max()
+
+
+def test_strength_with_a_black_level_and_integers(gray):
+    u16 = (100 + noisy((64, 48)) * 4000).astype(np.uint16)
+    full = gray.denoise(u16.astype(np.float32), offset="auto")  # unrounded, unclipped
+    out = gray.denoise(u16, offset="auto", strength=0.5)
+    assert out.dtype == np.uint16
+    want = np.clip(np.rint(u16 + 0.5 * (full - u16)), 0, 65535)  # blended, then rounded once
+    assert np.abs(out - want).max() <= 1.0
+    assert np.array_equal(gray.denoise(u16, offset="auto", strength=0.0), u16)
+
+
+@pytest.mark.parametrize("strength", [-0.1, 1.01, float("nan"), True, "0.5", None])
+def test_bad_strength_is_refused_naming_the_range(gray, strength):
+    with pytest.raises(ValueError, match="strength must be a number from 0"):
+        gray.denoise_iter(noisy((32, 32)), strength=strength)
+
+
 # ------------------------------------------------------------------ progress and cancel
 
 

@@ -141,6 +141,19 @@ def test_function_contribution_tta_averages_eight_flips():
     assert np.abs(out - den.denoise(data)).max() > 1e-3
 
 
+def test_function_contribution_strength_blends_input_and_output():
+    from napari_bfcnn import denoise_image
+    from src_models import load_model
+
+    data = np.random.default_rng(4).uniform(0, 255, (40, 40)).astype(np.float32)
+    out = denoise_image(data, model="tiny-gray", strength=0.25)
+    np.testing.assert_allclose(
+        out, load_model("tiny-gray").denoise(data, strength=0.25), rtol=1e-5, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="strength must be a number from 0"):
+        denoise_image(data, model="tiny-gray", strength=1.5)
+
+
 def test_function_contribution_auto_model_and_errors():
     from napari_bfcnn import denoise_image
     from src_models import default_model, load_model

@@ -381,6 +381,23 @@ def test_tta_run_gets_its_own_layer_next_to_the_plain_run(viewer_widget, qtbot):
     assert len(viewer.layers) == 3
 
 
+def test_a_lower_strength_run_gets_its_own_layer_holding_the_blend(viewer_widget, qtbot):
+    from src_models import load_model
+
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(9).uniform(0, 1, (40, 36)).astype(np.float32)
+    layer = viewer.add_image(data, name="img")
+    _run(qtbot, widget, layer)
+    widget.strength.value = 0.5
+    _run(qtbot, widget, layer)
+    plain = viewer.layers["img [denoised: tiny-gray]"]
+    half = viewer.layers["img [denoised: tiny-gray, strength 0.5]"]
+    np.testing.assert_allclose(half.data, data + 0.5 * (plain.data - data), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(half.data, load_model("tiny-gray").denoise(data, strength=0.5),
+                               rtol=1e-5, atol=1e-6)
+    assert len(viewer.layers) == 3
+
+
 def test_settings_are_kept_when_switching_layers(viewer_widget):
     viewer, widget = viewer_widget
     a = viewer.add_image(np.zeros((3, 32, 32), np.float32), name="a")
@@ -390,6 +407,7 @@ def test_settings_are_kept_when_switching_layers(viewer_widget):
     widget.add_noise.value = True
     widget.tile.value = 128
     widget.tta.value = True
+    widget.strength.value = 0.6
     widget.channel_axis.value = NO_AXIS  # the user overrides the guess (0) for layer a
     widget.image.value = b
     assert (widget.model.value, widget.add_noise.value, widget.tile.value, widget.tta.value) == (
@@ -398,6 +416,7 @@ def test_settings_are_kept_when_switching_layers(viewer_widget):
         128,
         True,
     )
+    assert widget.strength.value == pytest.approx(0.6)
     assert not widget.channel_axis.enabled  # RGB: channels are last, nothing to choose
     widget.image.value = a
     assert widget.chosen_channel_axis is None  # the override is remembered per layer
