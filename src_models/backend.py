@@ -53,7 +53,8 @@ def compiled_predict(model: keras.Model, xla: bool = False) -> Callable[[Array],
         A model taking (N, H, W, C) float32 images.
     xla : bool
         TensorFlow only: compile the graphs with XLA (``jit_compile``), falling back
-        to a plain graph for a window shape XLA cannot compile. JAX always uses XLA.
+        to a plain graph for a window shape XLA cannot compile (XLA compiles again for
+        every new batch size, so any call may be the one that fails). JAX always uses XLA.
 
     Returns
     -------
@@ -66,7 +67,7 @@ def compiled_predict(model: keras.Model, xla: bool = False) -> Callable[[Array],
 
         plain = tf.function(lambda x: model(x, training=False))
         fn = tf.function(lambda x: model(x, training=False), jit_compile=True) if xla else plain
-        traced: dict[tuple[int, ...], Callable] = {}
+        traced: dict[tuple[int, ...], tuple[Callable, bool]] = {}  # shape -> (graph, is XLA)
 
         def predict(x: Array) -> Array:
             # one graph per window shape with a free batch size: tiles of one call share a
@@ -74,21 +75,20 @@ def compiled_predict(model: keras.Model, xla: bool = False) -> Callable[[Array],
             # layers such as bilinear UpSampling2D, which need static sizes in a graph)
             x = _as_input(x)
             key = tuple(x.shape[1:])
-            graph = traced.get(key)
-            if graph is None:
+            spec = tf.TensorSpec((None, *key), tf.float32)
+            if key not in traced:
                 if len(traced) >= _MAX_TRACES:
                     traced.pop(next(iter(traced)))
-                spec = tf.TensorSpec((None, *key), tf.float32)
-                graph = fn.get_concrete_function(spec)
-                if fn is not plain:  # XLA compiles on the first call: fall back if it cannot
-                    try:
-                        out = graph(tf.constant(x)).numpy()
-                    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-                        graph = plain.get_concrete_function(spec)
-                    else:
-                        traced[key] = graph
-                        return out
-                traced[key] = graph
+                traced[key] = (fn.get_concrete_function(spec), fn is not plain)
+            graph, compiled = traced[key]
+            try:
+                return graph(tf.constant(x)).numpy()
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+                if not compiled:  # a plain graph's own error: the caller's to see
+                    raise
+            # XLA compiles on a call with a new batch size and could not: plain graph
+            graph = plain.get_concrete_function(spec)
+            traced[key] = (graph, False)
             return graph(tf.constant(x)).numpy()
 
         return predict

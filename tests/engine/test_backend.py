@@ -33,6 +33,44 @@ def test_compiled_predict_with_xla_matches_and_stays_homogeneous(model, xla):
     assert np.linalg.norm(scaled - 7.5 * out) / np.linalg.norm(7.5 * out) < 1e-5
 
 
+def test_xla_falls_back_to_a_plain_graph_whenever_a_compile_fails(model, monkeypatch):
+    """XLA compiles once per batch size: a failure on a later call falls back too."""
+    import tensorflow as tf
+
+    real = tf.function
+    calls = []
+
+    class FailsForBatchOfThree:  # XLA that cannot compile one batch size
+        def __init__(self, f):
+            self.f = real(f)
+
+        def get_concrete_function(self, spec):
+            graph = self.f.get_concrete_function(spec)
+
+            def run(x):
+                calls.append(int(x.shape[0]))
+                if x.shape[0] == 3:
+                    raise tf.errors.InvalidArgumentError(None, None, "XLA cannot compile this")
+                return graph(x)
+
+            return run
+
+    def fake_function(f=None, jit_compile=None, **kwargs):  # only compiled_predict's own
+        if jit_compile and getattr(f, "__module__", "") == "src_models.backend":
+            return FailsForBatchOfThree(f)
+        return real(f, jit_compile=jit_compile, **kwargs)
+
+    monkeypatch.setattr(tf, "function", fake_function)
+    predict = compiled_predict(model, xla=True)
+    rng = np.random.default_rng(5)
+    for n in (1, 3, 3, 1):  # the second batch size fails to "compile"
+        x = rng.uniform(0, 1, size=(n, 24, 24, 1)).astype("float32")
+        np.testing.assert_allclose(
+            predict(x), np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-6
+        )
+    assert calls == [1, 3]  # after the failure the shape runs on the plain graph only
+
+
 def test_xla_is_used_for_wide_networks_unless_the_environment_says_otherwise(monkeypatch):
     from types import SimpleNamespace
 
