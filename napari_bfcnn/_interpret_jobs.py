@@ -267,27 +267,59 @@ def filters_job(
     """Yield ``(pixel, PixelFilter)`` for each pixel; return an error message or None.
 
     Why a generator: ``worker.quit()`` stops it between pixels, so a job made
-    stale by a moved point ends after the pixel it is working on.
+    stale by a moved point ends after the pixel it is working on. A pixel that
+    fails (a plane without any finite value) is left out and named in the message;
+    the other pixels' filters still come. Each plane is read, and its NaN/inf
+    filled, once per job, not once per pixel.
     """
     try:
         from src_models import load_model
         from src_models.interpret import pixel_filter
 
         denoiser = load_model(model)
-        planes: dict[Pixel, np.ndarray] = {}
-        for pixel in pixels:
-            lead = tuple(pixel[:-2])
+    except Exception as err:  # shown as a notification, never as a traceback dialog
+        return _message("computing the pixel filter failed", err)
+    planes: dict[Pixel, tuple[np.ndarray, float | None] | Exception] = {}
+    failed: dict[str, int] = {}
+    for pixel in pixels:
+        lead = tuple(pixel[:-2])
+        try:
             if lead not in planes:
-                plane = read_plane(inp, lead)
-                planes[lead] = (plane, plane_offset(inp, plane))
-            plane, offset = planes[lead]
+                try:
+                    planes[lead] = _filled_plane(inp, lead)
+                except Exception as err:
+                    planes[lead] = err
+            prepared = planes[lead]
+            if isinstance(prepared, Exception):
+                raise prepared
+            plane, offset = prepared
             pf = pixel_filter(
                 denoiser, plane, pixel[-2:], channel_axis=channel_axis(inp), offset=offset
             )
-            yield tuple(pixel), pf
-    except Exception as err:  # shown as a notification, never as a traceback dialog
-        return _message("computing the pixel filter failed", err)
-    return None
+        except Exception as err:
+            text = _message("computing the pixel filter failed", err)
+            failed[text] = failed.get(text, 0) + 1
+            continue
+        yield tuple(pixel), pf
+    if not failed:
+        return None
+    return "; ".join(f"{text} ({n} point(s) left out)" for text, n in failed.items())
+
+
+def _filled_plane(inp: LayerInput, lead: Pixel) -> tuple[np.ndarray, float | None]:
+    """One plane with NaN/inf filled as the Denoiser fills them, and its black level.
+
+    Why the black level of the filled plane: the Denoiser, too, estimates it after filling.
+    """
+    from src_models.inference import _fill_non_finite
+
+    plane = read_plane(inp, lead)
+    if plane.dtype.kind == "f":
+        hwc = plane[..., None] if plane.ndim == 2 else plane
+        where = f"plane {lead}" if lead else "the image"
+        filled, _ = _fill_non_finite(hwc, where)
+        plane = filled[..., 0] if plane.ndim == 2 else filled
+    return plane, plane_offset(inp, plane)
 
 
 def maps_job(

@@ -56,6 +56,7 @@ from ._layers import (
     LayerInput,
     current_index,
     find_output,
+    find_outputs,
     follow_renames,
     layer_key,
     read_layer,
@@ -311,11 +312,10 @@ class InterpretWidget(ImageModelWidget):
 
     def _points_removed(self) -> None:
         """The points are gone: so are their filters (overlay, enlarged plot, readout)."""
-        source, wanted_for = self._source, self._wanted_for
+        source = self._source
         self._wanted, self._generation = [], self._generation + 1
-        if source is not None and wanted_for is not None:
-            overlay = find_output(self._viewer.layers, source, wanted_for[1], FILTER)
-            if overlay is not None:
+        if source is not None:  # the overlays of every model: none follows points any more
+            for overlay in find_outputs(self._viewer.layers, source, FILTER):
                 self._viewer.layers.remove(overlay)
         self._show_latest()
         self.status.value = "points removed: press 'Pick pixels' to add new ones"
@@ -519,7 +519,10 @@ class InterpretWidget(ImageModelWidget):
 
     def _on_filters_returned(self, generation: int, error: str | None) -> None:
         if error is not None and generation == self._generation:
+            shown = self.status.value
             self._error(error, quiet=True)
+            if self._filters_shown():  # the other points' filters came: say so, not "failed"
+                self.status.value = f"{shown}; some point(s) left out (see the message)"
 
     def _on_filters_finished(self, *_args) -> None:
         self._filter_worker = None
@@ -546,6 +549,9 @@ class InterpretWidget(ImageModelWidget):
             limit = overlay_limit(pf for _, _, pf in have)
             kw = overlay_kwargs(source, overlay, model, limit)
             put_layer(self._viewer, overlay, kw, below=points, keep_active=True)
+        for stale in find_outputs(self._viewer.layers, source, FILTER):
+            if stale.metadata[PROVENANCE_KEY].get("model") != model:  # another model's:
+                self._viewer.layers.remove(stale)  # it would no longer follow the points
         if len(have) == len(self._wanted):
             self._shown = (self._wanted_for, tuple(self._wanted))
         text = f"{len(have)} of {len(self._wanted)} filter(s) shown ({model})"
@@ -713,18 +719,22 @@ class InterpretWidget(ImageModelWidget):
             self.status.value = f"maps done in {outcome.seconds:.1f} s"
 
         probes = int(self.probes.value)
-        h, w = nonchannel_shape(inp)[-2:]
-        # five float64 sums per pixel and channel, the plane, and a batch of (padded) probes
-        need = h * w * max(1, inp.channels) * (5 * 8 + 4 + 2 * 4 * probes * max(1, inp.channels))
-        try:
-            check_free_memory(
-                need,
-                "the maps of this plane",
-                "compute them on a crop of the image added as its own layer, or with fewer probes",
-            )
-        except ResultTooLarge as err:
-            show_error(str(err))
-            return None
+        info = self._models.get(model)
+        if info is not None and info.error is None:  # a model file given by path: no check
+            from src_models.interpret import filter_maps_bytes
+
+            h, w = nonchannel_shape(inp)[-2:]
+            joint = info.channels if inp.channels == info.channels else 1
+            need = filter_maps_bytes(info, h, w, max(1, inp.channels), probes * joint)
+            try:
+                check_free_memory(
+                    need,
+                    "the maps of this plane",
+                    "compute them on a crop of the image added as its own layer",
+                )
+            except ResultTooLarge as err:
+                show_error(str(err))
+                return None
         return self._start_job(
             f"Filter maps of {layer.name}", maps_job, inp, model, lead, probes, done=done
         )

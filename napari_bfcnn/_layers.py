@@ -7,6 +7,7 @@ lives here, so the widget and the function contribution cannot disagree.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "channel_axis_choices",
     "current_index",
     "find_output",
+    "find_outputs",
     "follow_renames",
     "guess_channel_axis",
     "layer_key",
@@ -394,6 +396,16 @@ def find_output(layers, source, model: str, kind: str = "denoised", source_id: s
     renamed), a name match alone would overwrite a result, or the input, that this run
     did not make. Outputs recording no id match by name; the source is never returned.
     """
+    return next(find_outputs(layers, source, kind, model, source_id), None)
+
+
+def find_outputs(
+    layers, source, kind: str, model: str | None = None, source_id: str | None = None
+) -> Iterator:
+    """Every output layer of ``kind`` made from ``source``, with ``model`` (None: any model).
+
+    Matched as in :func:`find_output`.
+    """
     from napari.layers import Image
 
     if isinstance(source, str):
@@ -402,16 +414,17 @@ def find_output(layers, source, model: str, kind: str = "denoised", source_id: s
         name, itself = source.name, layer_key(source)
         uid = getattr(source, "unique_id", None)
         source_id = str(uid) if uid is not None and source_id is None else source_id
-    for lyr in layers:
+    for lyr in list(layers):
         prov = lyr.metadata.get(PROVENANCE_KEY) if isinstance(lyr, Image) else None
         if not isinstance(prov, dict) or layer_key(lyr) == itself:
             continue
-        if (prov.get("source"), prov.get("model"), prov.get("kind")) != (name, model, kind):
+        if (prov.get("source"), prov.get("kind")) != (name, kind):
+            continue
+        if model is not None and prov.get("model") != model:
             continue
         if source_id is not None and prov.get("source_id") not in (None, source_id):
             continue  # made from another layer of that name
-        return lyr
-    return None
+        yield lyr
 
 
 def add_or_replace_output(

@@ -58,6 +58,7 @@ class ModelInfo:
     kind: str = ""
     parameters: int = 0
     receptive_field: int = 0
+    size_multiple: int = 1
     sigma_range: tuple[float, float] = (0.0, 0.0)
     description: str = ""
     builtin: bool = False
@@ -88,6 +89,7 @@ def _info(path: Path, builtin: bool) -> ModelInfo:
         kind=card.kind,
         parameters=card.parameters,
         receptive_field=card.receptive_field,
+        size_multiple=card.size_multiple,
         sigma_range=tuple(card.sigma_range),
         description=card.description,
         builtin=builtin,

@@ -469,6 +469,24 @@ def test_cancel_stops_filter_maps_and_progress_counts_steps(denoisers):
     assert calls[-1][0] == calls[-1][1] == len(calls) - 1
 
 
+def test_maps_memory_estimate_follows_the_window_not_the_probe_count():
+    """Probes go through the network a few at a time: 256 of them need no more than 16."""
+    from types import SimpleNamespace
+
+    from src_models.interpret import ACTIVATION_BYTES, filter_maps_bytes
+
+    gray = SimpleNamespace(channels=1, receptive_field=112, size_multiple=16)  # as `gray`
+    big = filter_maps_bytes(gray, 4096, 4096, 1, 256)
+    assert big == filter_maps_bytes(gray, 4096, 4096, 1, 16)
+    # five float64 sums of the image, and one 1248^2 window with three tangents in the network
+    assert 4096**2 * 40 + 1248**2 * 3 * ACTIVATION_BYTES < big < 4 * 2**30
+    assert filter_maps_bytes(gray, 512, 512, 1, 16) < big / 3
+    assert filter_maps_bytes(gray, 4096, 4096, 1, 16, maps=("residual",)) < big / 3
+    fast = SimpleNamespace(channels=1, receptive_field=12, size_multiple=1)
+    # small windows: several probes per call, so the count matters again, up to a batch
+    assert filter_maps_bytes(fast, 128, 128, 1, 16) > filter_maps_bytes(fast, 128, 128, 1, 4)
+
+
 def test_filter_maps_rejects_bad_arguments(denoisers):
     den = denoisers["dncnn"]
     img = image((16, 16))

@@ -179,6 +179,24 @@ def test_points_on_a_stack_show_filters_on_their_own_slice(viewer_widget, qtbot)
     assert not overlay.data[:2].any()
 
 
+def test_a_plane_without_finite_pixels_leaves_out_only_its_own_points(
+    viewer_widget, qtbot, notes
+):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(12).uniform(0, 1, (2, 32, 32)).astype(np.float32)
+    data[0] = np.nan
+    data[1, 3:6, 4:9] = np.nan  # some NaN in the plane that works: filled as the Denoiser does
+    src = viewer.add_image(data, name="stack")
+    _points(qtbot, widget, src, [[0, 10, 10], [1, 12, 12]])
+    overlay = viewer.layers["stack [filter: tiny-gray]"]
+    pf = _filter("tiny-gray", data[1], (12, 12))
+    np.testing.assert_array_equal(overlay.data[1][pf.window], pf.weights)
+    assert not overlay.data[0].any()
+    assert widget.latest_filter is not None
+    assert any("plane (0,) has no finite values" in m for m in notes["error"])
+    assert "1 of 2 filter(s) shown" in widget.status.value
+
+
 def test_the_overlay_of_a_large_stack_is_lazy_and_holds_only_the_clicked_planes(
     viewer_widget, qtbot, monkeypatch
 ):
@@ -224,6 +242,26 @@ def test_removing_the_points_layer_removes_their_filters(viewer_widget, qtbot):
     viewer.layers.remove(points)
     assert "img [filter: tiny-gray]" not in viewer.layers  # no filters of points that are gone
     assert widget.latest_filter is None and widget.readout.value == iw.HINT
+    assert [lyr.name for lyr in viewer.layers] == ["img"]
+
+
+def test_switching_the_model_replaces_the_overlay_instead_of_leaving_a_stale_one(
+    viewer_widget, qtbot
+):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(16).uniform(0, 1, (32, 30)).astype(np.float32)
+    src = viewer.add_image(data, name="img")
+    points = _points(qtbot, widget, src, [[10, 12]])
+    assert "img [filter: tiny-gray]" in viewer.layers
+    widget.model.value = "tiny-color"
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    points.data = np.asarray([[20, 8]], dtype=float)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert "img [filter: tiny-gray]" not in viewer.layers  # it no longer followed the points
+    overlay = viewer.layers["img [filter: tiny-color]"]
+    pf = _filter("tiny-color", data, (20, 8))
+    np.testing.assert_allclose(overlay.data[pf.window], filter_image(pf), rtol=1e-6, atol=1e-7)
+    viewer.layers.remove(points)
     assert [lyr.name for lyr in viewer.layers] == ["img"]
 
 
