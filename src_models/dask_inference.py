@@ -50,6 +50,7 @@ from .inference import (
     _offset_and_scale,
     _round_up,
     blend,
+    channel_groups,
     predict_averaged,
 )
 
@@ -452,9 +453,7 @@ def denoise_dask(
     ]
     stored, t = t, t.rechunk((*t.chunks[:nl], *spatial_chunks, -1))
 
-    groups = ((slice(None), 1),) if layout.channels == k else tuple(
-        (slice(c, c + 1), k) for c in range(layout.channels)
-    )
+    groups = tuple(channel_groups(layout.channels, k))
     stats = _plane_stats(t, groups, offset, source=stored)
     extra = ((-layout.height) % multiple, (-layout.width) % multiple)
     # one window shape for every chunk (a multiple of the size multiple): one traced graph

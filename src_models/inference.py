@@ -468,6 +468,41 @@ def _check_offset(offset: Any) -> OffsetArg:
     return value
 
 
+def channel_groups(image_channels: int, model_channels: int) -> list[tuple[slice, int]]:
+    """The image channels each model pass sees, as ``(channel slice, repeat)``.
+
+    Why one rule for every caller (denoising, lazy denoising, interpretation): a
+    model with as many channels as the image runs on all of them jointly; otherwise
+    each channel runs alone, repeated ``repeat`` times to fill the model's input and
+    the outputs averaged. The filters shown must come from the same passes.
+    """
+    if image_channels == model_channels:
+        return [(slice(None), 1)]
+    return [(slice(c, c + 1), model_channels) for c in range(image_channels)]
+
+
+def read_prepared_plane(
+    array: Any, layout: _Layout, lead: tuple[int, ...], chans: slice, offset: OffsetArg
+) -> tuple[np.ndarray, float, float, int]:
+    """One plane's channels as (H, W, c), NaN/inf filled, with its offset and scale.
+
+    Why shared: the Denoiser and the interpretation must subtract and divide by the
+    very same numbers, or ``D(y) = J(y) y`` would describe another output. Returns
+    (plane, offset, scale, count of non-finite pixels filled).
+    """
+    full = slice(None)
+    plane = layout.to_hwc(np.asarray(array[layout.index(lead, chans, full, full)]))
+    bad = 0
+    if plane.dtype.kind == "f":
+        plane, bad = _fill_non_finite(plane, f"plane {lead}" if lead else "the image")
+    if offset == AUTO_OFFSET:
+        from .noise_model import black_level
+
+        offset = black_level(plane)
+    off, scale = _offset_and_scale(plane, offset)
+    return plane, off, scale, bad
+
+
 def _offset_and_scale(plane: np.ndarray, offset: float | None) -> tuple[float, float]:
     """The plane's offset (given, else its minimum if negative, else 0) and largest magnitude."""
     lo, hi = float(plane.min()), float(plane.max())
@@ -686,11 +721,7 @@ class Denoiser:
     ) -> Iterator[Progress | np.ndarray]:
         in_dtype = np.dtype(array.dtype)
         out_dtype = in_dtype if in_dtype.kind in "iu" else np.dtype(np.float32)
-        k = self.channels
-        if layout.channels == k:
-            groups = [(slice(None), 1)]
-        else:
-            groups = [(slice(c, c + 1), k) for c in range(layout.channels)]
+        groups = channel_groups(layout.channels, self.channels)
         n_planes = math.prod(layout.lead_shape) * len(groups)
         total = n_planes * tiling.count * tta  # one step: a tile through one transform
         wy, wx = tiling.window
@@ -738,17 +769,7 @@ class Denoiser:
         offset: OffsetArg,
     ) -> tuple[_Plane, int]:
         """Read one plane, fill non-finite pixels, find its offset and scale."""
-        full = slice(None)
-        plane = layout.to_hwc(np.asarray(array[layout.index(lead, chans, full, full)]))
-        bad = 0
-        if plane.dtype.kind == "f":
-            where = f"plane {lead}" if lead else "the image"
-            plane, bad = _fill_non_finite(plane, where)
-        if offset == AUTO_OFFSET:
-            from .noise_model import black_level
-
-            offset = black_level(plane)
-        off, scale = _offset_and_scale(plane, offset)
+        plane, off, scale, bad = read_prepared_plane(array, layout, lead, chans, offset)
         m = tiling.margin
         rows = padded_index(layout.height, m, tiling.extra[0])
         cols = padded_index(layout.width, m, tiling.extra[1])

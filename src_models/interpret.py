@@ -30,20 +30,19 @@ from typing import Any
 import numpy as np
 
 from .inference import (
-    AUTO_OFFSET,
     BATCH_PIXELS,
     Cancelled,
     Denoiser,
     OffsetArg,
     TileArg,
     _check_offset,
-    _fill_non_finite,
     _Layout,
     _layout,
     _normalise,
-    _offset_and_scale,
     _tiling,
+    channel_groups,
     padded_index,
+    read_prepared_plane,
 )
 
 __all__ = [
@@ -84,27 +83,21 @@ class _Group:
 
 
 def _groups(denoiser: Denoiser, layout: _Layout) -> list[_Group]:
-    """The Denoiser's rule: all channels jointly if the model takes that many, else one by one."""
-    k = denoiser.channels
-    if layout.channels == k:
-        return [_Group(tuple(range(k)), 1)]
-    return [_Group((c,), k) for c in range(layout.channels)]
+    """The Denoiser's groups (:func:`~src_models.inference.channel_groups`) as :class:`_Group`."""
+    return [
+        _Group(tuple(range(layout.channels))[chans], repeat)
+        for chans, repeat in channel_groups(layout.channels, denoiser.channels)
+    ]
 
 
 def _read_plane(
     image: Any, layout: _Layout, lead: tuple[int, ...], group: _Group, offset: OffsetArg
 ) -> tuple[np.ndarray, float, float]:
-    """One plane's channels as (H, W, c) with non-finite pixels filled, and its offset and scale."""
-    full = slice(None)
-    plane = layout.to_hwc(np.asarray(image[layout.index(lead, group.chans, full, full)]))
-    if plane.dtype.kind == "f":
-        plane, _ = _fill_non_finite(plane, f"plane {lead}" if lead else "the image")
-    offset = _check_offset(offset)
-    if offset == AUTO_OFFSET:  # as Denoiser._prepare: the black level of this plane's channels
-        from .noise_model import black_level
-
-        offset = black_level(plane)
-    off, scale = _offset_and_scale(plane, offset)
+    """One plane's channels as (H, W, c) with non-finite pixels filled, and its offset and scale
+    (the Denoiser's own :func:`~src_models.inference.read_prepared_plane`)."""
+    plane, off, scale, _ = read_prepared_plane(
+        image, layout, lead, group.chans, _check_offset(offset)
+    )
     return plane, off, scale
 
 
