@@ -4,8 +4,11 @@ Why a queue (the careamics pattern): ``finetune`` reports through callbacks from
 inside its own loop, so it runs in a plain thread that puts each report on a queue,
 and a napari generator worker drains that queue and ``yield``\\ s the reports to the
 main thread, where the widget draws them. Stop is an event the training polls every
-step, so it ends within about a step and still saves the best model; quitting the
-worker (the widget was closed) sets the same event.
+step, so it ends within about a step and still saves the best model. Closing the widget
+sets it; so does quitting the worker (napari quits every worker when it quits), through
+the worker's ``aborted`` signal: superqt leaves the generator's loop on abort without
+closing the generator, so :func:`train_job`'s ``finally`` would run only once the
+generator is garbage-collected.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def train_job(job: TrainJob) -> Generator[Any, None, TrainOutcome]:
                 break
             yield item
     finally:
-        if thread.is_alive():  # the worker was quit: stop the training, let it save
+        if thread.is_alive():  # closed early (garbage-collected): stop the training, let it save
             job.stop.set()
             thread.join()
     return TrainOutcome(
@@ -104,7 +107,14 @@ def train_job(job: TrainJob) -> Generator[Any, None, TrainOutcome]:
 
 
 def make_train_worker(job: TrainJob) -> Any:
-    """A not-yet-started napari ``GeneratorWorker`` running :func:`train_job`."""
-    from napari.qt.threading import create_worker
+    """A not-yet-started napari ``GeneratorWorker`` running :func:`train_job`.
 
-    return create_worker(train_job, job, _start_thread=False)
+    Quitting it sets ``job.stop`` (see the module docstring).
+    """
+    from napari.qt.threading import create_worker
+    from qtpy.QtCore import Qt
+
+    worker = create_worker(train_job, job, _start_thread=False)
+    # direct: set in the worker's thread as it aborts, even while the main thread waits for it
+    worker.aborted.connect(job.stop.set, Qt.ConnectionType.DirectConnection)
+    return worker

@@ -117,7 +117,9 @@ class FinetuneSettings:
     val_every : int, optional
         Steps between validations (default: a tenth of the run).
     val_sigmas : tuple of float, optional
-        ``"clean"`` mode validation noise (default: 15, 25, 50 within the corruption's range).
+        ``"clean"`` mode Gaussian validation sigmas (> 0; default: 15, 25, 50 within the
+        corruption's range, none when it draws no Gaussian noise). A Poisson-Gaussian share
+        also validates at the photon range's geometric middle (:func:`_validation_noise`).
     noisy_method : {"n2n", "r2r"}
         Self-supervised method of the ``"noisy"`` mode (:data:`NOISY_METHODS`): "r2r"
         (default; Recorrupted-to-Recorrupted trains on full-resolution crops, where
@@ -183,6 +185,9 @@ class FinetuneSettings:
             v = getattr(self, key)
             if v is not None and (int(v) != v or v < 1):
                 raise ConfigError(f"{key}={v!r} must be a positive integer (or None for auto)")
+        if self.val_sigmas is not None and not all(s > 0 for s in self.val_sigmas):
+            # at sigma 0 the score is D(clean) against clean: doing nothing wins
+            raise ConfigError(f"val_sigmas={self.val_sigmas!r} must all be > 0")
         if self.learning_rate is not None and not 0 < self.learning_rate <= 1:
             raise ConfigError(f"learning_rate={self.learning_rate!r} must be in (0, 1]")
         if self.noisy_method not in NOISY_METHODS:
@@ -334,6 +339,36 @@ def _default_val_sigmas(corruption: CorruptionConfig) -> tuple[float, ...]:
     return inside or (round((lo + hi) / 2, 1),)
 
 
+def _default_val_photons(corruption: CorruptionConfig) -> tuple[float, ...]:
+    """The photon range's geometric middle (the median of its log-uniform draw), if drawn."""
+    if corruption.poisson_gaussian_prob <= 0:
+        return ()
+    lo, hi = corruption.photons_range
+    return (float(f"{np.sqrt(lo * hi):.3g}"),)
+
+
+def _validation_noise(settings: FinetuneSettings) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Gaussian sigmas and photon counts the ``"clean"`` mode validates at: the run's noise.
+
+    Why: a run of pure shot noise validated at sigma 0 scored D(clean) against clean,
+    which rewards doing nothing, and one validated on Gaussian noise it never trained
+    on chose checkpoints on the wrong task. Other modes score their own data; their
+    recipe keeps sigmas only as a placeholder (a recipe needs one).
+    """
+    c = settings.corruption
+    if settings.mode != "clean":
+        return settings.val_sigmas or _default_val_sigmas(c), ()
+    gaussian = c.sigma_range[1] > 0 and c.poisson_gaussian_prob < 1
+    if not gaussian and c.poisson_gaussian_prob <= 0:
+        raise ConfigError(
+            f"the synthetic noise adds no noise (sigma range {c.sigma_range}, no "
+            "Poisson-Gaussian share): a model trained on it learns nothing to denoise; raise "
+            "sigma max or the Poisson-Gaussian share"
+        )
+    sigmas = settings.val_sigmas or (_default_val_sigmas(c) if gaussian else ())
+    return sigmas, _default_val_photons(c)
+
+
 def _mode_text(settings: FinetuneSettings) -> str:
     """The kind of training data, with the self-supervised method for noisy-only data."""
     if settings.mode == "noisy":
@@ -352,9 +387,10 @@ def build_recipe(
     """The training recipe for ``settings``, with defaults from the data size.
 
     Defaults: patch 64 px (smaller for small images, a multiple of the model's size
-    multiple), batch 8, steps ``30 * pixels / (batch * patch^2)`` clipped to 100..2000,
-    learning rate 2e-4 from a base model or 1e-3 afresh (cosine decay to 1/20), a
-    validation every tenth of the run.
+    multiple), batch 8, steps ``30 * pixels / (batch * crop^2)`` (30 passes; the crop is
+    the patch, twice it for Neighbor2Neighbor) clipped to 100..2000, learning rate 2e-4
+    from a base model or 1e-3 afresh (cosine decay to 1/20), a validation every tenth of
+    the run, at the run's own noise in ``"clean"`` mode (:func:`_validation_noise`).
 
     Parameters
     ----------
@@ -375,7 +411,8 @@ def build_recipe(
         )
     batch = int(settings.batch_size or 8)
     pixels = float(sum(im.shape[0] * im.shape[1] for im in train))
-    auto_steps = int(np.clip(round(30 * pixels / (batch * patch**2), -1), 100, 2000))
+    crop = 2 * patch if half else patch  # a Neighbor2Neighbor sample reads a crop of twice it
+    auto_steps = int(np.clip(round(30 * pixels / (batch * crop**2), -1), 100, 2000))
     steps = int(settings.steps or auto_steps)
     lr = float(settings.learning_rate or (2e-4 if base_path else 1e-3))
     val_every = int(settings.val_every or max(1, steps // 10))
@@ -385,7 +422,7 @@ def build_recipe(
         arch = DnCNNConfig(channels=channels).model_dump()  # placeholder: the base is cloned
     else:
         arch = PRESETS[settings.architecture](channels).model_dump()
-    val_sigmas = settings.val_sigmas or _default_val_sigmas(settings.corruption)
+    val_sigmas, val_photons = _validation_noise(settings)
     training = TrainingConfig(
         steps=steps,
         batch_size=batch,
@@ -394,6 +431,7 @@ def build_recipe(
         warmup_steps=min(50 if base_path else 200, steps // 10),
         val_every=val_every,
         val_sigmas=tuple(float(s) for s in val_sigmas),
+        val_photons=val_photons,
         checkpoint_every=val_every,
         log_every=max(1, min(10, steps // 100)),
         seed=int(settings.seed),
@@ -425,10 +463,61 @@ def _predict(model, image: np.ndarray, multiple: int) -> np.ndarray:
     return _predict_padded(model, image, multiple)
 
 
+_CLEAN_VAL_STREAM = 11  # default_rng([seed, 11, k]): the k-th validation level of "clean" runs
+
+
+def _clean_validation_pairs(
+    crop: np.ndarray,
+    corruption: CorruptionConfig,
+    sigmas: Sequence[float],
+    photons: Sequence[float],
+    seed: int,
+) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """The clean crop corrupted as the run corrupts its patches, once per validation level.
+
+    The run's corruption (:func:`~src_models.corruptions.corrupt`: its blur, subsampling,
+    correlation, clipping, ...) with the noise pinned: Gaussian at each sigma (key
+    ``"25"``), or Poisson-Gaussian at each photon count at the peak with the middle of
+    the read-noise range (key ``"20ph"``); never the near-clean branch. Fixed generators,
+    so every validation (and a resumed run's) scores the same inputs.
+
+    Returns
+    -------
+    list of (noisy, clean, key)
+    """
+    from .corruptions import corrupt
+
+    pinned = corruption.model_copy(update={"clean_prob": 0.0})
+    read = float(np.mean(corruption.read_noise_range))
+    levels = [
+        (f"{s:g}", {"poisson_gaussian_prob": 0.0, "sigma_range": (float(s), float(s))})
+        for s in sigmas
+    ]
+    levels += [
+        (
+            f"{p:g}ph",
+            {
+                "poisson_gaussian_prob": 1.0,
+                "photons_range": (float(p), float(p)),
+                "read_noise_range": (read, read),
+            },
+        )
+        for p in photons
+    ]
+    out = []
+    for k, (key, noise) in enumerate(levels):
+        rng = np.random.default_rng([int(seed), _CLEAN_VAL_STREAM, k])
+        noisy, _ = corrupt(crop, pinned.model_copy(update=noise), rng)
+        out.append((noisy, crop, key))
+    return out
+
+
 class _Evaluator:
     """Scores the held-out crop for :func:`~src_models.train.train` and reports a preview.
 
-    Keys: the noise sigma for ``"clean"`` (PSNR against the clean crop), ``"pair"``
+    Keys: for ``"clean"`` the noise level, a sigma (``"25"``) or photons at the peak
+    (``"20ph"``), of the run's own corruption (:func:`_clean_validation_pairs`; PSNR
+    against the clean crop), ``"pair"``
     (PSNR of the denoised noisy crop against the clean one); for noisy-only data a
     self-supervised score that rises as the true error falls: ``"n2n"`` (Neighbor2Neighbor
     runs), the PSNR of ``D(g1)`` against ``g2`` on fixed neighbour sub-images of the crop,
@@ -451,8 +540,9 @@ class _Evaluator:
         on_preview: Callable[[ValidationPreview], None] | None,
         r2r: tuple[PoissonGaussian, float] | None = None,
         r2r_signal: np.ndarray | None = None,
+        corruption: CorruptionConfig | None = None,
+        photons: Sequence[float] = (),
     ) -> None:
-        from .data import validation_set
         from .n2n import neighbor_pair
         from .r2r import validation_pairs
 
@@ -460,9 +550,10 @@ class _Evaluator:
         self.on_preview = on_preview
         self.groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         if mode == "clean":
-            val = validation_set([crop], sigmas, seed, crop=None)
-            self.pairs = [(n, c, f"{s:g}") for n, c, s in val]
-            mid = int(np.argmin([abs(s - 25.0) for s in sigmas]))
+            corruption = corruption or CorruptionConfig()
+            self.pairs = _clean_validation_pairs(crop, corruption, sigmas, photons, seed)
+            # shown: the sigma nearest 25, else the first photon level
+            mid = int(np.argmin([abs(s - 25.0) for s in sigmas])) if len(sigmas) else 0
             self.shown = self.pairs[mid][0]
         elif mode == "pairs":
             self.pairs = [(crop, reference, PAIR_KEY)]
@@ -678,6 +769,8 @@ def finetune(
         on_preview,
         r2r=r2r,
         r2r_signal=r2r_signal,
+        corruption=recipe.corruption,
+        photons=t_cfg.val_photons,
     )
     extra: dict[str, Any] = {
         "training_data": sources,
@@ -858,8 +951,10 @@ def _score_meaning(settings: FinetuneSettings) -> str:
     mode = settings.mode
     if mode == "clean":
         return (
-            "PSNR (dB) on the held-out crop with Gaussian noise of each sigma "
-            "(8-bit scale, relative to the plane's peak)"
+            "PSNR (dB) on the held-out crop corrupted as the training patches (fixed draws), "
+            "with Gaussian noise of each sigma ('25': 8-bit scale, relative to the plane's "
+            "peak) or Poisson-Gaussian noise of each count of photons at the peak ('20ph', "
+            "read noise at the middle of its range)"
         )
     if mode == "pairs":
         return "PSNR (dB) of the denoised held-out noisy crop against its clean partner"

@@ -344,7 +344,10 @@ def choose_validation(
 ) -> ValidationRegion:
     """The held-out region: a band of rows at the bottom (or top) of the largest plane.
 
-    Deterministic: the largest sample by area (the first on ties), its bottom
+    Deterministic: the largest sample by area, among those of that area the one with the
+    widest signal spread (:func:`_signal_spread` of a subsample; the first on ties: why,
+    a z-stack or time-lapse often starts with an empty or dark slice, which scores
+    nothing but noise), its bottom
     ``fraction`` of rows (at least 16, a multiple of ``lcm(2, multiple)``: model-sized,
     and even so that Neighbor2Neighbor's half-size sub-images are whole; those are
     padded to the model's multiple when validated), at most ``max_side`` rows, and a
@@ -364,21 +367,24 @@ def choose_validation(
     Raises
     ------
     ValueError
-        The largest plane is too small to give both a validation band and training rows.
+        The largest plane is too small to give both a validation band (at least 2 columns
+        wide) and training rows.
     """
     if not items:
         raise ValueError("no images to train on: give at least one image")
     areas = [s.image.shape[0] * s.image.shape[1] for s in items]
-    best = items[int(np.argmax(areas))]
+    most = max(areas)
+    largest = [s for s, a in zip(items, areas, strict=True) if a == most]
+    best = largest[int(np.argmax([_signal_spread(_subsample(s.image)) for s in largest]))]
     h, w = best.image.shape[:2]
     unit = math.lcm(2, int(multiple))
     rows = min(max(_round_up(fraction * h, unit), _round_up(VAL_MIN_ROWS, unit)), max_side)
     rows -= rows % unit
-    if rows < unit or h - rows < MIN_TRAIN_ROWS:
+    if rows < unit or h - rows < MIN_TRAIN_ROWS or w < 2:
         raise ValueError(
             f"'{names[best.source]}' is {h}x{w} pixels: too small to hold out a validation band "
             f"of {max(rows, unit)} rows and still train on {MIN_TRAIN_ROWS}; use an image with at "
-            f"least {max(rows, unit) + MIN_TRAIN_ROWS} rows"
+            f"least {max(rows, unit) + MIN_TRAIN_ROWS} rows and 2 columns"
         )
     cols = min(w, max_side)
     cols -= cols % 2
@@ -399,6 +405,17 @@ def choose_validation(
 
 
 TOP_BAND_GAIN = 1.5  # the top band is held out instead when its signal spread is this much larger
+SPREAD_PIXELS = 128 * 128  # a plane's spread is measured on about this many pixels
+
+
+def _subsample(image: np.ndarray) -> np.ndarray:
+    """Every n-th row and column, n chosen for about :data:`SPREAD_PIXELS` pixels.
+
+    Why: the held-out plane is picked by its spread among every plane of a stack.
+    """
+    h, w = image.shape[:2]
+    step = max(1, math.ceil(math.sqrt(h * w / SPREAD_PIXELS)))
+    return image[::step, ::step]
 
 
 def _signal_spread(band: np.ndarray) -> float:

@@ -420,3 +420,33 @@ def test_a_stop_while_the_data_are_prepared_is_reported_as_nothing_saved(viewer_
     assert train.status.value == "stopped before training began: nothing saved"
     assert notes["info"] == ["Training stopped before it began: nothing saved."]
     assert notes["error"] == []
+
+
+def test_quitting_the_training_worker_sets_the_stop_event_at_once(qtbot, monkeypatch):
+    """napari quits every worker when it quits; superqt then leaves the generator's loop
+    without closing the generator, so the abort itself must stop the training."""
+    import time
+
+    import src_models.finetune as ft
+    from napari_bfcnn._train_jobs import TrainJob, make_train_worker
+
+    def training(settings, images, *, on_progress, should_stop, **_kwargs):
+        on_progress("step 1")
+        deadline = time.monotonic() + 10.0  # never told to stop: give up, as a failure
+        while not should_stop() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise ft.StoppedBeforeTraining("stopped")
+
+    monkeypatch.setattr(ft, "finetune", training)
+    job = TrainJob(settings=None, images=[])
+    worker = make_train_worker(job)
+    with qtbot.waitSignal(worker.yielded, timeout=TIMEOUT_MS):
+        worker.start()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        worker.quit()
+    assert job.stop.is_set()
+
+    def ended() -> bool:
+        return not [t for t in threading.enumerate() if t.name == TRAINING_THREAD]
+
+    qtbot.waitUntil(ended, timeout=5_000)  # the training saw the event and returned
