@@ -535,9 +535,20 @@ class TrainWidget(Container):
         _target_path(settings.name, allow_existing=True)  # a bundled model's name
         if resume and not (run_dir(settings.name) / CHECKPOINT).is_file():
             raise ConfigError(f"nothing to resume: '{settings.name}' has no stopped run")
-        # every plane becomes float32 samples (R2R adds its noise maps) before training starts
-        copies = 3 if settings.mode == "noisy" and settings.noisy_method == "r2r" else 2
-        pixels = sum(math.prod(src.data.shape) for src in [*images, *(targets or [])])
+        # every plane becomes float32 samples and their training split before training starts;
+        # R2R adds its noise maps, pairs a joined noisy + clean copy; a colour base repeats a
+        # gray plane into its channels
+        copies = 2
+        if settings.mode == "pairs" or (
+            settings.mode == "noisy" and settings.noisy_method == "r2r"
+        ):
+            copies = 3
+        base = self._models.get(settings.base or "")
+        repeat = base.channels if base is not None and base.channels > 1 else 1
+        pixels = 0
+        for src in [*images, *(targets or [])]:
+            rgb = bool(getattr(src, "rgb", False))
+            pixels += math.prod(src.data.shape) * (1 if rgb else repeat)
         check_free_memory(
             4 * copies * pixels,
             "the training samples",
