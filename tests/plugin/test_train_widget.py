@@ -386,6 +386,27 @@ def test_training_that_would_not_fit_in_free_memory_is_refused_before_it_starts(
     assert "fewer planes" in notes["error"][-1]
 
 
+def test_memory_check_counts_the_pairs_copy_and_a_colour_bases_channels(
+    viewer_widgets, monkeypatch
+):
+    import napari_bfcnn._train_widget as tw
+
+    viewer, train, _ = viewer_widgets
+    asked = []
+    monkeypatch.setattr(tw, "check_free_memory", lambda need, *a: asked.append(need))
+    monkeypatch.setattr(tw, "TrainJob", lambda *a, **k: None)  # nothing runs
+    img = _text()
+    gray = viewer.add_image(img, name="gray")
+    clean = viewer.add_image(img, name="clean")
+    _setup(train, gray, base="tiny-gray")
+    train._make_job(resume=False)
+    _setup(train, gray, base="tiny-color")  # every gray plane repeated into 3 channels
+    train._make_job(resume=False)
+    _setup(train, (gray, clean), base="tiny-gray", mode="pairs")  # noisy + clean, joined too
+    train._make_job(resume=False)
+    assert asked == [4 * 2 * img.size, 4 * 2 * 3 * img.size, 4 * 3 * 2 * img.size]
+
+
 def test_previews_follow_a_source_renamed_during_training(viewer_widgets, qtbot, notes):
     viewer, train, _ = viewer_widgets
     layer = viewer.add_image(_text(), name="text")
