@@ -105,6 +105,7 @@ class DenoiseWidget(ImageModelWidget):
         self._export_widget = None  # the Export dock opened from here
         self._setting = False  # the widget itself is changing model / black level
         self._camera: CameraNoise | None = None
+        self._camera_data = False  # the current layer holds camera data (12/16-bit, not RGB)
         self._camera_pending = False  # an estimate for the current slice is running
         self._sigma_text = "-"  # the σ line before any note on correlated noise
         # (data id, crop, channel axis, black level) -> (sigma, peak, weak reference to the data)
@@ -408,6 +409,7 @@ class DenoiseWidget(ImageModelWidget):
             else ""
         )
         camera = bool(reason)  # the black level follows the data, whichever model denoises
+        self._camera_data = camera
         if remembered is not None and remembered in self.model.choices:
             value, reason = remembered, ""
         elif reason and (correlated or self._microscopy_usable()):
@@ -422,7 +424,7 @@ class DenoiseWidget(ImageModelWidget):
                 self.model.value = value
             black = self._black_memory.get(layer_key(layer)) if layer is not None else None
             if black is None:  # camera data: their offset must go (fine-tuning removes it too)
-                black = (BLACK_AUTO if camera else BLACK_NONE, self.black_value.value)
+                black = self._default_black()
             self.black_level.value, self.black_value.value = black
             self.black_value.enabled = black[0] == BLACK_VALUE
         finally:
@@ -456,7 +458,42 @@ class DenoiseWidget(ImageModelWidget):
                 self._proposed = False
                 self.model_reason.value = ""
                 self.model_reason.visible = False
+        black_changed = self._apply_default_black()
         self._update_model_info()
+        if black_changed:
+            self._start_camera_estimate()
+
+    def _default_black(self) -> tuple[str, float]:
+        """The black level of a layer the user set none for: the model's own (a fine-tuned
+        model records what its training removed), else auto for camera data, else none."""
+        from src_models.registry import finetuned_black_level
+
+        info = self._models.get(self.model.value)
+        recorded = finetuned_black_level(info) if info is not None else "camera"
+        value = float(self.black_value.value)
+        if recorded == "camera":
+            return (BLACK_AUTO if self._camera_data else BLACK_NONE), value
+        if recorded == "auto":
+            return BLACK_AUTO, value
+        if recorded is None:
+            return BLACK_NONE, value
+        return BLACK_VALUE, float(recorded)
+
+    def _apply_default_black(self) -> bool:
+        """Set :meth:`_default_black` unless the user chose a level for this layer; changed?"""
+        layer = self.image.value
+        if layer is None or layer_key(layer) in self._black_memory:
+            return False
+        black = self._default_black()
+        if black == (self.black_level.value, float(self.black_value.value)):
+            return False
+        self._setting = True
+        try:
+            self.black_level.value, self.black_value.value = black
+            self.black_value.enabled = black[0] == BLACK_VALUE
+        finally:
+            self._setting = False
+        return True
 
     def _on_black_level_changed(self, *_args) -> None:
         self.black_value.enabled = self.black_level.value == BLACK_VALUE

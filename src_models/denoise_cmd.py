@@ -113,9 +113,10 @@ def plan_for_data(
     Why the default by data: camera data carry an offset the bias-free model must not
     see (it is scale-, not shift-equivariant); the widget sets "auto" for them too. Their
     noise, estimated on a centre crop, picks the model for correlated noise where needed.
+    A model fine-tuned with another black level setting gets that one (its card says).
     """
     from .noise_model import estimate_centre_crop
-    from .registry import default_model, is_camera_data
+    from .registry import default_model, finetuned_black_level, is_camera_data
 
     shape, dtype = tuple(int(n) for n in data.shape), data.dtype
     if axis is not None:
@@ -126,8 +127,10 @@ def plan_for_data(
     if model is None and is_camera_data(dtype, rgb):
         noise = estimate_centre_crop(data, axis)
     name = model or default_model(3 if rgb else 1, rgb=rgb, dtype=dtype, noise=noise)
-    if offset == BY_DATA:
-        offset = "auto" if is_camera_data(dtype, rgb) else None
+    if offset == BY_DATA:  # a fine-tuned model's own black level, else by data
+        offset = finetuned_black_level(name)
+        if offset == "camera":
+            offset = "auto" if is_camera_data(dtype, rgb) else None
     alpha = last and ((rgb and shape[axis] == 4) or (samples and shape[axis] == 2))
     return axis, name, alpha, offset
 

@@ -132,8 +132,9 @@ class FinetuneSettings:
     black_level : {"camera", "auto", "none"} or float
         Subtracted from every training plane before scaling, as the Denoise widget's
         black level (:func:`~src_models.finetune_data.samples`): "camera" (default)
-        estimates it for camera data (12/16-bit, not RGB) only. Denoise with the same
-        setting: the card records it.
+        estimates it for camera data (12/16-bit, not RGB) only. The card records it, and
+        the Denoise widget, the command line and the function denoise with it unless told
+        otherwise (:func:`~src_models.registry.finetuned_black_level`).
     tuned_weight : float, optional
         Share of the fine-tuned weights in the saved model, the rest the base model's
         (weight-space ensembling, WiSE-FT: Wortsman et al., CVPR 2022); in (0, 1].
@@ -841,12 +842,21 @@ def finetune(
                 f"; the weight-space average with the base validated lower "
                 f"({_json_scores(val_candidate)})"
             )
+    from .registry import BLACK_LEVEL_NOTE
+
     notes = dict(best.notes)
     notes.update(
         {
             "mode": settings.mode,
             "noisy_method": settings.noisy_method if settings.mode == "noisy" else "",
             "black_level": _black_level_text(settings.black_level),
+            # read by the Denoise widget, the command line and the function: they denoise
+            # with the same black level unless told otherwise (registry.ModelInfo.black_level)
+            BLACK_LEVEL_NOTE: (
+                f"{float(settings.black_level):g}"
+                if not isinstance(settings.black_level, str)
+                else settings.black_level
+            ),
             "sources": json.dumps(sources),
             "corruption": recipe.corruption.model_dump_json() if settings.mode == "clean" else "",
             "validation_region": json.dumps(region.as_dict()),

@@ -25,12 +25,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUNDLED_DIR",
+    "BLACK_LEVEL_NOTE",
     "ENV_MODEL_DIR",
     "ModelInfo",
     "MICROSCOPY_CORRELATED_MODEL",
     "MICROSCOPY_MODEL",
     "default_model",
     "delete_user_model",
+    "finetuned_black_level",
     "is_camera_data",
     "looks_like_fluorescence_composite",
     "list_models",
@@ -44,6 +46,9 @@ MICROSCOPY_MODEL = "microscopy"  # the bundled model trained on Poisson-Gaussian
 # ... and the one also trained on noise correlated between neighbouring pixels
 MICROSCOPY_CORRELATED_MODEL = "microscopy-correlated"
 ENV_MODEL_DIR = "NAPARI_BFCNN_MODEL_DIR"
+# card note of a fine-tuned model: the black level its training planes had removed, as
+# FinetuneSettings.black_level ("camera", "auto", "none" or a number)
+BLACK_LEVEL_NOTE = "black_level_setting"
 # a letter, digit or "_" first: never "." or ".." (paths) nor a hidden file the list skips
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -60,6 +65,7 @@ class ModelInfo:
     receptive_field: int = 0
     size_multiple: int = 1
     sigma_range: tuple[float, float] = (0.0, 0.0)
+    black_level: str = ""  # fine-tuned models: BLACK_LEVEL_NOTE ("" when not recorded)
     description: str = ""
     builtin: bool = False
     error: str | None = None
@@ -91,6 +97,7 @@ def _info(path: Path, builtin: bool) -> ModelInfo:
         receptive_field=card.receptive_field,
         size_multiple=card.size_multiple,
         sigma_range=tuple(card.sigma_range),
+        black_level=str(card.notes.get(BLACK_LEVEL_NOTE, "")),
         description=card.description,
         builtin=builtin,
     )
@@ -154,6 +161,36 @@ def _resolve(name_or_path: str | Path) -> Path:
                 raise ModelFileError(m.error)
             return m.path.resolve()
     raise ValueError(f"unknown model {text!r}; available models: {_available(models)}")
+
+
+def finetuned_black_level(model: str | Path | ModelInfo) -> str | float | None:
+    """The black level a fine-tuned model was trained with, as the engine's ``offset``.
+
+    Why: a model fine-tuned on planes with their black level removed (or kept) must be
+    denoised the same way; the Denoise widget, the command line and the function
+    follow it when not told otherwise. Returns ``"auto"``, a number, None (none
+    removed), or ``"camera"`` where the model records nothing or the default rule
+    (camera data only: follow the data, as for any model).
+    """
+    from .modelfile import ModelFileError, read_card
+
+    if isinstance(model, ModelInfo):
+        text = model.black_level
+    else:
+        try:
+            text = str(read_card(_resolve(model)).notes.get(BLACK_LEVEL_NOTE, ""))
+        except (ValueError, ModelFileError):  # reported where the model is loaded
+            return "camera"
+    if text in ("", "camera"):
+        return "camera"
+    if text == "auto":
+        return "auto"
+    if text == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return "camera"
 
 
 def load_model(name_or_path: str | Path) -> Denoiser:

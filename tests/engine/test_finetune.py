@@ -456,6 +456,26 @@ def test_a_save_killed_after_the_temp_file_is_written_leaves_the_previous_model(
     assert sorted(p.name for p in user_dir.iterdir()) == [".runs", "base.keras", "ft.keras"]
 
 
+@pytest.mark.parametrize(("setting", "offset"), [("auto", "auto"), (95.0, 95.0), ("none", None)])
+def test_a_black_level_set_for_fine_tuning_is_recorded_and_denoising_follows_it(
+    user_dir, setting, offset
+):
+    """8-bit data are denoised without a black level by default; a model fine-tuned with
+    one set by hand is denoised with it (command line and function), as it was trained."""
+    from src_models.denoise_cmd import BY_DATA, plan_for_data
+    from src_models.registry import BLACK_LEVEL_NOTE, finetuned_black_level
+
+    photo = skdata.text()
+    finetune(_settings(steps=10, black_level=setting), [SourceImage("text", photo)])
+    card = read_card(user_dir / "ft.keras")
+    assert card.notes[BLACK_LEVEL_NOTE] == ("95" if offset == 95.0 else setting)
+    assert finetuned_black_level("ft") == offset
+    assert plan_for_data(photo, None, "ft", BY_DATA)[3] == offset
+    assert plan_for_data(photo, None, "ft", 7.0)[3] == 7.0  # an explicit --offset wins
+    assert finetuned_black_level("base") == "camera"  # recorded nothing: by data
+    assert plan_for_data(photo, None, "base", BY_DATA)[3] is None
+
+
 def test_existing_and_bundled_names_are_refused_unless_overwriting(user_dir):
     from src_models.config import ConfigError
 

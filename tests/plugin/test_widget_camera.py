@@ -336,6 +336,38 @@ def test_black_level_choice_reaches_the_engine(
     _wait_for_camera_noise(qtbot, widget)
 
 
+def test_a_model_fine_tuned_with_a_black_level_is_denoised_with_it(
+    no_bundled, make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    """Choosing it sets its recorded level on a layer the user set none for; another model
+    brings back the data's default; a level the user set for the layer stays."""
+    from src_models import registry
+    from src_models.modelfile import copy_with_card, read_card
+
+    folder = tmp_path / "models"
+    src = registry._resolve("tiny-gray")
+    card = read_card(src)
+    notes = {**card.notes, registry.BLACK_LEVEL_NOTE: "12.5"}
+    copy_with_card(src, folder / "tuned.keras", card.model_copy(update={"name": "tuned",
+                                                                         "notes": notes}))
+    copy_with_card(src, folder / "tiny-gray.keras", card)
+    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(folder))
+    registry.clear_cache()
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(np.full((40, 40), 50, np.uint8), name="photo")
+    widget.model.value = "tiny-gray"
+    assert widget.black_level.value == BLACK_NONE  # 8-bit data: no black level by default
+    widget.model.value = "tuned"
+    assert (widget.black_level.value, widget.black_value.value) == (BLACK_VALUE, 12.5)
+    assert widget.chosen_offset == 12.5 and widget.black_value.enabled
+    widget.model.value = "tiny-gray"
+    assert widget.black_level.value == BLACK_NONE
+    widget.black_level.value = BLACK_AUTO  # the user's choice for this layer
+    widget.model.value = "tuned"
+    assert widget.black_level.value == BLACK_AUTO
+    _wait_for_camera_noise(qtbot, widget)
+
+
 def test_closing_after_qt_deleted_the_estimate_timer_does_not_raise(
     bundled_microscopy, make_napari_viewer, qtbot
 ):
