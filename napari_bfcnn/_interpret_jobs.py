@@ -78,17 +78,21 @@ def read_plane(inp: LayerInput, lead: Pixel) -> np.ndarray:
     return plane
 
 
-def plane_offset(inp: LayerInput, plane: np.ndarray) -> float | None:
+def plane_offset(inp: LayerInput, plane: np.ndarray, model: str | None = None) -> float | None:
     """The black level the Denoise widget subtracts from this plane by default, or None.
 
     Why: camera data (12/16-bit, not RGB) are denoised with the black level of each
-    plane removed (``offset="auto"``); the filters shown must be those of that same
-    computation, or ``D(y) = J(y) y`` would describe another output.
+    plane removed (``offset="auto"``), and a model fine-tuned with a level set by hand
+    with that one; the filters shown must be those of that same computation, or
+    ``D(y) = J(y) y`` would describe another output.
     """
-    from src_models.registry import is_camera_data
+    from src_models.registry import finetuned_black_level, is_camera_data
 
-    if not is_camera_data(inp.data.dtype, inp.rgb):
-        return None
+    recorded = finetuned_black_level(model) if model is not None else "camera"
+    if recorded == "camera":
+        recorded = "auto" if is_camera_data(inp.data.dtype, inp.rgb) else None
+    if recorded != "auto":
+        return recorded
     from src_models.noise_model import black_level
 
     return black_level(plane)
@@ -108,7 +112,11 @@ def default_offsets(plane: np.ndarray, joint: bool) -> np.ndarray:
 
 
 def crop_with_plane_offset(
-    inp: LayerInput, plane: np.ndarray, box: tuple[int, int, int, int], model_channels: int
+    inp: LayerInput,
+    plane: np.ndarray,
+    box: tuple[int, int, int, int],
+    model_channels: int,
+    model: str | None = None,
 ) -> tuple[np.ndarray, float]:
     """A crop of ``plane`` and the offset under which its Jacobian is the denoised plane's.
 
@@ -120,7 +128,7 @@ def crop_with_plane_offset(
     """
     y0, y1, x0, x1 = box
     crop = plane[y0:y1, x0:x1]
-    camera = plane_offset(inp, plane)
+    camera = plane_offset(inp, plane, model)
     if camera is not None:
         return crop, camera
     joint = plane.ndim == 2 or plane.shape[-1] == model_channels
@@ -286,7 +294,7 @@ def filters_job(
         try:
             if lead not in planes:
                 try:
-                    planes[lead] = _filled_plane(inp, lead)
+                    planes[lead] = _filled_plane(inp, lead, model)
                 except Exception as err:
                     planes[lead] = err
             prepared = planes[lead]
@@ -306,7 +314,9 @@ def filters_job(
     return "; ".join(f"{text} ({n} point(s) left out)" for text, n in failed.items())
 
 
-def _filled_plane(inp: LayerInput, lead: Pixel) -> tuple[np.ndarray, float | None]:
+def _filled_plane(
+    inp: LayerInput, lead: Pixel, model: str | None = None
+) -> tuple[np.ndarray, float | None]:
     """One plane with NaN/inf filled as the Denoiser fills them, and its black level.
 
     Why the black level of the filled plane: the Denoiser, too, estimates it after filling.
@@ -319,7 +329,7 @@ def _filled_plane(inp: LayerInput, lead: Pixel) -> tuple[np.ndarray, float | Non
         where = f"plane {lead}" if lead else "the image"
         filled, _ = _fill_non_finite(hwc, where)
         plane = filled[..., 0] if plane.ndim == 2 else filled
-    return plane, plane_offset(inp, plane)
+    return plane, plane_offset(inp, plane, model)
 
 
 def maps_job(
@@ -347,7 +357,7 @@ def maps_job(
             MAP_NAMES,
             int(probes) * joint,
             channel_axis=channel_axis(inp),
-            offset=plane_offset(inp, plane),
+            offset=plane_offset(inp, plane, model),
             progress=progress,
             cancel=cancel,
         )
@@ -371,7 +381,9 @@ def spectrum_job(
 
     def compute(denoiser) -> Spectrum:
         plane = read_plane(inp, lead)
-        crop, offset = crop_with_plane_offset(inp, plane, (y0, y1, x0, x1), denoiser.channels)
+        crop, offset = crop_with_plane_offset(
+            inp, plane, (y0, y1, x0, x1), denoiser.channels, model
+        )
         return jacobian_spectrum(
             denoiser,
             crop,

@@ -458,6 +458,31 @@ def test_spectrum_of_a_crop_uses_the_whole_planes_offset(model_dir):
         )
 
 
+def test_filters_of_a_model_fine_tuned_with_a_black_level_use_that_level(
+    tmp_path, monkeypatch
+):
+    """The Denoise widget denoises with the recorded level: the filters must be of that run."""
+    from napari_bfcnn._interpret_jobs import filters_job, plane_offset
+    from src_models import load_model, registry
+    from src_models.interpret import pixel_filter
+    from src_models.modelfile import copy_with_card, read_card
+
+    src = registry._resolve("tiny-gray")
+    card = read_card(src)
+    notes = {**card.notes, registry.BLACK_LEVEL_NOTE: "20"}
+    copy_with_card(src, tmp_path / "tuned.keras", card.model_copy(update={"notes": notes}))
+    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(tmp_path))
+    registry.clear_cache()
+    data = np.random.default_rng(3).uniform(30, 90, (24, 24)).astype(np.float32)
+    inp = LayerInput("img", data, None, False, False)
+    assert plane_offset(inp, data, "tuned") == 20.0 and plane_offset(inp, data) is None
+    ((_, pf),) = list(filters_job(inp, "tuned", [(12, 12)]))
+    engine = pixel_filter(load_model("tuned"), data, (12, 12), offset=20.0)
+    assert pf.offset == 20.0
+    np.testing.assert_array_equal(pf.weights, engine.weights)
+    registry.clear_cache()
+
+
 def test_spectrum_without_a_point_asks_for_one(viewer_widget, notes):
     viewer, widget = viewer_widget
     src = viewer.add_image(np.ones((16, 16), np.float32), name="img")
