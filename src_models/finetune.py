@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -298,7 +298,13 @@ class _Base:
     multiple: int
 
 
-def _base(settings: FinetuneSettings, channels_if_fresh: int) -> _Base:
+def _base(settings: FinetuneSettings, channels_if_fresh: int, copy: Path | None = None) -> _Base:
+    """The base model; ``copy``: the run's own copy of it, used when it exists (a resume).
+
+    Why a copy: the base is read again after training (weight-space averaging) and by a
+    resumed run; by name it could have been deleted, or replaced by this very run's
+    result when saved under the base's own name.
+    """
     from .architectures import size_multiple
     from .modelfile import read_card
     from .registry import _resolve
@@ -306,7 +312,7 @@ def _base(settings: FinetuneSettings, channels_if_fresh: int) -> _Base:
     if settings.base is None:
         arch = PRESETS[settings.architecture](channels_if_fresh)
         return _Base(None, None, channels_if_fresh, size_multiple(arch))
-    path = _resolve(settings.base)
+    path = copy if copy is not None and copy.is_file() else _resolve(settings.base)
     card = read_card(path)
     if card.channels not in (1, 3):
         raise ConfigError(
@@ -691,7 +697,8 @@ def finetune(
     if settings.mode != "pairs" and targets:
         raise ConfigError(f"mode {settings.mode!r} takes no targets (only 'pairs' does)")
     target_path = _target_path(settings.name, overwrite or resume)
-    base = _base(settings, _fresh_channels(images))
+    out = run_dir(settings.name)
+    base = _base(settings, _fresh_channels(images), out / BASE_COPY if resume else None)
 
     names = [im.name for im in images]
     if settings.mode == "pairs":
@@ -710,7 +717,6 @@ def finetune(
 
     recipe = build_recipe(settings, train_in, base.channels, base.multiple, base.card, base.path)
     t_cfg = recipe.training
-    out = run_dir(settings.name)
     sources = [im.describe() for im in images]
     if targets:
         sources += [f"clean: {t.describe()}" for t in targets]
@@ -724,6 +730,9 @@ def finetune(
             shutil.rmtree(out)
         out.mkdir(parents=True)
         (out / RUN_SETTINGS).write_text(json.dumps(identity, indent=1), encoding="utf-8")
+        if base.path is not None:  # read again after training, and by a Resume
+            shutil.copyfile(base.path, out / BASE_COPY)
+            base = replace(base, path=str(out / BASE_COPY))
 
     sampler = None
     r2r = None
@@ -885,6 +894,7 @@ def finetune(
 
 
 RUN_SETTINGS = "settings.json"  # what a run trains on and how; Resume must match it
+BASE_COPY = "base.keras"  # the run's copy of its base model (see _base)
 # everything but the length of the run (steps, rate, validation interval may change on Resume)
 _RESUME_KEYS = (
     "mode",

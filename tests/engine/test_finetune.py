@@ -682,6 +682,22 @@ def test_saved_model_is_the_weight_average_of_base_and_fine_tuned(user_dir):
                                rtol=1e-4, atol=1e-6)
 
 
+def test_resume_and_averaging_use_the_runs_copy_of_the_base_even_once_it_is_deleted(user_dir):
+    """The base is read after training (WiSE-FT) and by a Resume: by name it may be gone."""
+    text = [SourceImage("text", skdata.text())]
+    base, _ = load_keras_model(user_dir / "base.keras")
+    settings = _settings(steps=40, corruption=SIGMA_25, tuned_weight=0.5, val_every=10)
+    first = finetune(settings, text, should_stop=_stop_at(15, []))
+    assert first.stopped
+    (user_dir / "base.keras").unlink()  # the user deleted the base model meanwhile
+    result = finetune(settings, text, resume=True, overwrite=True)
+    assert result.saved and "WiSE-FT" in read_card(result.model_path).notes["kept"]
+    last, _ = load_keras_model(result.run_dir / "checkpoint.keras")
+    saved, _ = load_keras_model(result.model_path)
+    for s, b, t in zip(saved.get_weights(), base.get_weights(), last.get_weights(), strict=True):
+        np.testing.assert_allclose(s, 0.5 * b + 0.5 * t, rtol=1e-6, atol=1e-7)
+
+
 def test_an_average_that_validates_below_the_base_is_not_saved(user_dir, monkeypatch):
     import src_models.finetune as ft
 
