@@ -166,7 +166,9 @@ def filter_summary(pf) -> dict[str, float]:
     }
 
 
-def compose_overlay(shape: Sequence[int], filters: Iterable[tuple[Pixel, Any]]) -> np.ndarray:
+def compose_overlay(
+    shape: Sequence[int], filters: Iterable[tuple[Pixel, Any]]
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Every filter's image placed at its window, summed where windows overlap.
 
     Parameters
@@ -178,23 +180,46 @@ def compose_overlay(shape: Sequence[int], filters: Iterable[tuple[Pixel, Any]]) 
 
     Returns
     -------
-    np.ndarray or dask array
+    overlay : np.ndarray or dask array
         float32 of ``shape``, zero outside all windows. A stack larger than
         :data:`DENSE_OVERLAY_BYTES` gets a dask array whose planes without a filter
-        are never allocated (napari reads only the slice in view).
+        are never allocated (napari reads only the slice in view); a single plane
+        that large only the bounding box of the windows (napari would read a lazy
+        plane whole, on every update).
+    origin : (int, int)
+        (row, column) of the source where the overlay's index 0 lies: (0, 0) but for
+        a bounding box.
     """
     shape = tuple(int(s) for s in shape)
+    filters = list(filters)
+    if len(shape) == 2 and math.prod(shape) * 4 > DENSE_OVERLAY_BYTES:
+        return _bounding_box(filters)
     planes: dict[tuple[int, ...], np.ndarray] = {}
     for pixel, pf in filters:
         plane = planes.setdefault(tuple(pixel[:-2]), np.zeros(shape[-2:], np.float32))
         rows, cols = pf.window
         plane[rows, cols] += filter_image(pf)
     if len(shape) > 2 and math.prod(shape) * 4 > DENSE_OVERLAY_BYTES:
-        return _sparse_stack(shape, planes)
+        return _sparse_stack(shape, planes), (0, 0)
     out = np.zeros(shape, dtype=np.float32)
     for lead, plane in planes.items():
         out[lead] = plane
-    return out
+    return out, (0, 0)
+
+
+def _bounding_box(filters: list[tuple[Pixel, Any]]) -> tuple[np.ndarray, tuple[int, int]]:
+    """The filters of one plane summed on the smallest box holding their windows."""
+    if not filters:
+        return np.zeros((1, 1), np.float32), (0, 0)
+    y0 = min(pf.window[0].start for _, pf in filters)
+    x0 = min(pf.window[1].start for _, pf in filters)
+    y1 = max(pf.window[0].stop for _, pf in filters)
+    x1 = max(pf.window[1].stop for _, pf in filters)
+    out = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for _, pf in filters:
+        rows, cols = pf.window
+        out[rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0] += filter_image(pf)
+    return out, (y0, x0)
 
 
 def _sparse_stack(shape: tuple[int, ...], planes: dict[tuple[int, ...], np.ndarray]):

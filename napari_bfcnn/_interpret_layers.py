@@ -181,9 +181,15 @@ def point_pixels(points, source, shape: Sequence[int]) -> tuple[list[tuple[int, 
 # --------------------------------------------------------------------------- image layers
 
 
-def overlay_kwargs(source, data: np.ndarray, model: str, limit: float) -> dict:
-    """``add_image`` arguments of the filter overlay: over the source, diverging, translucent."""
-    kw = output_kwargs(source, data, model, kind=FILTER)
+def overlay_kwargs(
+    source, data: np.ndarray, model: str, limit: float, origin: tuple[int, int] = (0, 0)
+) -> dict:
+    """``add_image`` arguments of the filter overlay: over the source, diverging, translucent.
+
+    ``origin``: the source's (row, column) under the overlay's index 0 (a bounding box).
+    """
+    fixed = {source.ndim - 2: origin[0], source.ndim - 1: origin[1]} if any(origin) else None
+    kw = output_kwargs(source, data, model, kind=FILTER, fixed=fixed)
     kw.update(
         colormap=filter_colormap(),
         contrast_limits=(-float(limit), float(limit)),

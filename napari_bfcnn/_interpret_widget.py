@@ -544,10 +544,10 @@ class InterpretWidget(ImageModelWidget):
             return
         _, model, shape = self._wanted_for
         have = self._filters_shown()
-        overlay = compose_overlay(shape, [(p, pf) for _, p, pf in have])
+        overlay, origin = compose_overlay(shape, [(p, pf) for _, p, pf in have])
         if have or find_output(self._viewer.layers, source, model, FILTER) is not None:
             limit = overlay_limit(pf for _, _, pf in have)
-            kw = overlay_kwargs(source, overlay, model, limit)
+            kw = overlay_kwargs(source, overlay, model, limit, origin)
             put_layer(self._viewer, overlay, kw, below=points, keep_active=True)
         for stale in find_outputs(self._viewer.layers, source, FILTER):
             if stale.metadata[PROVENANCE_KEY].get("model") != model:  # another model's:

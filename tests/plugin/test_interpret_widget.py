@@ -134,7 +134,7 @@ def test_two_points_two_windows_and_a_moved_point_moves_its_window(viewer_widget
     src = viewer.add_image(data, name="img")
     points = _points(qtbot, widget, src, [[10, 10], [30, 25]])
     overlay = viewer.layers["img [filter: tiny-gray]"]
-    expected = compose_overlay(
+    expected, _ = compose_overlay(
         data.shape, [(p, _filter("tiny-gray", data, p)) for p in [(10, 10), (30, 25)]]
     )
     np.testing.assert_array_equal(overlay.data, expected)
@@ -142,7 +142,7 @@ def test_two_points_two_windows_and_a_moved_point_moves_its_window(viewer_widget
 
     points.data = np.array([[10.0, 10.0], [12.4, 13.6]])  # rounds to pixel (12, 14): overlaps
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
-    expected = compose_overlay(
+    expected, _ = compose_overlay(
         data.shape, [(p, _filter("tiny-gray", data, p)) for p in [(10, 10), (12, 14)]]
     )
     np.testing.assert_allclose(overlay.data, expected, atol=1e-7)  # summed where they overlap
@@ -156,7 +156,7 @@ def test_two_points_two_windows_and_a_moved_point_moves_its_window(viewer_widget
         points.data[0] = (33.0, 5.0)
         points.refresh()
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
-    expected = compose_overlay(
+    expected, _ = compose_overlay(
         data.shape, [(p, _filter("tiny-gray", data, p)) for p in [(33, 5), (12, 14)]]
     )
     np.testing.assert_allclose(overlay.data, expected, atol=1e-7)
@@ -216,6 +216,29 @@ def test_the_overlay_of_a_large_stack_is_lazy_and_holds_only_the_clicked_planes(
         pf = _filter("tiny-gray", data[t], pixel)
         np.testing.assert_array_equal(dense[t][pf.window], pf.weights)
     assert not dense[0].any() and not dense[2].any()
+
+
+def test_the_overlay_of_a_huge_plane_covers_only_the_filters_and_lies_over_them(
+    viewer_widget, qtbot, monkeypatch
+):
+    import napari_bfcnn._interpret_jobs as ij
+
+    monkeypatch.setattr(ij, "DENSE_OVERLAY_BYTES", 0)  # as a 20000^2 plane
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(4).uniform(0, 1, (60, 50)).astype(np.float32)
+    src = viewer.add_image(data, name="big", scale=(2.0, 0.5), translate=(7.0, -3.0))
+    _points(qtbot, widget, src, [[20, 15], [40, 30]])
+    overlay = viewer.layers["big [filter: tiny-gray]"]
+    a, b = (_filter("tiny-gray", data, p) for p in [(20, 15), (40, 30)])
+    y0, x0 = a.window[0].start, a.window[1].start
+    assert overlay.data.shape == (b.window[0].stop - y0, b.window[1].stop - x0)
+    dense = np.zeros(data.shape, np.float32)
+    for pf in (a, b):
+        dense[pf.window] += filter_image(pf)
+    h, w = overlay.data.shape
+    np.testing.assert_allclose(overlay.data, dense[y0 : y0 + h, x0 : x0 + w], atol=1e-7)
+    # the overlay's pixel (0, 0) lies over the source's pixel (y0, x0) in the world
+    np.testing.assert_allclose(overlay.data_to_world((0, 0)), src.data_to_world((y0, x0)))
 
 
 def test_renaming_the_source_keeps_its_points_and_overlay(viewer_widget, qtbot):
@@ -582,7 +605,8 @@ def test_readme_screenshots_show_both_noise_levels_and_the_maps(make_napari_view
     for sigma, overlay in zip(SIGMAS, overlays, strict=True):
         plane = noisy_camera(sigma)
         filters = [(p, _filter("tiny-gray", plane, p)) for p in PIXELS]
-        np.testing.assert_allclose(overlay.data, compose_overlay(plane.shape, filters), atol=1e-7)
+        expected, _ = compose_overlay(plane.shape, filters)
+        np.testing.assert_allclose(overlay.data, expected, atol=1e-7)
         lo, hi = overlay.contrast_limits
         assert lo == -hi and hi == overlays[0].contrast_limits[1]  # one colour scale, zero centred
         assert overlay.colorbar.visible
