@@ -6,9 +6,11 @@ and a napari generator worker drains that queue and ``yield``\\ s the reports to
 main thread, where the widget draws them. Stop is an event the training polls every
 step, so it ends within about a step and still saves the best model. Closing the widget
 sets it; so does quitting the worker (napari quits every worker when it quits), through
-the worker's ``aborted`` signal: superqt leaves the generator's loop on abort without
-closing the generator, so :func:`train_job`'s ``finally`` would run only once the
-generator is garbage-collected.
+the worker's ``aborted`` signal, which also waits for the training thread to save and
+end before the worker reports ``finished`` (so the lock is not freed, nor napari's exit
+let through, while it still writes): superqt leaves the generator's loop on abort
+without closing the generator, so :func:`train_job`'s ``finally`` would run only once
+the generator is garbage-collected.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ class TrainJob:
     resume: bool = False
     overwrite: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None  # the training thread, once started
+
+    def stop_and_wait(self) -> None:
+        """Ask the training to stop and wait until it has saved and ended."""
+        self.stop.set()
+        thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
 
 @dataclass
@@ -86,6 +96,7 @@ def train_job(job: TrainJob) -> Generator[Any, None, TrainOutcome]:
             reports.put(_DONE)
 
     thread = threading.Thread(target=run, name="napari-bfcnn-training", daemon=True)
+    job.thread = thread
     thread.start()
     try:
         while True:
@@ -109,12 +120,13 @@ def train_job(job: TrainJob) -> Generator[Any, None, TrainOutcome]:
 def make_train_worker(job: TrainJob) -> Any:
     """A not-yet-started napari ``GeneratorWorker`` running :func:`train_job`.
 
-    Quitting it sets ``job.stop`` (see the module docstring).
+    Quitting it sets ``job.stop`` and waits for the training to save and end (see the
+    module docstring).
     """
     from napari.qt.threading import create_worker
     from qtpy.QtCore import Qt
 
     worker = create_worker(train_job, job, _start_thread=False)
-    # direct: set in the worker's thread as it aborts, even while the main thread waits for it
-    worker.aborted.connect(job.stop.set, Qt.ConnectionType.DirectConnection)
+    # direct: run in the worker's thread as it aborts, even while the main thread waits for it
+    worker.aborted.connect(job.stop_and_wait, Qt.ConnectionType.DirectConnection)
     return worker

@@ -76,11 +76,13 @@ def compiled_predict(model: keras.Model, xla: bool = False) -> Callable[[Array],
             x = _as_input(x)
             key = tuple(x.shape[1:])
             spec = tf.TensorSpec((None, *key), tf.float32)
-            if key not in traced:
+            entry = traced.get(key)  # one lookup: dask threads share this function
+            if entry is None:
                 if len(traced) >= _MAX_TRACES:
-                    traced.pop(next(iter(traced)))
-                traced[key] = (fn.get_concrete_function(spec), fn is not plain)
-            graph, compiled = traced[key]
+                    traced.pop(next(iter(traced)), None)
+                entry = (fn.get_concrete_function(spec), fn is not plain)
+                traced[key] = entry
+            graph, compiled = entry
             try:
                 return graph(tf.constant(x)).numpy()
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
