@@ -895,6 +895,9 @@ def finetune(
 
 RUN_SETTINGS = "settings.json"  # what a run trains on and how; Resume must match it
 BASE_COPY = "base.keras"  # the run's copy of its base model (see _base)
+# how a run chooses its validation data and automatic steps; a stopped run of another
+# scheme cannot resume (its best score came from other held-out data or noise)
+RUN_SCHEME = 2
 # everything but the length of the run (steps, rate, validation interval may change on Resume)
 _RESUME_KEYS = (
     "mode",
@@ -918,6 +921,7 @@ def _run_identity(settings: FinetuneSettings, sources: list[str]) -> dict[str, A
     values = {key: getattr(settings, key) for key in _RESUME_KEYS}
     values["corruption"] = settings.corruption.model_dump(mode="json")
     values["sources"] = sources
+    values["scheme"] = RUN_SCHEME
     return json.loads(json.dumps(values, default=str))
 
 
@@ -928,9 +932,13 @@ def _check_same_run(path: Path, identity: dict[str, Any], name: str) -> None:
     belong to the stopped run; another noise range, base or layer would be scored
     against a best from other data, and averaged with another base.
     """
-    if not path.is_file():  # a run from before this record: nothing to compare
-        return
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if saved.get("scheme") != identity["scheme"]:
+        raise ConfigError(
+            f"the stopped run of {name!r} was started by an earlier napari-bfcnn, which chose "
+            "its validation data, validation noise and automatic steps differently: train "
+            "anew (Train) to start over"
+        )
     changed = [key for key in identity if saved.get(key) != identity[key]]
     if changed:
         what = ", ".join("layers" if key == "sources" else key for key in changed)

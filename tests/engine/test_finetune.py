@@ -381,6 +381,29 @@ def test_stop_before_the_first_validation_saves_nothing_and_resume_finishes(
     assert (user_dir / "ft.keras").is_file()
 
 
+def test_a_run_stopped_by_an_earlier_version_is_refused_on_resume_not_resumed_wrongly(
+    user_dir,
+):
+    """Its held-out data, validation noise and automatic steps were chosen otherwise."""
+    import json
+
+    from src_models.config import ConfigError
+    from src_models.finetune import RUN_SETTINGS
+
+    text = [SourceImage("text", skdata.text())]
+    settings = _settings(steps=40)
+    first = finetune(settings, text, should_stop=_stop_at(5, []))
+    record = first.run_dir / RUN_SETTINGS
+    saved = json.loads(record.read_text())
+    del saved["scheme"]  # as written before the validation scheme changed
+    record.write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="earlier napari-bfcnn"):
+        finetune(settings, text, resume=True)
+    record.unlink()  # older still: no record at all
+    with pytest.raises(ConfigError, match="earlier napari-bfcnn"):
+        finetune(settings, text, resume=True)
+
+
 def test_resume_with_other_settings_or_layers_is_refused_naming_what_changed(user_dir):
     from src_models.config import ConfigError
 
