@@ -487,12 +487,12 @@ class DenoiseWidget(ImageModelWidget):
         black = self._default_black()
         if black == (self.black_level.value, float(self.black_value.value)):
             return False
-        self._setting = True
+        setting, self._setting = self._setting, True  # may run inside another such block
         try:
             self.black_level.value, self.black_value.value = black
             self.black_value.enabled = black[0] == BLACK_VALUE
         finally:
-            self._setting = False
+            self._setting = setting
         return True
 
     def _on_black_level_changed(self, *_args) -> None:
@@ -801,7 +801,7 @@ class DenoiseWidget(ImageModelWidget):
             with_noise=bool(self.add_noise.value),
             offset=self.chosen_offset,
             tta=8 if self.tta.value else 1,
-            strength=round(float(self.strength.value), 4),
+            strength=float(self.strength.value),
         )
         worker = make_worker(job)
         worker.yielded.connect(self._on_progress)

@@ -78,21 +78,28 @@ def read_plane(inp: LayerInput, lead: Pixel) -> np.ndarray:
     return plane
 
 
-def plane_offset(inp: LayerInput, plane: np.ndarray, model: str | None = None) -> float | None:
-    """The black level the Denoise widget subtracts from this plane by default, or None.
+def plane_offset(
+    inp: LayerInput,
+    plane: np.ndarray,
+    model: str | None = None,
+    model_channels: int | None = None,
+) -> float | str | None:
+    """The black level the Denoise widget subtracts from this (NaN-filled) plane by default.
 
     Why: camera data (12/16-bit, not RGB) are denoised with the black level of each
     plane removed (``offset="auto"``), and a model fine-tuned with a level set by hand
-    with that one; the filters shown must be those of that same computation, or
-    ``D(y) = J(y) y`` would describe another output.
+    with that one (:func:`src_models.registry.default_offset`); the filters shown must
+    be those of that same computation, or ``D(y) = J(y) y`` would describe another
+    output. Returns a number, None, or ``"auto"`` where the model runs on each channel
+    of the plane alone (the engine then takes each channel's own level).
     """
-    from src_models.registry import finetuned_black_level, is_camera_data
+    from src_models.registry import default_offset
 
-    recorded = finetuned_black_level(model) if model is not None else "camera"
-    if recorded == "camera":
-        recorded = "auto" if is_camera_data(inp.data.dtype, inp.rgb) else None
-    if recorded != "auto":
-        return recorded
+    setting = default_offset(model, inp.data.dtype, inp.rgb)
+    if setting != "auto":
+        return setting
+    if plane.ndim == 3 and model_channels is not None and plane.shape[-1] != model_channels:
+        return "auto"
     from src_models.noise_model import black_level
 
     return black_level(plane)
@@ -128,7 +135,12 @@ def crop_with_plane_offset(
     """
     y0, y1, x0, x1 = box
     crop = plane[y0:y1, x0:x1]
-    camera = plane_offset(inp, plane, model)
+    camera = plane_offset(inp, plane, model, model_channels)
+    if camera == "auto":  # each channel alone, with its own level: shift the crop by them
+        from src_models.noise_model import black_level
+
+        levels = np.array([black_level(plane[..., c]) for c in range(plane.shape[-1])])
+        return crop.astype(np.float64) - levels, 0.0
     if camera is not None:
         return crop, camera
     joint = plane.ndim == 2 or plane.shape[-1] == model_channels
@@ -319,7 +331,8 @@ def filters_job(
         try:
             if lead not in planes:
                 try:
-                    planes[lead] = _filled_plane(inp, lead, model)
+                    filled = _filled_plane(inp, lead)
+                    planes[lead] = filled, plane_offset(inp, filled, model, denoiser.channels)
                 except Exception as err:
                     planes[lead] = err
             prepared = planes[lead]
@@ -339,12 +352,10 @@ def filters_job(
     return "; ".join(f"{text} ({n} point(s) left out)" for text, n in failed.items())
 
 
-def _filled_plane(
-    inp: LayerInput, lead: Pixel, model: str | None = None
-) -> tuple[np.ndarray, float | None]:
-    """One plane with NaN/inf filled as the Denoiser fills them, and its black level.
+def _filled_plane(inp: LayerInput, lead: Pixel) -> np.ndarray:
+    """One plane with NaN/inf filled as the Denoiser fills them (each channel's median).
 
-    Why the black level of the filled plane: the Denoiser, too, estimates it after filling.
+    Why before its black level: the Denoiser, too, estimates it after filling.
     """
     from src_models.inference import _fill_non_finite
 
@@ -354,7 +365,7 @@ def _filled_plane(
         where = f"plane {lead}" if lead else "the image"
         filled, _ = _fill_non_finite(hwc, where)
         plane = filled[..., 0] if plane.ndim == 2 else filled
-    return plane, plane_offset(inp, plane, model)
+    return plane
 
 
 def maps_job(
@@ -374,6 +385,8 @@ def maps_job(
     from src_models.interpret import MAP_NAMES, filter_maps
 
     def compute(denoiser) -> dict[str, np.ndarray]:
+        from src_models.registry import default_offset
+
         plane = read_plane(inp, lead)
         joint = denoiser.channels if inp.channels == denoiser.channels else 1
         return filter_maps(
@@ -382,7 +395,8 @@ def maps_job(
             MAP_NAMES,
             int(probes) * joint,
             channel_axis=channel_axis(inp),
-            offset=plane_offset(inp, plane, model),
+            # the setting itself: the engine fills and takes each group's level as it denoises
+            offset=default_offset(model, inp.data.dtype, inp.rgb),
             progress=progress,
             cancel=cancel,
         )
@@ -405,7 +419,7 @@ def spectrum_job(
     y0, y1, x0, x1 = box
 
     def compute(denoiser) -> Spectrum:
-        plane = read_plane(inp, lead)
+        plane = _filled_plane(inp, lead)
         crop, offset = crop_with_plane_offset(
             inp, plane, (y0, y1, x0, x1), denoiser.channels, model
         )

@@ -52,14 +52,13 @@ def add_arguments(d: argparse.ArgumentParser) -> None:
 
 
 def _strength(text: str) -> float:
-    """``--strength``: a number from 0 to 1, checked by argparse before any work."""
+    """``--strength``: the engine's check, by argparse before any work."""
+    from .inference import _check_strength
+
     try:
-        value = float(text)
+        return _check_strength(float(text))
     except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1 (got {text!r})")
-    return value
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1 (got {text!r})") from None
 
 
 def output_path(path: Path, out_dir: Path, suffix: str) -> Path:
@@ -116,7 +115,7 @@ def plan_for_data(
     A model fine-tuned with another black level setting gets that one (its card says).
     """
     from .noise_model import estimate_centre_crop
-    from .registry import default_model, finetuned_black_level, is_camera_data
+    from .registry import default_model, default_offset, is_camera_data
 
     shape, dtype = tuple(int(n) for n in data.shape), data.dtype
     if axis is not None:
@@ -128,9 +127,7 @@ def plan_for_data(
         noise = estimate_centre_crop(data, axis)
     name = model or default_model(3 if rgb else 1, rgb=rgb, dtype=dtype, noise=noise)
     if offset == BY_DATA:  # a fine-tuned model's own black level, else by data
-        offset = finetuned_black_level(name)
-        if offset == "camera":
-            offset = "auto" if is_camera_data(dtype, rgb) else None
+        offset = default_offset(name, dtype, rgb)
     alpha = last and ((rgb and shape[axis] == 4) or (samples and shape[axis] == 2))
     return axis, name, alpha, offset
 

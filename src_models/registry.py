@@ -18,7 +18,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .inference import Denoiser
@@ -32,6 +32,7 @@ __all__ = [
     "MICROSCOPY_MODEL",
     "default_model",
     "delete_user_model",
+    "default_offset",
     "finetuned_black_level",
     "is_camera_data",
     "looks_like_fluorescence_composite",
@@ -97,7 +98,7 @@ def _info(path: Path, builtin: bool) -> ModelInfo:
         receptive_field=card.receptive_field,
         size_multiple=card.size_multiple,
         sigma_range=tuple(card.sigma_range),
-        black_level=str(card.notes.get(BLACK_LEVEL_NOTE, "")),
+        black_level=str(card.notes.get(BLACK_LEVEL_NOTE, "")) or _legacy_black_level(card.notes),
         description=card.description,
         builtin=builtin,
     )
@@ -178,9 +179,10 @@ def finetuned_black_level(model: str | Path | ModelInfo) -> str | float | None:
         text = model.black_level
     else:
         try:
-            text = str(read_card(_resolve(model)).notes.get(BLACK_LEVEL_NOTE, ""))
+            notes = read_card(_resolve(model)).notes
         except (ValueError, ModelFileError):  # reported where the model is loaded
             return "camera"
+        text = str(notes.get(BLACK_LEVEL_NOTE, "")) or _legacy_black_level(notes)
     if text in ("", "camera"):
         return "camera"
     if text == "auto":
@@ -191,6 +193,32 @@ def finetuned_black_level(model: str | Path | ModelInfo) -> str | float | None:
         return float(text)
     except ValueError:
         return "camera"
+
+
+def _legacy_black_level(notes: dict[str, str]) -> str:
+    """The setting of a model fine-tuned before BLACK_LEVEL_NOTE, from its card's text."""
+    text = str(notes.get("black_level", ""))
+    if text.startswith("estimated per plane (auto)"):
+        return "auto"
+    if text.startswith("none"):
+        return "none"
+    try:
+        return f"{float(text):g}"
+    except ValueError:
+        return ""  # "estimated per plane for camera data ...", or nothing: the default rule
+
+
+def default_offset(model: str | Path | ModelInfo | None, dtype: Any, rgb: bool):
+    """The black level denoising uses unless told otherwise, as the engine's ``offset``.
+
+    Why one rule for the widgets, the command line and the function: the model's own
+    (:func:`finetuned_black_level`), else ``"auto"`` for camera data (their offset must
+    go: the network is scale-, not shift-equivariant), else None.
+    """
+    recorded = finetuned_black_level(model) if model is not None else "camera"
+    if recorded != "camera":
+        return recorded
+    return "auto" if is_camera_data(dtype, rgb) else None
 
 
 def load_model(name_or_path: str | Path) -> Denoiser:

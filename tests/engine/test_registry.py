@@ -270,3 +270,38 @@ def test_threads_loading_a_model_at_once_share_one_copy(user_models, no_bundled,
     for t in threads:
         t.join()
     assert len(loads) == 1 and len(got) == 4 and all(d is got[0] for d in got)
+
+
+@pytest.mark.parametrize(
+    ("notes", "offset"),
+    [
+        ({"black_level_setting": "auto"}, "auto"),
+        ({"black_level_setting": "12.5"}, 12.5),
+        ({"black_level_setting": "none"}, None),
+        ({"black_level_setting": "camera"}, "camera"),
+        # cards of models fine-tuned before the setting was recorded: their text
+        ({"black_level": "estimated per plane (auto)"}, "auto"),
+        ({"black_level": "none (the plane's minimum when negative)"}, None),
+        ({"black_level": "95"}, 95.0),
+        ({"black_level": "estimated per plane for camera data (12/16-bit, not RGB), else none"},
+         "camera"),
+        ({}, "camera"),
+    ],
+)
+def test_the_black_level_a_model_was_fine_tuned_with_is_read_from_old_and_new_cards(
+    user_models, no_bundled, notes, offset
+):
+    from src_models.modelfile import copy_with_card
+
+    src = user_models / "gray.keras"
+    card = read_card(src)
+    copy_with_card(src, src, card.model_copy(update={"notes": notes}))
+    registry.clear_cache()
+    assert registry.finetuned_black_level("gray") == offset
+    info = next(m for m in registry.list_models() if m.name == "gray")
+    assert registry.finetuned_black_level(info) == offset
+    # what denoising uses by default: the model's own, else by data
+    by_data_u16 = "auto" if offset == "camera" else offset
+    by_data_u8 = None if offset == "camera" else offset
+    assert registry.default_offset("gray", np.dtype(np.uint16), False) == by_data_u16
+    assert registry.default_offset("gray", np.dtype(np.uint8), False) == by_data_u8
