@@ -86,11 +86,14 @@ def output_path(out: str | Path, name: str, fmt: str) -> Path:
 
 
 def test_image(channels: int, side: int, sigma: float = 25.0, seed: int = 0) -> np.ndarray:
-    """A noisy ``[1, side, side, channels]`` float32 image in [0, 1] from scikit-image's samples.
+    """A noisy ``[1, side, side, channels]`` float32 image >= 0 from scikit-image's samples.
 
     Why a real image: random noise alone would leave most of a trained network's
     filters near zero; camera (gray) and astronaut (colour) exercise them. More
-    than 3 channels repeat the colour channels; 2 channels are red and green.
+    than 3 channels repeat the colour channels; 2 channels are red and green. Why
+    clipped at 0: the network only ever gets non-negative input from napari-bfcnn
+    (a negative minimum or a black level is subtracted first), so the package's test
+    tensors show what it does there.
     """
     from skimage import data
 
@@ -109,7 +112,7 @@ def test_image(channels: int, side: int, sigma: float = 25.0, seed: int = 0) -> 
     clean = clean[top : top + side, left : left + side]
     rng = np.random.default_rng(seed)
     noisy = clean + rng.normal(0.0, sigma / 255.0, clean.shape).astype(np.float32)
-    return noisy[None].astype(np.float32)
+    return np.maximum(noisy, 0.0)[None].astype(np.float32)
 
 
 def _numpy(x) -> np.ndarray:
@@ -142,28 +145,60 @@ def _documentation(den: Denoiser, model_file: Path, errors: dict[str, float], si
 
 ## Using the exported model
 
-Input `noisy`: float32 `[batch, y, x, channel]`, {card.channels} channel(s), in any intensity
-scale: the network is bias-free, hence positively homogeneous (`D(a·y) = a·D(y)`), so raw 8-bit,
-16-bit or float data go in as they are. It is not offset-equivariant: subtract a camera's black
-level (12/16-bit camera data: e.g. the dark background's level) or a negative minimum first, and
-add it back to the output; napari-bfcnn does so per plane for camera data. Height and width must be
-multiples of {m}; tiles should be at least {min_size} pixels and overlap by the halo of {halo}
-pixels (receptive field ±{card.receptive_field} px). Output `denoised`: same shape and units.
+Input `noisy`: float32 `[batch, y, x, channel]`, {card.channels} channel(s), finite and
+non-negative, in any intensity scale: the network is bias-free, hence positively homogeneous
+(`D(a·y) = a·D(y)`), so raw 8-bit, 16-bit or float data go in as they are. It is not
+offset-equivariant: {_black_level_advice(card)} Height and width must be multiples of {m}; for
+tiles of at least {min_size} pixels, cut them overlapping by twice the halo of {halo} pixels
+(receptive field ±{card.receptive_field} px) and keep each tile's centre, without its halo.
+napari-bfcnn pads every plane by mirror reflection (the halo wide) before the network and crops
+after; the network itself pads with zeros, so without that padding the output differs within the
+halo of the image's border. Output `denoised`: same shape and units.
 
 The TensorFlow SavedModel (`tf_saved_model.zip`) has the float32 endpoint `serve` (signature
 `serving_default`) and a uint8 endpoint (`model(images)`, signature `serve_uint8`) that takes
-uint8 images of any size and returns them rounded and clipped to 0–255.
+uint8 images of any size above {m} pixels per side (reflect-padded to a multiple of {m} inside)
+and returns them rounded and clipped to 0–255.
 
 Made by napari-bfcnn (`napari-bfcnn export`); the package's own code is not needed to run it.
 
 ## Validation
 
 Validation PSNR during training (held-out images): {val or "not recorded"}. The test tensors are a
-noisy (σ = 25/255) {side}×{side} crop of a scikit-image sample scaled to [0, 1] and the Keras
-model's output on it; largest difference of the exported files from the Keras model on it:
+noisy (σ = 25/255, clipped at 0) {side}×{side} crop of a scikit-image sample scaled to [0, 1] and
+the Keras model's output on it; largest difference of the exported files from the Keras model on it:
 {checks or "not checked"}.
 """
     return text + usage
+
+
+def _black_level_advice(card) -> str:
+    """What to subtract before the network and add back after, for this model."""
+    from .registry import BLACK_LEVEL_NOTE
+
+    setting = card.notes.get(BLACK_LEVEL_NOTE, "")
+    if setting == "auto":
+        return (
+            "this model was fine-tuned with each plane's black level removed, estimated as "
+            "napari-bfcnn does (the 0.5th percentile of the plane after a 1-px Gaussian "
+            "blur): subtract it before the network and add it back to the output."
+        )
+    if setting == "none":
+        return (
+            "this model was fine-tuned on data with no black level removed: give it the data "
+            "as they are (a negative minimum subtracted first and added back after)."
+        )
+    if setting not in ("", "camera"):
+        return (
+            f"this model was fine-tuned on data with a black level of {setting} (in the "
+            "units of its training data) removed: subtract it before the network and add "
+            "it back to the output."
+        )
+    return (
+        "subtract a camera's black level (12/16-bit camera data: e.g. the dark background's "
+        "level) or a negative minimum first, and add it back to the output; napari-bfcnn "
+        "does so per plane for camera data."
+    )
 
 
 def _cover(den: Denoiser, channels: int, multiple: int, min_size: int) -> np.ndarray:
@@ -240,8 +275,16 @@ def iter_export(
     fmts = parse_formats(formats)
     if "bioimageio" in fmts:
         (info or PackageInfo()).check()
-    require_tensorflow()
     model_file = _model_file(model)
+    if "bioimageio" in fmts and (info or PackageInfo()).authors == PackageInfo().authors:
+        from .registry import BUNDLED_DIR
+
+        if BUNDLED_DIR.resolve() not in model_file.resolve().parents:
+            raise ValueError(
+                f"'{model_file.stem}' is your model, not one napari-bfcnn ships: give its "
+                "authors for the bioimage.io package (--author NAME, repeatable)"
+            )
+    require_tensorflow()
     den = load_model(model_file)
     card, name = den.card, den.name
     m = card.size_multiple
@@ -290,7 +333,12 @@ def iter_export(
 def _saved_model(den: Denoiser, path: Path, x, reference, errors: dict[str, float]) -> Path:
     from .export_tf import run_saved_model, write_saved_model
 
-    write_saved_model(den.model, path, den.card.channels, den.card.size_multiple)
+    try:
+        write_saved_model(den.model, path, den.card.channels, den.card.size_multiple)
+    except (ExportError, OSError):
+        raise
+    except Exception as err:  # TensorFlow failing to trace: one line, not a traceback
+        raise ExportError(f"writing the SavedModel failed: {type(err).__name__}: {err}") from err
     errors["saved_model"] = _max_error(run_saved_model(path, x), reference, "the SavedModel")
     return path
 

@@ -330,11 +330,46 @@ def test_an_export_within_the_tolerance_passes_and_reports_its_error(
     assert [p.name for p in tmp_path.iterdir()] == ["gray.tflite"]
 
 
-def test_test_image_is_a_noisy_sample_in_unit_range():
+def test_test_image_is_a_noisy_sample_in_unit_range_clipped_at_zero():
+    """napari-bfcnn never gives the network negative values: nor do the test tensors."""
     x = test_image(3, 600)
     assert x.shape == (1, 600, 600, 3) and x.dtype == np.float32
-    assert -0.5 < x.min() < 0.1 and 0.9 < x.max() < 1.5
+    assert x.min() == 0.0 and 0.9 < x.max() < 1.5
+    assert 0.001 < np.mean(x == 0.0) < 0.3  # the noise of dark parts (astronaut's suit)
     np.testing.assert_array_equal(x, test_image(3, 600))
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ("100", "black level of 100"),
+        ("auto", "0.5th percentile"),
+        ("none", "no black level removed"),
+        ("", "subtract a camera's black level"),
+    ],
+)
+def test_package_text_says_which_black_level_the_model_was_fine_tuned_with(setting, words):
+    from types import SimpleNamespace
+
+    from src_models.export import _black_level_advice
+
+    card = SimpleNamespace(notes={"black_level_setting": setting} if setting else {})
+    assert words in _black_level_advice(card)
+
+
+def test_a_users_model_needs_its_authors_for_a_bioimageio_package(model_dir, tmp_path, capsys):
+    from src_models.cli import main
+    from src_models.export_bioimageio import PackageInfo
+
+    with pytest.raises(ValueError, match="'pyramid' is your model"):
+        export_model("pyramid", "bioimageio", tmp_path)
+    assert main(["export", "pyramid", "--to", "bioimageio", "--out", str(tmp_path)]) == 2
+    assert "--author NAME" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # refused before any work
+    (result,) = export_model(
+        "pyramid", "bioimageio", tmp_path, info=PackageInfo(authors=("A. Person",))
+    )
+    assert result.path.is_file()
 
 
 def test_cli_export_writes_and_reports_each_format(model_dir, tmp_path, capsys):
