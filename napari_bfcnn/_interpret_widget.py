@@ -720,7 +720,15 @@ class InterpretWidget(ImageModelWidget):
 
         probes = int(self.probes.value)
         info = self._models.get(model)
-        if info is not None and info.error is None:  # a model file given by path: no check
+        if info is None:  # a model file given by path: its card alone
+            from src_models.modelfile import read_card
+            from src_models.registry import _resolve
+
+            try:
+                info = read_card(_resolve(model))
+            except (ValueError, OSError):  # reported when the job loads it
+                info = None
+        if info is not None and getattr(info, "error", None) is None:
             from src_models.interpret import filter_maps_bytes
 
             h, w = nonchannel_shape(inp)[-2:]
