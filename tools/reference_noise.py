@@ -43,6 +43,12 @@ def _sigma1_changes(path: Path | None) -> dict[tuple[str, str, str], float]:
     }
 
 
+def _mean(delta: np.ndarray, mask: np.ndarray) -> str:
+    """Mean of the finite changes under ``mask`` and their count, or a dash."""
+    vals = delta[mask & np.isfinite(delta)]
+    return f"{vals.mean():+.2f} ({vals.size})" if vals.size else "–"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data")
@@ -52,9 +58,15 @@ def main() -> None:
     changes = _sigma1_changes(args.per_image)
     listed = {s for s in args.list.split(",") if s}
     print("Own noise of the clean references (skimage estimate_sigma, 8-bit grey levels);")
-    print(f"sigma-1 change: model PSNR minus the noisy input's (dB), by reference sigma <= / > {NOISY_AT:g}")
+    print(
+        "sigma-1 change: model PSNR minus the noisy input's (dB), "
+        f"by reference sigma <= / > {NOISY_AT:g}"
+    )
     print()
-    print("| data set | images | median own σ | own σ > 2 | σ-1 change, own σ ≤ 2 | σ-1 change, own σ > 2 |")
+    print(
+        "| data set | images | median own σ | own σ > 2 "
+        "| σ-1 change, own σ ≤ 2 | σ-1 change, own σ > 2 |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     rows = []
     for dataset in GRAY_SETS + COLOR_SETS:
@@ -75,13 +87,9 @@ def main() -> None:
             [changes.get((dataset, s.name, model), np.nan) for s in samples], dtype=float
         )
 
-        def mean(mask: np.ndarray) -> str:
-            vals = delta[mask & np.isfinite(delta)]
-            return f"{vals.mean():+.2f} ({vals.size})" if vals.size else "–"
-
         print(
             f"| {dataset} (`{model}`) | {len(samples)} | {np.median(own_arr):.2f} | "
-            f"{int(noisy.sum())} | {mean(~noisy)} | {mean(noisy)} |"
+            f"{int(noisy.sum())} | {_mean(delta, ~noisy)} | {_mean(delta, noisy)} |"
         )
     for dataset in sorted(listed):
         picked = sorted((r for r in rows if r[0] == dataset), key=lambda r: -r[2])
