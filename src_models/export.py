@@ -91,9 +91,10 @@ def test_image(channels: int, side: int, sigma: float = 25.0, seed: int = 0) -> 
     Why a real image: random noise alone would leave most of a trained network's
     filters near zero; camera (gray) and astronaut (colour) exercise them. More
     than 3 channels repeat the colour channels; 2 channels are red and green. Why
-    clipped at 0: the network only ever gets non-negative input from napari-bfcnn
-    (a negative minimum or a black level is subtracted first), so the package's test
-    tensors show what it does there.
+    clipped at 0: data without a black level reach the network from napari-bfcnn
+    with their zero as is, or a negative minimum subtracted, so never below 0; the
+    package's test tensors show what it does there (after a camera's black level is
+    removed, the noise of the background does dip below 0).
     """
     from skimage import data
 
@@ -145,8 +146,9 @@ def _documentation(den: Denoiser, model_file: Path, errors: dict[str, float], si
 
 ## Using the exported model
 
-Input `noisy`: float32 `[batch, y, x, channel]`, {card.channels} channel(s), finite and
-non-negative, in any intensity scale: the network is bias-free, hence positively homogeneous
+Input `noisy`: float32 `[batch, y, x, channel]`, {card.channels} channel(s), finite, with zero
+meaning no signal (values at or above 0, but for the noise of a background whose black level was
+removed), in any intensity scale: the network is bias-free, hence positively homogeneous
 (`D(a·y) = a·D(y)`), so raw 8-bit, 16-bit or float data go in as they are. It is not
 offset-equivariant: {_black_level_advice(card)} Height and width must be multiples of {m}; for
 tiles of at least {min_size} pixels, cut them overlapping by twice the halo of {halo} pixels
@@ -174,9 +176,9 @@ the Keras model's output on it; largest difference of the exported files from th
 
 def _black_level_advice(card) -> str:
     """What to subtract before the network and add back after, for this model."""
-    from .registry import BLACK_LEVEL_NOTE
+    from .registry import BLACK_LEVEL_NOTE, _legacy_black_level
 
-    setting = card.notes.get(BLACK_LEVEL_NOTE, "")
+    setting = card.notes.get(BLACK_LEVEL_NOTE, "") or _legacy_black_level(card.notes)
     if setting == "auto":
         return (
             "this model was fine-tuned with each plane's black level removed, estimated as "

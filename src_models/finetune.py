@@ -698,6 +698,8 @@ def finetune(
         raise ConfigError(f"mode {settings.mode!r} takes no targets (only 'pairs' does)")
     target_path = _target_path(settings.name, overwrite or resume)
     out = run_dir(settings.name)
+    if resume and (out / CHECKPOINT).is_file():  # before the layers are prepared
+        _check_scheme(out / RUN_SETTINGS, settings.name)
     base = _base(settings, _fresh_channels(images), out / BASE_COPY if resume else None)
 
     names = [im.name for im in images]
@@ -925,6 +927,17 @@ def _run_identity(settings: FinetuneSettings, sources: list[str]) -> dict[str, A
     return json.loads(json.dumps(values, default=str))
 
 
+def _check_scheme(path: Path, name: str) -> None:
+    """Refuse to resume a run started by a version with another :data:`RUN_SCHEME`."""
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if saved.get("scheme") != RUN_SCHEME:
+        raise ConfigError(
+            f"the stopped run of {name!r} was started by an earlier napari-bfcnn, which chose "
+            "its validation data, validation noise and automatic steps differently: train "
+            "anew (Train) to start over"
+        )
+
+
 def _check_same_run(path: Path, identity: dict[str, Any], name: str) -> None:
     """Refuse to resume with other data or settings.
 
@@ -932,13 +945,8 @@ def _check_same_run(path: Path, identity: dict[str, Any], name: str) -> None:
     belong to the stopped run; another noise range, base or layer would be scored
     against a best from other data, and averaged with another base.
     """
-    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if saved.get("scheme") != identity["scheme"]:
-        raise ConfigError(
-            f"the stopped run of {name!r} was started by an earlier napari-bfcnn, which chose "
-            "its validation data, validation noise and automatic steps differently: train "
-            "anew (Train) to start over"
-        )
+    _check_scheme(path, name)
+    saved = json.loads(path.read_text(encoding="utf-8"))
     changed = [key for key in identity if saved.get(key) != identity[key]]
     if changed:
         what = ", ".join("layers" if key == "sources" else key for key in changed)

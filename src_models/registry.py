@@ -196,7 +196,13 @@ def finetuned_black_level(model: str | Path | ModelInfo) -> str | float | None:
 
 
 def _legacy_black_level(notes: dict[str, str]) -> str:
-    """The setting of a model fine-tuned before BLACK_LEVEL_NOTE, from its card's text."""
+    """The setting of a model fine-tuned before BLACK_LEVEL_NOTE, from its card's text.
+
+    Fine-tuned before any black level was recorded (a ``mode`` note but no
+    ``black_level``): its planes kept theirs, so "none".
+    """
+    if "mode" in notes and "black_level" not in notes:
+        return "none"
     text = str(notes.get("black_level", ""))
     if text.startswith("estimated per plane (auto)"):
         return "auto"

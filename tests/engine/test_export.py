@@ -346,6 +346,7 @@ def test_test_image_is_a_noisy_sample_in_unit_range_clipped_at_zero():
         ("auto", "0.5th percentile"),
         ("none", "no black level removed"),
         ("", "subtract a camera's black level"),
+        ("legacy 95", "black level of 95"),  # a card from before the setting was recorded
     ],
 )
 def test_package_text_says_which_black_level_the_model_was_fine_tuned_with(setting, words):
@@ -353,7 +354,11 @@ def test_package_text_says_which_black_level_the_model_was_fine_tuned_with(setti
 
     from src_models.export import _black_level_advice
 
-    card = SimpleNamespace(notes={"black_level_setting": setting} if setting else {})
+    if setting.startswith("legacy "):
+        notes = {"mode": "clean", "black_level": setting.split()[1]}
+    else:
+        notes = {"black_level_setting": setting} if setting else {}
+    card = SimpleNamespace(notes=notes)
     assert words in _black_level_advice(card)
 
 

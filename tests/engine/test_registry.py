@@ -285,7 +285,8 @@ def test_threads_loading_a_model_at_once_share_one_copy(user_models, no_bundled,
         ({"black_level": "95"}, 95.0),
         ({"black_level": "estimated per plane for camera data (12/16-bit, not RGB), else none"},
          "camera"),
-        ({}, "camera"),
+        ({}, "camera"),  # a bundled model
+        ({"mode": "clean"}, None),  # fine-tuned before any black level was removed or recorded
     ],
 )
 def test_the_black_level_a_model_was_fine_tuned_with_is_read_from_old_and_new_cards(

@@ -506,6 +506,32 @@ def test_filters_of_a_model_fine_tuned_with_a_black_level_use_that_level(
     registry.clear_cache()
 
 
+def test_filters_of_a_gray_model_fine_tuned_with_auto_on_rgb_take_each_channels_level(
+    tmp_path, monkeypatch
+):
+    """The Denoiser runs a gray model on each colour channel, each with its own black level
+    (after NaN filling): the filters' outputs must be that denoised image's pixels."""
+    from napari_bfcnn._interpret_jobs import filters_job
+    from src_models import load_model, registry
+    from src_models.modelfile import copy_with_card, read_card
+
+    src = registry._resolve("tiny-gray")
+    card = read_card(src)
+    notes = {**card.notes, registry.BLACK_LEVEL_NOTE: "auto"}
+    copy_with_card(src, tmp_path / "tuned.keras", card.model_copy(update={"notes": notes}))
+    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(tmp_path))
+    registry.clear_cache()
+    rgb = np.random.default_rng(8).uniform(0, 1, (40, 40, 3)).astype(np.float32)
+    rgb += np.array([10.0, 40.0, 90.0], np.float32)  # a different pedestal per channel
+    rgb[5, 7, 1] = np.nan
+    inp = LayerInput("img", rgb, -1, True, False)
+    pixels = [(12, 12), (30, 20)]
+    want = load_model("tuned").denoise(rgb, channel_axis=-1, offset="auto")
+    for pixel, pf in list(filters_job(inp, "tuned", pixels)):
+        np.testing.assert_allclose(pf.output_value, want[pixel], rtol=1e-5, atol=1e-4)
+    registry.clear_cache()
+
+
 def test_spectrum_without_a_point_asks_for_one(viewer_widget, notes):
     viewer, widget = viewer_widget
     src = viewer.add_image(np.ones((16, 16), np.float32), name="img")
