@@ -77,6 +77,10 @@ log = logging.getLogger(__name__)
 NO_AXIS = "none"  # combo value for "no channel axis" (magicgui combos treat None as unset)
 ESTIMATE_SIDE = 256  # noise is estimated on a centre crop at most this big (fast on any image)
 PROGRESS_STEPS = 1000
+# noise below this (8-bit scale, as the model sees it) reads as a nearly clean image: there a
+# blind model also smooths the image's own fine texture and grain (README, sigma 1 under
+# Bundled models: Set12 references with their own sigma above 2 lost 3.3 dB at sigma 1)
+NEARLY_CLEAN = 3.0
 BLACK_NONE, BLACK_AUTO, BLACK_VALUE = "none", "auto", "value"  # black-level combo values
 
 
@@ -642,6 +646,8 @@ class DenoiseWidget(ImageModelWidget):
             # a shot-noise model's range is in photons: the camera readout judges that one
             if gaussian_only and info.error is None and rel > info.sigma_range[1]:
                 text += ", above its range"
+            elif gaussian_only and info.error is None and rel < NEARLY_CLEAN:
+                text += "\nnearly clean: fine texture may be smoothed too (strength < 1 keeps it)"
         self._sigma_text = text
         self._show_noise_level()
 

@@ -437,6 +437,19 @@ def test_noise_estimate_is_in_layer_units(viewer_widget):
     assert rel == pytest.approx(255 * 40 / float(layer.data.max()), rel=0.2)
 
 
+@pytest.mark.parametrize(("sigma", "hint"), [(1.0, True), (25.0, False)])
+def test_a_nearly_clean_image_gets_a_hint_about_texture_and_strength(viewer_widget, sigma, hint):
+    from skimage import data
+
+    viewer, widget = viewer_widget
+    clean = data.camera().astype(np.float32)
+    noisy = clean + np.random.default_rng(3).normal(0, sigma, clean.shape).astype(np.float32)
+    widget.image.value = viewer.add_image(noisy, name="photo")
+    widget.model.value = "tiny-gray"
+    assert ("nearly clean" in widget.noise_level.value) == hint
+    assert ("strength < 1" in widget.noise_level.value) == hint
+
+
 def test_auto_model_follows_the_layer_kind(viewer_widget, qtbot):
     from src_models import default_model
 
