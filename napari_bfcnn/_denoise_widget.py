@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 import weakref
 from typing import Any
 
@@ -81,6 +83,7 @@ PROGRESS_STEPS = 1000
 # blind model also smooths the image's own fine texture and grain (README, sigma 1 under
 # Bundled models: Set12 references with their own sigma above 2 lost 3.3 dB at sigma 1)
 NEARLY_CLEAN = 3.0
+CAMERA_WAIT_S = 5.0  # closing the dock waits this long at most for a running noise estimate
 BLACK_NONE, BLACK_AUTO, BLACK_VALUE = "none", "auto", "value"  # black-level combo values
 
 
@@ -116,6 +119,7 @@ class DenoiseWidget(ImageModelWidget):
         self._estimates: dict[tuple, tuple[float, float, Any]] = {}
         self._camera_tag = 0  # newest camera-noise request; older results are dropped
         self._camera_workers: set = set()
+        self._camera_next: tuple | None = None  # (tag, request) waiting for the running one
         self._closed = False
 
         self.model_info = Label(label="", value="")
@@ -212,6 +216,12 @@ class DenoiseWidget(ImageModelWidget):
                 pass
         if self._worker is not None:
             self._worker.quit()
+        self._camera_next = None
+        # an estimate takes well under a second: let it end before the widget's Qt objects
+        # go (its signals would be emitted into deleted objects: an abort at napari's exit)
+        deadline = time.monotonic() + CAMERA_WAIT_S
+        for worker in list(self._camera_workers):
+            worker.done_event.wait(max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------------ choices
 
@@ -462,7 +472,9 @@ class DenoiseWidget(ImageModelWidget):
                 self._proposed = False
                 self.model_reason.value = ""
                 self.model_reason.visible = False
-        black_changed = self._apply_default_black()
+        # a user's pick (the widget's own proposals set the black level themselves, then
+        # start one camera estimate: a second one here would run beside it)
+        black_changed = not self._setting and self._apply_default_black()
         self._update_model_info()
         if black_changed:
             self._start_camera_estimate()
@@ -697,23 +709,40 @@ class DenoiseWidget(ImageModelWidget):
         return _estimate_crop(*request)
 
     def _start_camera_estimate(self, *_args) -> None:
-        """Estimate the camera noise in a worker; only the newest request updates the label."""
-        from napari.qt.threading import create_worker
+        """Estimate the camera noise in a worker; only the newest request updates the label.
 
+        Why one worker at a time: a layer change, a model proposal and a slice move each
+        ask for one; while one runs, the newest request waits and runs after it (older
+        ones are dropped), so stale estimates never pile up in the thread pool.
+        """
         self._camera_tag += 1
-        tag = self._camera_tag
         request = self._camera_request()
         self._camera = None
         self._camera_pending = request is not None
         self._show_camera_noise()
-        if request is None:
+        self._camera_next = (self._camera_tag, request) if request is not None else None
+        if not self._camera_workers:
+            self._run_camera_estimate()
+
+    def _run_camera_estimate(self) -> None:
+        from napari.qt.threading import create_worker
+
+        if self._closed or self._camera_next is None:
             return
-        data, index, offset = request
-        worker = create_worker(_estimate_crop, data, index, offset, _start_thread=False)
+        tag, (data, index, offset) = self._camera_next
+        self._camera_next = None
+        done = threading.Event()
+        worker = create_worker(_estimate_signalling, done, data, index, offset, _start_thread=False)
+        worker.done_event = done
         self._camera_workers.add(worker)
         worker.returned.connect(lambda noise, t=tag: self._on_camera_noise(t, noise))
-        worker.finished.connect(lambda w=worker: self._camera_workers.discard(w))
+        worker.finished.connect(lambda w=worker: self._on_camera_worker_finished(w))
         worker.start()
+
+    def _on_camera_worker_finished(self, worker) -> None:
+        self._camera_workers.discard(worker)
+        if not self._camera_workers:
+            self._run_camera_estimate()  # the newest request that waited, if any
 
     def _on_camera_noise(self, tag: int, noise: CameraNoise | None) -> None:
         if self._closed or tag != self._camera_tag:
@@ -885,6 +914,16 @@ class DenoiseWidget(ImageModelWidget):
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
+
+
+def _estimate_signalling(
+    done: threading.Event, data: Any, index: tuple, offset: float | None
+) -> CameraNoise | None:
+    """:func:`_estimate_crop`, setting ``done`` when it ends (closing the dock waits on it)."""
+    try:
+        return _estimate_crop(data, index, offset)
+    finally:
+        done.set()
 
 
 def _estimate_crop(data: Any, index: tuple, offset: float | None) -> CameraNoise | None:

@@ -368,6 +368,38 @@ def test_a_model_fine_tuned_with_a_black_level_is_denoised_with_it(
     _wait_for_camera_noise(qtbot, widget)
 
 
+def test_camera_estimates_run_one_at_a_time_and_closing_waits_for_the_running_one(
+    no_bundled, make_napari_viewer, qtbot, monkeypatch
+):
+    """Stale estimates piled up in the thread pool, and one still running when the dock
+    went emitted into deleted Qt objects (napari aborted at exit; a test run hung)."""
+    import time
+
+    import napari_bfcnn._denoise_widget as dw
+
+    real = dw._estimate_crop
+    running, most = [], []
+
+    def slow(*args):
+        running.append(1)
+        most.append(len(running))
+        time.sleep(0.3)
+        running.pop()
+        return real(*args)
+
+    monkeypatch.setattr(dw, "_estimate_crop", slow)
+    viewer, widget = _widget(make_napari_viewer)
+    viewer.add_image(_cell(), name="cell")
+    for _ in range(3):  # three quick requests: the last waits, the middle one is dropped
+        widget._start_camera_estimate()
+    _wait_for_camera_noise(qtbot, widget)
+    assert max(most) == 1 and len(most) <= 3
+    widget._start_camera_estimate()
+    qtbot.waitUntil(lambda: bool(running), timeout=TIMEOUT_MS)
+    widget._disconnect()  # the dock closed mid-estimate
+    assert not running  # it waited for the estimate to end
+
+
 def test_closing_after_qt_deleted_the_estimate_timer_does_not_raise(
     bundled_microscopy, make_napari_viewer, qtbot
 ):
