@@ -481,21 +481,32 @@ def test_spectrum_of_a_crop_uses_the_whole_planes_offset(model_dir):
         )
 
 
-def test_filters_of_a_model_fine_tuned_with_a_black_level_use_that_level(
-    tmp_path, monkeypatch
-):
-    """The Denoise widget denoises with the recorded level: the filters must be of that run."""
-    from napari_bfcnn._interpret_jobs import filters_job, plane_offset
-    from src_models import load_model, registry
-    from src_models.interpret import pixel_filter
+@pytest.fixture
+def tuned_model(tmp_path, monkeypatch):
+    """Make a model folder holding 'tuned': tiny-gray whose card records a fine-tuning
+    black level (call it with the setting)."""
+    from src_models import registry
     from src_models.modelfile import copy_with_card, read_card
 
-    src = registry._resolve("tiny-gray")
-    card = read_card(src)
-    notes = {**card.notes, registry.BLACK_LEVEL_NOTE: "20"}
-    copy_with_card(src, tmp_path / "tuned.keras", card.model_copy(update={"notes": notes}))
-    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(tmp_path))
+    def make(black_level: str) -> None:
+        src = registry._resolve("tiny-gray")
+        card = read_card(src)
+        notes = {**card.notes, registry.BLACK_LEVEL_NOTE: black_level}
+        copy_with_card(src, tmp_path / "tuned.keras", card.model_copy(update={"notes": notes}))
+        monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(tmp_path))
+        registry.clear_cache()
+
+    yield make
     registry.clear_cache()
+
+
+def test_filters_of_a_model_fine_tuned_with_a_black_level_use_that_level(tuned_model):
+    """The Denoise widget denoises with the recorded level: the filters must be of that run."""
+    from napari_bfcnn._interpret_jobs import filters_job, plane_offset
+    from src_models import load_model
+    from src_models.interpret import pixel_filter
+
+    tuned_model("20")
     data = np.random.default_rng(3).uniform(30, 90, (24, 24)).astype(np.float32)
     inp = LayerInput("img", data, None, False, False)
     assert plane_offset(inp, data, "tuned") == 20.0 and plane_offset(inp, data) is None
@@ -503,24 +514,17 @@ def test_filters_of_a_model_fine_tuned_with_a_black_level_use_that_level(
     engine = pixel_filter(load_model("tuned"), data, (12, 12), offset=20.0)
     assert pf.offset == 20.0
     np.testing.assert_array_equal(pf.weights, engine.weights)
-    registry.clear_cache()
 
 
 def test_filters_of_a_gray_model_fine_tuned_with_auto_on_rgb_take_each_channels_level(
-    tmp_path, monkeypatch
+    tuned_model,
 ):
     """The Denoiser runs a gray model on each colour channel, each with its own black level
     (after NaN filling): the filters' outputs must be that denoised image's pixels."""
     from napari_bfcnn._interpret_jobs import filters_job
-    from src_models import load_model, registry
-    from src_models.modelfile import copy_with_card, read_card
+    from src_models import load_model
 
-    src = registry._resolve("tiny-gray")
-    card = read_card(src)
-    notes = {**card.notes, registry.BLACK_LEVEL_NOTE: "auto"}
-    copy_with_card(src, tmp_path / "tuned.keras", card.model_copy(update={"notes": notes}))
-    monkeypatch.setenv("NAPARI_BFCNN_MODEL_DIR", str(tmp_path))
-    registry.clear_cache()
+    tuned_model("auto")
     rgb = np.random.default_rng(8).uniform(0, 1, (40, 40, 3)).astype(np.float32)
     rgb += np.array([10.0, 40.0, 90.0], np.float32)  # a different pedestal per channel
     rgb[5, 7, 1] = np.nan
@@ -529,7 +533,6 @@ def test_filters_of_a_gray_model_fine_tuned_with_auto_on_rgb_take_each_channels_
     want = load_model("tuned").denoise(rgb, channel_axis=-1, offset="auto")
     for pixel, pf in list(filters_job(inp, "tuned", pixels)):
         np.testing.assert_allclose(pf.output_value, want[pixel], rtol=1e-5, atol=1e-4)
-    registry.clear_cache()
 
 
 def test_spectrum_without_a_point_asks_for_one(viewer_widget, notes):
