@@ -113,7 +113,9 @@ class _Halve:
     channels = 1
     name = "halve"
 
-    def denoise_iter(self, array, *, channel_axis=None, tile=None, offset=None, tta=1):
+    def denoise_iter(
+        self, array, *, channel_axis=None, tile=None, offset=None, tta=1, strength=1.0
+    ):
         from src_models import Progress
 
         yield Progress(0, 2)
