@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-import time
 import weakref
 from typing import Any
 
@@ -55,6 +53,7 @@ from ._camera_noise import (
     trained_read_noise_range,
     whole_plane,
 )
+from ._dock import thread_ended, wait_ended
 from ._image_model_widget import ImageModelWidget
 from ._layers import (
     PROVENANCE_KEY,
@@ -83,7 +82,6 @@ PROGRESS_STEPS = 1000
 # blind model also smooths the image's own fine texture and grain (README, sigma 1 under
 # Bundled models: Set12 references with their own sigma above 2 lost 3.3 dB at sigma 1)
 NEARLY_CLEAN = 3.0
-CAMERA_WAIT_S = 5.0  # closing the dock waits this long at most for a running noise estimate
 BLACK_NONE, BLACK_AUTO, BLACK_VALUE = "none", "auto", "value"  # black-level combo values
 
 
@@ -120,6 +118,7 @@ class DenoiseWidget(ImageModelWidget):
         self._camera_tag = 0  # newest camera-noise request; older results are dropped
         self._camera_workers: set = set()
         self._camera_next: tuple | None = None  # (tag, request) waiting for the running one
+        self._ended: list = []  # thread_ended events of the workers started
         self._closed = False
 
         self.model_info = Label(label="", value="")
@@ -217,11 +216,9 @@ class DenoiseWidget(ImageModelWidget):
         if self._worker is not None:
             self._worker.quit()
         self._camera_next = None
-        # an estimate takes well under a second: let it end before the widget's Qt objects
-        # go (its signals would be emitted into deleted objects: an abort at napari's exit)
-        deadline = time.monotonic() + CAMERA_WAIT_S
-        for worker in list(self._camera_workers):
-            worker.done_event.wait(max(0.0, deadline - time.monotonic()))
+        # the denoising stops after its tile, an estimate takes well under a second: let them
+        # end before the widget's Qt objects go (they would emit into deleted objects)
+        wait_ended(self._ended)
 
     # ------------------------------------------------------------------ choices
 
@@ -731,9 +728,8 @@ class DenoiseWidget(ImageModelWidget):
             return
         tag, (data, index, offset) = self._camera_next
         self._camera_next = None
-        done = threading.Event()
-        worker = create_worker(_estimate_signalling, done, data, index, offset, _start_thread=False)
-        worker.done_event = done
+        worker = create_worker(_estimate_crop, data, index, offset, _start_thread=False)
+        self._ended = [e for e in self._ended if not e.is_set()] + [thread_ended(worker)]
         self._camera_workers.add(worker)
         worker.returned.connect(lambda noise, t=tag: self._on_camera_noise(t, noise))
         worker.finished.connect(lambda w=worker: self._on_camera_worker_finished(w))
@@ -839,6 +835,7 @@ class DenoiseWidget(ImageModelWidget):
             strength=float(self.strength.value),
         )
         worker = make_worker(job)
+        self._ended = [e for e in self._ended if not e.is_set()] + [thread_ended(worker)]
         worker.yielded.connect(self._on_progress)
         source = layer.data  # what this run reads; a replacement makes its result stale
         worker.returned.connect(
@@ -914,16 +911,6 @@ class DenoiseWidget(ImageModelWidget):
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
-
-
-def _estimate_signalling(
-    done: threading.Event, data: Any, index: tuple, offset: float | None
-) -> CameraNoise | None:
-    """:func:`_estimate_crop`, setting ``done`` when it ends (closing the dock waits on it)."""
-    try:
-        return _estimate_crop(data, index, offset)
-    finally:
-        done.set()
 
 
 def _estimate_crop(data: Any, index: tuple, offset: float | None) -> CameraNoise | None:

@@ -8,11 +8,34 @@ no cancel button left to stop it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterable
 
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, Qt
 
-__all__ = ["on_close"]
+__all__ = ["on_close", "thread_ended", "wait_ended"]
+
+WAIT_S = 5.0  # a closing dock waits this long at most for its stopped workers to end
+
+
+def thread_ended(worker) -> threading.Event:
+    """An event set in the worker's own thread as it ends (quit, cancelled or done).
+
+    Why: a closing dock quits its workers, but they end only after their current step;
+    still running once the widget's Qt objects are gone, they emit into deleted objects
+    (an abort at napari's exit) or race the next viewer. The dock waits on these events.
+    """
+    ended = threading.Event()
+    worker.finished.connect(ended.set, Qt.ConnectionType.DirectConnection)
+    return ended
+
+
+def wait_ended(events: Iterable[threading.Event], seconds: float = WAIT_S) -> None:
+    """Wait, at most ``seconds`` in all, until every event is set."""
+    deadline = time.monotonic() + seconds
+    for event in events:
+        event.wait(max(0.0, deadline - time.monotonic()))
 
 
 class _UndockFilter(QObject):

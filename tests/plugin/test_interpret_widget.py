@@ -559,6 +559,23 @@ def test_cancel_stops_the_maps_and_adds_nothing(viewer_widget, qtbot, notes):
     assert widget.maps_button.enabled and not widget.cancel_button.enabled
 
 
+def test_closing_the_dock_mid_job_stops_it_and_waits_for_its_thread(viewer_widget, qtbot):
+    """A job still running once the dock's Qt objects are gone would emit into them."""
+    import threading
+
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(7).uniform(0, 1, (32, 30)).astype(np.float32)
+    viewer.add_image(data, name="big")
+    widget.model.value = "tiny-gray"
+    widget.probes.value = 1024
+    worker = widget.compute_maps()
+    assert worker is not None
+    qtbot.waitUntil(lambda: widget._job_fraction > 0, timeout=TIMEOUT_MS)  # it is running
+    widget._disconnect()  # the dock closed
+    assert widget._ended and all(isinstance(e, threading.Event) for e in widget._ended)
+    assert all(e.is_set() for e in widget._ended)  # its thread had ended when close returned
+
+
 def test_bad_layers_show_an_error_and_add_nothing(viewer_widget, notes):
     viewer, widget = viewer_widget
     bad = {
