@@ -543,14 +543,20 @@ def test_spectrum_without_a_point_asks_for_one(viewer_widget, notes):
     assert len(viewer.layers) == 1
 
 
-def test_cancel_stops_the_maps_and_adds_nothing(viewer_widget, qtbot, notes):
-    viewer, widget = viewer_widget
+def _start_long_maps(viewer, widget):
+    """Maps with 1024 probes on a layer 'big': a job that runs long enough to stop."""
     data = np.random.default_rng(7).uniform(0, 1, (32, 30)).astype(np.float32)
     viewer.add_image(data, name="big")
     widget.model.value = "tiny-gray"
     widget.probes.value = 1024
     worker = widget.compute_maps()
     assert worker is not None and widget.cancel_button.enabled
+    return worker
+
+
+def test_cancel_stops_the_maps_and_adds_nothing(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    worker = _start_long_maps(viewer, widget)
     widget.cancel()
     _wait_job(qtbot, widget, worker)
     assert widget.status.value == "cancelled"
@@ -564,12 +570,7 @@ def test_closing_the_dock_mid_job_stops_it_and_waits_for_its_thread(viewer_widge
     import threading
 
     viewer, widget = viewer_widget
-    data = np.random.default_rng(7).uniform(0, 1, (32, 30)).astype(np.float32)
-    viewer.add_image(data, name="big")
-    widget.model.value = "tiny-gray"
-    widget.probes.value = 1024
-    worker = widget.compute_maps()
-    assert worker is not None
+    _start_long_maps(viewer, widget)
     qtbot.waitUntil(lambda: widget._job_fraction > 0, timeout=TIMEOUT_MS)  # it is running
     widget._disconnect()  # the dock closed
     assert widget._ended and all(isinstance(e, threading.Event) for e in widget._ended)
