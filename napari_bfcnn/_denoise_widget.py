@@ -53,7 +53,7 @@ from ._camera_noise import (
     trained_read_noise_range,
     whole_plane,
 )
-from ._dock import thread_ended, wait_ended
+from ._dock import track_end, wait_ended
 from ._image_model_widget import ImageModelWidget
 from ._layers import (
     PROVENANCE_KEY,
@@ -729,7 +729,7 @@ class DenoiseWidget(ImageModelWidget):
         tag, (data, index, offset) = self._camera_next
         self._camera_next = None
         worker = create_worker(_estimate_crop, data, index, offset, _start_thread=False)
-        self._ended = [e for e in self._ended if not e.is_set()] + [thread_ended(worker)]
+        track_end(self._ended, worker)
         self._camera_workers.add(worker)
         worker.returned.connect(lambda noise, t=tag: self._on_camera_noise(t, noise))
         worker.finished.connect(lambda w=worker: self._on_camera_worker_finished(w))
@@ -835,7 +835,7 @@ class DenoiseWidget(ImageModelWidget):
             strength=float(self.strength.value),
         )
         worker = make_worker(job)
-        self._ended = [e for e in self._ended if not e.is_set()] + [thread_ended(worker)]
+        track_end(self._ended, worker)
         worker.yielded.connect(self._on_progress)
         source = layer.data  # what this run reads; a replacement makes its result stale
         worker.returned.connect(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 from qtpy.QtCore import QEvent, QObject, Qt
 
-__all__ = ["on_close", "thread_ended", "wait_ended"]
+__all__ = ["on_close", "thread_ended", "track_end", "wait_ended"]
 
 WAIT_S = 5.0  # a closing dock waits this long at most for its stopped workers to end
 
@@ -29,6 +29,12 @@ def thread_ended(worker) -> threading.Event:
     ended = threading.Event()
     worker.finished.connect(ended.set, Qt.ConnectionType.DirectConnection)
     return ended
+
+
+def track_end(events: list[threading.Event], worker) -> None:
+    """Add ``worker``'s :func:`thread_ended` event to ``events``, dropping those already set."""
+    events[:] = [e for e in events if not e.is_set()]
+    events.append(thread_ended(worker))
 
 
 def wait_ended(events: Iterable[threading.Event], seconds: float = WAIT_S) -> None:

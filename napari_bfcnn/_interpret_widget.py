@@ -22,7 +22,7 @@ import numpy as np
 from magicgui.widgets import Container, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ._dock import thread_ended, wait_ended
+from ._dock import track_end, wait_ended
 from ._image_model_widget import ImageModelWidget
 from ._interpret_jobs import (
     JobOutcome,
@@ -505,7 +505,7 @@ class InterpretWidget(ImageModelWidget):
         worker.yielded.connect(lambda item: self._on_filter(key, generation, item, epoch))
         worker.returned.connect(lambda err: self._on_filters_returned(generation, err))
         worker.finished.connect(self._on_filters_finished)
-        self._ended = [e for e in self._ended if not e.is_set()] + [thread_ended(worker)]
+        track_end(self._ended, worker)
         self._filter_worker = worker
         self.status.value = f"computing {len(pixels)} filter(s) with {model}..."
         worker.start()
@@ -644,7 +644,7 @@ class InterpretWidget(ImageModelWidget):
         )
         worker.returned.connect(lambda outcome: self._on_job_returned(what, outcome, done))
         worker.finished.connect(self._on_job_finished)
-        self._ended = [e for e in self._ended if not e.is_set()] + [thread_ended(worker)]
+        track_end(self._ended, worker)
         self._job_worker, self._job_cancel = worker, cancel
         self.maps_button.enabled = self.spectrum_button.enabled = False
         self.cancel_button.enabled = True

@@ -176,9 +176,9 @@ the Keras model's output on it; largest difference of the exported files from th
 
 def _black_level_advice(card) -> str:
     """What to subtract before the network and add back after, for this model."""
-    from .registry import BLACK_LEVEL_NOTE, _legacy_black_level
+    from .registry import recorded_black_level
 
-    setting = card.notes.get(BLACK_LEVEL_NOTE, "") or _legacy_black_level(card.notes)
+    setting = recorded_black_level(card.notes)
     if setting == "auto":
         return (
             "this model was fine-tuned with each plane's black level removed, estimated as "

@@ -98,7 +98,7 @@ def _info(path: Path, builtin: bool) -> ModelInfo:
         receptive_field=card.receptive_field,
         size_multiple=card.size_multiple,
         sigma_range=tuple(card.sigma_range),
-        black_level=str(card.notes.get(BLACK_LEVEL_NOTE, "")) or _legacy_black_level(card.notes),
+        black_level=recorded_black_level(card.notes),
         description=card.description,
         builtin=builtin,
     )
@@ -182,7 +182,7 @@ def finetuned_black_level(model: str | Path | ModelInfo) -> str | float | None:
             notes = read_card(_resolve(model)).notes
         except (ValueError, ModelFileError):  # reported where the model is loaded
             return "camera"
-        text = str(notes.get(BLACK_LEVEL_NOTE, "")) or _legacy_black_level(notes)
+        text = recorded_black_level(notes)
     if text in ("", "camera"):
         return "camera"
     if text == "auto":
@@ -193,6 +193,12 @@ def finetuned_black_level(model: str | Path | ModelInfo) -> str | float | None:
         return float(text)
     except ValueError:
         return "camera"
+
+
+def recorded_black_level(notes: dict[str, str]) -> str:
+    """A card's fine-tuning black level setting as text ("" when none is recorded):
+    :data:`BLACK_LEVEL_NOTE`, else what an older card's text says."""
+    return str(notes.get(BLACK_LEVEL_NOTE, "")) or _legacy_black_level(notes)
 
 
 def _legacy_black_level(notes: dict[str, str]) -> str:
