@@ -29,7 +29,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info
 
-from ._dock import on_close
+from ._dock import on_close, track_end, wait_ended
 from ._model_choices import decorate_model_combo, model_choices
 from ._model_events import model_events
 from ._workers import AUTO
@@ -120,6 +120,7 @@ class ExportWidget(Container):
         self._worker = None
         self._job: ExportJob | None = None
         self._closed = False  # the dock was closed: a running export reports by notification
+        self._ended: list = []  # thread_ended events of the exports started
         self._models: dict[str, Any] = {}
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.formats = {
@@ -171,6 +172,7 @@ class ExportWidget(Container):
             model_events.changed.disconnect(self.reset_choices)
         if self._job is not None:
             self._job.stop.set()
+        wait_ended(self._ended)  # it stops after the format being written; then its thread ends
 
     @property
     def running(self) -> bool:
@@ -241,6 +243,7 @@ class ExportWidget(Container):
         self.cancel_button.enabled = True
         self.progress.max, self.progress.value = len(job.formats), 0
         self.status.value = "exporting…"
+        track_end(self._ended, worker)
         worker.start()
         return worker
 

@@ -132,3 +132,32 @@ def test_a_package_of_your_own_model_needs_its_authors_and_a_valid_license(widge
     widget.authors.value = ""
     widget.license.value = "MIT"
     assert widget.job().info.authors == ("napari-bfcnn developers",)
+
+
+def test_closing_the_dock_mid_export_stops_it_and_waits_for_its_thread(
+    widget, qtbot, monkeypatch
+):
+    """An export still running once the dock's Qt objects are gone would emit into them."""
+    import threading
+    import time
+
+    began, left = threading.Event(), threading.Event()
+
+    def slow_export(job):  # one long format that checks the stop flag, as the real job does
+        began.set()
+        try:
+            while not job.stop.is_set():
+                time.sleep(0.2)
+                yield 0, "writing…"
+            return ew.ExportOutcome(cancelled=True)
+        finally:
+            left.set()
+
+    monkeypatch.setattr(ew, "export_job", slow_export)
+    widget.model.value = "tiny-gray"
+    widget.authors.value = "Ada Lovelace"
+    assert widget.run() is not None
+    qtbot.waitUntil(began.is_set, timeout=TIMEOUT_MS)
+    widget._disconnect()  # the dock closed
+    assert left.is_set()  # the job had returned when close returned
+    assert widget._ended and all(e.is_set() for e in widget._ended)  # and its thread had ended
