@@ -162,6 +162,15 @@ def _base_text(base: str | None) -> str:
     return base
 
 
+def _duration_text(seconds: float) -> str:
+    """A training time as minutes under an hour (a GPU stage's 3 min is not "0.0 h")."""
+    if not seconds:
+        return "–"
+    if seconds < 3600:
+        return f"{max(1, round(seconds / 60))} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def card_markdown(card, rows: Sequence[Row], meta: dict, name: str | None = None) -> str:
     """A model card in markdown: how the model was made, then its benchmark figures.
 
@@ -178,13 +187,15 @@ def card_markdown(card, rows: Sequence[Row], meta: dict, name: str | None = None
         The model's label in the results (its file name); defaults to ``card.name``.
     """
     name = name or card.name
-    hours = card.training_time_s / 3600.0
     steps = f"{card.steps_done:,}"
     if card.recipe is not None:
         t = card.recipe.training
+        loss = f"{t.loss} loss"
+        if t.loss_weighting == "inverse_noise":
+            loss += f" weighted by 1/(input noise variance + {t.weighting_floor:g}²)"
         steps += (
             f" of {t.steps:,} (batch {t.batch_size}, patches {card.recipe.data.patch_size}², "
-            f"{t.loss} loss, lr {t.learning_rate:g})"
+            f"{loss}, lr {t.learning_rate:g})"
         )
     val = card.validation_text()
     facts = [
@@ -203,7 +214,7 @@ def card_markdown(card, rows: Sequence[Row], meta: dict, name: str | None = None
         ),
         ("steps", steps),
         ("hardware", card.hardware or "–"),
-        ("training time", f"{hours:.1f} h" if card.training_time_s else "–"),
+        ("training time", _duration_text(card.training_time_s)),
         ("validation PSNR", val or "–"),
         ("initialised from", _base_text(card.base_model)),
         ("created", card.created or "–"),

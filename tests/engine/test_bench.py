@@ -527,6 +527,24 @@ def test_card_page_of_a_fine_tuned_model_names_its_own_validation_score():
     assert "| validation PSNR | pair: 30.25 dB, r2r: 31.50 dB |" in page
 
 
+def test_card_names_the_loss_weighting_and_gives_short_trainings_in_minutes():
+    from src_models.bench_docs import card_markdown
+    from src_models.config import ModelCard, RecipeConfig
+
+    recipe = RecipeConfig.model_validate({
+        "name": "m", "architecture": {"kind": "dncnn"},
+        "training": {"loss_weighting": "inverse_noise", "weighting_floor": 25},
+    })
+    page = card_markdown(ModelCard(name="m", recipe=recipe, training_time_s=178.0), [], {})
+    assert "mse loss weighted by 1/(input noise variance + 25²)" in page
+    assert "| training time | 3 min |" in page
+    plain = recipe.model_copy(deep=True)
+    plain.training.loss_weighting = "none"
+    page = card_markdown(ModelCard(name="m", recipe=plain, training_time_s=4320.0), [], {})
+    assert "mse loss, lr" in page and "weighted" not in page
+    assert "| training time | 1.2 h |" in page
+
+
 def test_a_run_without_microscopy_keeps_the_cards_micro_block(quick_run, model_files, tmp_path):
     from src_models.bench_docs import MICRO_END, MICRO_START
 
