@@ -116,7 +116,7 @@ class DenoiseWidget(ImageModelWidget):
         # (data id, crop, channel axis, black level) -> (sigma, peak, weak reference to the data)
         self._estimates: dict[tuple, tuple[float, float, Any]] = {}
         self._camera_tag = 0  # newest camera-noise request; older results are dropped
-        self._camera_workers: set = set()
+        self._camera_worker = None  # the one camera-noise estimate running, if any
         self._camera_next: tuple | None = None  # (tag, request) waiting for the running one
         self._ended: list = []  # thread_ended events of the workers started
         self._closed = False
@@ -718,7 +718,7 @@ class DenoiseWidget(ImageModelWidget):
         self._camera_pending = request is not None
         self._show_camera_noise()
         self._camera_next = (self._camera_tag, request) if request is not None else None
-        if not self._camera_workers:
+        if self._camera_worker is None:
             self._run_camera_estimate()
 
     def _run_camera_estimate(self) -> None:
@@ -730,15 +730,14 @@ class DenoiseWidget(ImageModelWidget):
         self._camera_next = None
         worker = create_worker(_estimate_crop, data, index, offset, _start_thread=False)
         track_end(self._ended, worker)
-        self._camera_workers.add(worker)
+        self._camera_worker = worker
         worker.returned.connect(lambda noise, t=tag: self._on_camera_noise(t, noise))
-        worker.finished.connect(lambda w=worker: self._on_camera_worker_finished(w))
+        worker.finished.connect(self._on_camera_worker_finished)
         worker.start()
 
-    def _on_camera_worker_finished(self, worker) -> None:
-        self._camera_workers.discard(worker)
-        if not self._camera_workers:
-            self._run_camera_estimate()  # the newest request that waited, if any
+    def _on_camera_worker_finished(self, *_args) -> None:
+        self._camera_worker = None
+        self._run_camera_estimate()  # the newest request that waited, if any
 
     def _on_camera_noise(self, tag: int, noise: CameraNoise | None) -> None:
         if self._closed or tag != self._camera_tag:
