@@ -306,10 +306,72 @@ class OpponentColor(keras.layers.Layer):
         return {**super().get_config(), "inverse": self.inverse}
 
 
+def _along(t, axis: int, start: int, from_end: int):
+    """``t`` cut along ``axis`` to ``[start, len - from_end)`` (static offsets, any length)."""
+    index = [slice(None)] * 4
+    index[axis] = slice(start, -from_end if from_end else None)
+    return t[tuple(index)]
+
+
+def _doubling_windows(x, w: int, axis: int, combine) -> dict:
+    """``{b: t}`` for b = 1, 2, 4, ... <= w; ``t[j]`` combines ``x[j .. j + b - 1]`` along ``axis``.
+
+    Why: pooling a ``w``-wide window costs ``w`` operations per pixel; built by doubling,
+    any window costs about ``2 log2 w`` (a 129-px box otherwise outweighs a small network).
+    Each value depends only on its own window, in a fixed order: tiles agree bit for bit.
+    """
+    windows = {1: x}
+    b = 1
+    while 2 * b <= w:
+        windows[2 * b] = combine(_along(windows[b], axis, 0, b), _along(windows[b], axis, b, 0))
+        b *= 2
+    return windows
+
+
+def _box_sum_1d(x, w: int, axis: int):
+    """Sum of each odd ``w``-wide window along ``axis`` (1 or 2), zeros outside the image."""
+    r = w // 2
+    pad = [(0, 0)] * 4
+    pad[axis] = (r, r)
+    windows = _doubling_windows(ops.pad(x, pad), w, axis, ops.add)
+    # disjoint power-of-two windows, one per set bit of w, side by side
+    total, offset = None, 0
+    for b in sorted(windows, reverse=True):
+        if w & b:
+            part = _along(windows[b], axis, offset, w - b - offset)
+            total = part if total is None else total + part
+            offset += b
+    return total
+
+
 def _box(x, w: int):
-    """Separable ``w``-wide box mean; "same" averages over the pixels inside the image only."""
-    x = ops.average_pool(x, (w, 1), strides=1, padding="same")
-    return ops.average_pool(x, (1, w), strides=1, padding="same")
+    """Separable ``w``-wide box mean; "same" averages over the pixels inside the image only.
+
+    ``w`` odd. The same numbers as ``average_pool(..., padding="same")`` to float rounding,
+    at a cost that grows with ``log w`` instead of ``w``.
+    """
+    for axis, thin in ((1, x[:1, :, :1, :1]), (2, x[:1, :1, :, :1])):
+        count = _box_sum_1d(ops.ones_like(thin), w, axis)  # pixels inside the image
+        x = _box_sum_1d(x, w, axis) / count
+    return x
+
+
+def _max_filter_nonneg(x, w: int):
+    """``w``-wide (odd) square max filter of a non-negative image, "same" size.
+
+    Zero padding equals ignoring the outside for values >= 0, which is what
+    ``max_pool(..., padding="same")`` does, at ``log w`` cost: each window is the
+    maximum of two overlapping power-of-two windows.
+    """
+    r = w // 2
+    for axis in (1, 2):
+        pad = [(0, 0)] * 4
+        pad[axis] = (r, r)
+        windows = _doubling_windows(ops.pad(x, pad), w, axis, ops.maximum)
+        p = max(windows)
+        head = _along(windows[p], axis, 0, w - p)
+        x = ops.maximum(head, _along(windows[p], axis, w - p, 0))
+    return x
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
@@ -368,9 +430,7 @@ class ChromaPedestal(keras.layers.Layer):
         p = mean * (self.gain * 3**-0.5)  # luminance plane / sqrt(3) = mean of R, G, B
         if self.chroma_window:
             k = self.chroma_window
-            c = ops.abs(_box(x[..., 1:], self.SMOOTH))
-            c = ops.max_pool(c, (k, 1), strides=1, padding="same")
-            c = ops.max_pool(c, (1, k), strides=1, padding="same")
+            c = _max_filter_nonneg(ops.abs(_box(x[..., 1:], self.SMOOTH)), k)
             p = ops.maximum(p, _box(c, k))
             return ops.concatenate([ops.zeros_like(luma), p], axis=-1)
         return ops.concatenate([ops.zeros_like(p), p, p], axis=-1)

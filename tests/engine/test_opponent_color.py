@@ -94,6 +94,33 @@ def test_chroma_bound_lifts_saturated_colour_differences_above_zero():
     assert after.min() > -0.1 and (after**2).sum() < 0.01 * (before**2).sum()
 
 
+@pytest.mark.parametrize("shape", [(2, 37, 50, 3), (1, 5, 7, 2)])
+@pytest.mark.parametrize("width", [1, 3, 5, 33, 129])
+def test_doubling_box_and_max_filter_equal_keras_pooling_at_any_width(shape, width):
+    # the pedestal's windows are built by doubling (log w cost), not by pooling (w cost)
+    from keras import ops
+
+    from src_models.layers import _box, _max_filter_nonneg
+
+    x = (np.random.default_rng(width).random(shape) * 255).astype("float32")
+    mean = ops.average_pool(x, (width, 1), strides=1, padding="same")
+    mean = ops.average_pool(mean, (1, width), strides=1, padding="same")
+    np.testing.assert_allclose(np.asarray(_box(x, width)), np.asarray(mean), rtol=2e-6)
+    peak = ops.max_pool(x, (width, 1), strides=1, padding="same")
+    peak = ops.max_pool(peak, (1, width), strides=1, padding="same")
+    np.testing.assert_array_equal(np.asarray(_max_filter_nonneg(x, width)), np.asarray(peak))
+
+
+def test_doubling_box_gives_a_tile_the_full_image_values_bit_for_bit():
+    from src_models.layers import _box
+
+    x = (np.random.default_rng(5).random((1, 90, 80, 1)) * 255).astype("float32")
+    full = np.asarray(_box(x, 33))
+    tile = np.asarray(_box(x[:, 10:80, 5:75], 33))
+    # where the tile holds the whole window, the same sums in the same order
+    np.testing.assert_array_equal(tile[:, 16:-16, 16:-16], full[:, 26:64, 21:59])
+
+
 def test_chroma_bound_is_positively_homogeneous():
     opp = np.asarray(OpponentColor()(_rgb(seed=11, size=40, n=1)))
     layer = ChromaPedestal(window=WINDOW, chroma_window=7)
