@@ -21,29 +21,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from src_models.config import load_recipe  # noqa: E402
-from src_models.data import SCORE_MAX_DB, psnr, split_train_val, validation_set  # noqa: E402
+from src_models.data import (  # noqa: E402
+    SCORE_MAX_DB,
+    list_images,
+    load_image,
+    psnr,
+    split_train_val,
+    validation_set,
+)
 from src_models.modelfile import load_keras_model  # noqa: E402
-from src_models.train import _load_images, _predict_padded  # noqa: E402
+from src_models.train import evaluate  # noqa: E402
 
 
 def heldout_scores(recipe_path, models, sigmas, seed=0, crop=256) -> dict[str, dict[float, float]]:
     """Mean PSNR (dB, as training validates) per model and σ, plus the noisy input's."""
     recipe = load_recipe(recipe_path)
-    images = _load_images(recipe.data.train, recipe.data.color)
+    images = [load_image(p, color=recipe.data.color) for p in list_images(recipe.data.train)]
     _, held_out = split_train_val(
         images, recipe.data.val_fraction, recipe.data.max_val_images, recipe.data.split_seed
     )
     pairs = validation_set(list(held_out), sigmas, seed=seed, crop=crop)
-    scores: dict[str, dict[float, list[float]]] = {"noisy input": {}}
-    for noisy, clean, s in pairs:
-        scores["noisy input"].setdefault(s, []).append(psnr(clean, noisy, max_db=SCORE_MAX_DB))
+    noisy: dict[float, list[float]] = {}
+    for y, clean, s in pairs:
+        noisy.setdefault(s, []).append(psnr(clean, y, max_db=SCORE_MAX_DB))
+    scores = {"noisy input": {s: float(np.mean(v)) for s, v in noisy.items()}}
     for path in models:
-        model, card = load_keras_model(path)
-        row = scores.setdefault(str(path), {})
-        for noisy, clean, s in pairs:
-            est = _predict_padded(model, noisy, int(card.size_multiple))
-            row.setdefault(s, []).append(psnr(clean, est, max_db=SCORE_MAX_DB))
-    return {m: {s: float(np.mean(v)) for s, v in row.items()} for m, row in scores.items()}
+        model, card = load_keras_model(path)  # scored as training validates it
+        scores[str(path)] = evaluate(model, pairs, int(card.size_multiple))
+    return scores
 
 
 def main(argv=None) -> int:
