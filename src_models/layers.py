@@ -314,13 +314,16 @@ def _along(t, axis: int, start: int, from_end: int):
 
 
 def _doubling_windows(x, w: int, axis: int, combine) -> dict:
-    """``{b: t}`` for b = 1, 2, 4, ... <= w; ``t[j]`` combines ``x[j .. j + b - 1]`` along ``axis``.
+    """``{b: t}`` for b = 1, 2, 4, ... <= w; ``t[j]`` combines ``xp[j .. j + b - 1]`` along
+    ``axis``, where ``xp`` is ``x`` with ``w // 2`` zeros added at both ends of that axis.
 
     Why: pooling a ``w``-wide window costs ``w`` operations per pixel; built by doubling,
     any window costs about ``2 log2 w`` (a 129-px box otherwise outweighs a small network).
     Each value depends only on its own window, in a fixed order: tiles agree bit for bit.
     """
-    windows = {1: x}
+    pad = [(0, 0)] * 4
+    pad[axis] = (w // 2, w // 2)
+    windows = {1: ops.pad(x, pad)}
     b = 1
     while 2 * b <= w:
         windows[2 * b] = combine(_along(windows[b], axis, 0, b), _along(windows[b], axis, b, 0))
@@ -330,10 +333,7 @@ def _doubling_windows(x, w: int, axis: int, combine) -> dict:
 
 def _box_sum_1d(x, w: int, axis: int):
     """Sum of each odd ``w``-wide window along ``axis`` (1 or 2), zeros outside the image."""
-    r = w // 2
-    pad = [(0, 0)] * 4
-    pad[axis] = (r, r)
-    windows = _doubling_windows(ops.pad(x, pad), w, axis, ops.add)
+    windows = _doubling_windows(x, w, axis, ops.add)
     # disjoint power-of-two windows, one per set bit of w, side by side
     total, offset = None, 0
     for b in sorted(windows, reverse=True):
@@ -363,11 +363,8 @@ def _max_filter_nonneg(x, w: int):
     ``max_pool(..., padding="same")`` does, at ``log w`` cost: each window is the
     maximum of two overlapping power-of-two windows.
     """
-    r = w // 2
     for axis in (1, 2):
-        pad = [(0, 0)] * 4
-        pad[axis] = (r, r)
-        windows = _doubling_windows(ops.pad(x, pad), w, axis, ops.maximum)
+        windows = _doubling_windows(x, w, axis, ops.maximum)
         p = max(windows)
         head = _along(windows[p], axis, 0, w - p)
         x = ops.maximum(head, _along(windows[p], axis, w - p, 0))
