@@ -19,6 +19,8 @@ from .layers import (
     DepthToSpace,
     KernelRegularizer,
     LocalSqueezeExcite,
+    NoiseBias,
+    NoiseLevelMap,
     OpponentColor,
     ScaleNorm,
     SpaceToDepth,
@@ -27,6 +29,7 @@ from .layers import (
 
 __all__ = [
     "build_model",
+    "init_from_without_noise_bias",
     "init_guided_from_gray",
     "parameter_count",
     "receptive_field",
@@ -126,8 +129,18 @@ class _Ops:
     def norm(self, x):
         return ScaleNorm(name=self._name("scalenorm"))(x) if self.c.norm else x
 
-    def conv_norm_act(self, x, filters: int, kernel: int | None = None):
-        return self.act(self.norm(self.conv(x, filters, kernel)))
+    def conv_norm_act(self, x, filters: int, kernel: int | None = None, noise=None):
+        return self.act(self.noise_bias(self.norm(self.conv(x, filters, kernel)), noise))
+
+    def noise_bias(self, x, noise):
+        """``x`` plus biases proportional to the noise map ``noise`` (none if it is None).
+
+        Named after the layer before it, without taking a number, so the other layers keep
+        the names (and weights) of the same network without noise biases.
+        """
+        if noise is None:
+            return x
+        return NoiseBias(name=f"{self.prefix}noisebias_{self.n}")([x, noise])
 
 
 def _dncnn(x, c: DnCNNConfig, prefix: str = ""):
@@ -170,18 +183,27 @@ def _unet(x, c: UNetConfig):
     u = c.unshuffle
     h = SpaceToDepth(u, name=o._name("unshuffle"))(x) if u > 1 else x
     widths = [min(c.width * 2**s, c.max_width) for s in range(c.scales)]
+    noise = [None] * c.scales  # the noise map at each level's resolution
+    if c.noise_bias_window:
+        # made at the second level's resolution (cheap), then moved to the others' by
+        # nearest upsampling and average pooling, both linear
+        f = 2 * u
+        noise[1] = NoiseLevelMap((c.noise_bias_window // f) | 1, f, name="noise_level")(x)
+        noise[0] = keras.layers.UpSampling2D(2, name="noise_level_0")(noise[1])
+        for s in range(2, c.scales):
+            noise[s] = keras.layers.AveragePooling2D(2, name=f"noise_level_{s}")(noise[s - 1])
     skips = []
     for s, w in enumerate(widths):
         if s > 0:
-            h = o.act(o.conv(h, w, kernel=2, strides=2))
+            h = o.act(o.noise_bias(o.conv(h, w, kernel=2, strides=2), noise[s]))
         for _ in range(c.convs):
-            h = o.conv_norm_act(h, w)
+            h = o.conv_norm_act(h, w, noise=noise[s])
         skips.append(h)
     for s in range(c.scales - 2, -1, -1):
         h = o.up(h, widths[s])
         h = keras.layers.Add(name=o._name("skip"))([h, skips[s]])
         for _ in range(c.convs):
-            h = o.conv_norm_act(h, widths[s])
+            h = o.conv_norm_act(h, widths[s], noise=noise[s])
     h = o.conv(h, c.channels * u * u, zero=c.residual)
     return DepthToSpace(u, name=o._name("shuffle"))(h) if u > 1 else h
 
@@ -306,6 +328,29 @@ def init_guided_from_gray(guided: keras.Model, gray: keras.Model, unshuffle: int
     return copied
 
 
+def init_from_without_noise_bias(model: keras.Model, base: keras.Model) -> int:
+    """Start a model with noise biases as ``base``, the same network without; returns layers set.
+
+    Why: the noise-bias layers are extra and start at zero, and every other layer keeps
+    its name (see ``_Ops.noise_bias``), so copying the base's weights by name makes the
+    new model compute exactly what the base does until training moves the biases.
+    """
+    by_name = {layer.name: layer for layer in model.layers}
+    copied = 0
+    for layer in base.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        target = by_name.get(layer.name)
+        if target is None or [w.shape for w in target.get_weights()] != [w.shape for w in weights]:
+            raise ValueError(
+                f"the base model's layer {layer.name!r} has no match in {model.name!r}"
+            )
+        target.set_weights(weights)
+        copied += 1
+    return copied
+
+
 def parameter_count(model: keras.Model) -> int:
     """Number of trainable parameters."""
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
@@ -376,4 +421,7 @@ def _gate_extent(model: keras.Model) -> int:
             extra += layer.window // 2
         elif isinstance(layer, ChromaPedestal):
             extra += max(0, layer.chroma_reach - layer.window // 2)
+        elif isinstance(layer, NoiseLevelMap):
+            # zero around an impulse on a zero image (its flattest part is empty), so unseen
+            extra += layer.reach
     return extra

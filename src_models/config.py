@@ -125,12 +125,31 @@ class UNetConfig(_ArchBase):
             "colours are lifted above zero too (0: brightness alone)"
         ),
     )
+    noise_bias_window: int = Field(
+        0,
+        ge=0,
+        le=257,
+        description=(
+            "if > 0 (odd): every convolution gets a per-channel bias proportional to a local "
+            "noise estimate, the flattest part of this many px (the thresholds a bias-free "
+            "network lacks; still homogeneous); 0: none"
+        ),
+    )
 
     @field_validator("unshuffle")
     @classmethod
     def _unshuffle(cls, v: int) -> int:
         if v not in (1, 2):
             raise ValueError(f"unshuffle must be 1 or 2 (got {v})")
+        return v
+
+    @field_validator("noise_bias_window")
+    @classmethod
+    def _odd_noise_window(cls, v: int) -> int:
+        if v and v % 2 == 0:
+            raise ValueError(
+                f"noise_bias_window must be odd, so the filters are centred, or 0 (got {v})"
+            )
         return v
 
     @field_validator("pedestal_window")

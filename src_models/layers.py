@@ -4,13 +4,15 @@ Why: a network built only from these satisfies D(a*y) = a*D(y) for a > 0, so
 its output is exactly D(y) = J(y) y, a locally adaptive linear filter we can show.
 Convolutions come from Keras with ``use_bias=False``; the layers here add what
 Keras lacks: a normalisation that only divides, gates whose values are
-scale-invariant (degree 0), and pixel (un)shuffle. All use ``keras.ops`` only,
+scale-invariant (degree 0), biases proportional to a local noise estimate (degree 1,
+like the signal), and pixel (un)shuffle. All use ``keras.ops`` only,
 so the same code runs under TensorFlow and JAX.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "DepthToSpace",
     "KernelRegularizer",
     "LocalSqueezeExcite",
+    "NoiseBias",
+    "NoiseLevelMap",
     "OpponentColor",
     "ScaleNorm",
     "SpaceToDepth",
@@ -313,9 +317,10 @@ def _along(t, axis: int, start: int, from_end: int):
     return t[tuple(index)]
 
 
-def _doubling_windows(x, w: int, axis: int, combine) -> dict:
+def _doubling_windows(x, w: int, axis: int, combine, pad_value: float = 0.0) -> dict:
     """``{b: t}`` for b = 1, 2, 4, ... <= w; ``t[j]`` combines ``xp[j .. j + b - 1]`` along
-    ``axis``, where ``xp`` is ``x`` with ``w // 2`` zeros added at both ends of that axis.
+    ``axis``, where ``xp`` is ``x`` with ``w // 2`` values ``pad_value`` added at both ends
+    of that axis.
 
     Why: pooling a ``w``-wide window costs ``w`` operations per pixel; built by doubling,
     any window costs about ``2 log2 w`` (a 129-px box otherwise outweighs a small network).
@@ -323,7 +328,7 @@ def _doubling_windows(x, w: int, axis: int, combine) -> dict:
     """
     pad = [(0, 0)] * 4
     pad[axis] = (w // 2, w // 2)
-    windows = {1: ops.pad(x, pad)}
+    windows = {1: ops.pad(x, pad, constant_values=pad_value)}
     b = 1
     while 2 * b <= w:
         windows[2 * b] = combine(_along(windows[b], axis, 0, b), _along(windows[b], axis, b, 0))
@@ -369,6 +374,106 @@ def _max_filter_nonneg(x, w: int):
         head = _along(windows[p], axis, 0, w - p)
         x = ops.maximum(head, _along(windows[p], axis, w - p, 0))
     return x
+
+
+def _min_filter(x, w: int):
+    """``w``-wide (odd) square min filter, "same" size, ignoring what is outside the image.
+
+    Padding with the largest float leaves every window's minimum to its pixels inside the
+    image (each window holds at least its own centre), at ``log w`` cost.
+    """
+    big = float(np.finfo(keras.backend.standardize_dtype(x.dtype)).max)
+    for axis in (1, 2):
+        windows = _doubling_windows(x, w, axis, ops.minimum, pad_value=big)
+        p = max(windows)
+        head = _along(windows[p], axis, 0, w - p)
+        x = ops.minimum(head, _along(windows[p], axis, w - p, 0))
+    return x
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class NoiseLevelMap(keras.layers.Layer):
+    """(N, H, W, C) -> (N, H / f, W / f, 1): a local estimate of the noise's standard deviation.
+
+    Why: DnCNN's biases act as thresholds set by the noise level; a bias-free network
+    has none and must judge from the local image alone whether fine detail is noise, which a
+    small network does badly near σ = 0 (it smooths clean texture). A bias proportional to
+    this map (:class:`NoiseBias`) brings the thresholds back and keeps the network
+    positively homogeneous: the map of ``a * y`` is ``a`` times the map of ``y``.
+
+    Estimate (after Immerkær, 1996): ``|y * L|`` with the 3×3 kernel
+    ``[[1, -2, 1], [-2, 4, -2], [1, -2, 1]]``, which annihilates planes and ramps, scaled so
+    white noise of σ has mean σ; averaged over channels and ``factor`` × ``factor`` cells
+    (the map is that much coarser, so it costs little), then over a ``BOX``-cell box (local
+    noise and texture); the minimum over ``window`` cells around (the flattest part: noise
+    alone, so on white noise the map is about half of σ); a ``window``-cell box mean of that,
+    so the map is smooth. ``|.|``, means and min filters are positively homogeneous, and the
+    map is local: tiles whose cores start at multiples of ``factor`` agree wherever the
+    receptive field, enlarged by :attr:`reach`, is inside their margin.
+    """
+
+    BOX = 3  # cells: the local average of |y * L| before the min filter
+
+    def __init__(self, window: int = 9, factor: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f"NoiseLevelMap expected an odd window >= 1. Received: {window}")
+        if factor < 1:
+            raise ValueError(f"NoiseLevelMap expected factor >= 1. Received: {factor}")
+        self.window = int(window)
+        self.factor = int(factor)
+
+    @property
+    def reach(self) -> int:
+        """How far (input px) the map at a pixel looks: kernel, cell, box, min filter, smoothing."""
+        return 1 + self.factor * (1 + self.BOX // 2 + 2 * (self.window // 2))
+
+    def call(self, x):
+        # y * L from shifted views of the edge-replicated image, so borders are not edges
+        xp = ops.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="symmetric")
+        h, w = ops.shape(x)[1], ops.shape(x)[2]
+
+        def at(dy, dx):
+            return xp[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w, :]
+
+        corners = at(-1, -1) + at(-1, 1) + at(1, -1) + at(1, 1)
+        edges = at(-1, 0) + at(1, 0) + at(0, -1) + at(0, 1)
+        d = corners - 2.0 * edges + 4.0 * at(0, 0)
+        # E|d| = 6 σ sqrt(2 / π) for white noise of σ (the kernel's L2 norm is 6)
+        m = ops.mean(ops.abs(d), axis=-1, keepdims=True) * (np.sqrt(np.pi / 2) / 6)
+        if self.factor > 1:
+            m = ops.average_pool(m, self.factor, self.factor, padding="valid")
+        return _box(_min_filter(_box(m, self.BOX), self.window), self.window)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w = input_shape[:3]
+        f = self.factor
+        return (n, None if h is None else h // f, None if w is None else w // f, 1)
+
+    def get_config(self):
+        return {**super().get_config(), "window": self.window, "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class NoiseBias(keras.layers.Layer):
+    """``[h, s] -> h + beta * s``: per-channel biases proportional to a noise level map ``s``.
+
+    Why: see :class:`NoiseLevelMap`. ``s`` scales with the input, so the sum is as
+    homogeneous as ``h``; ``beta`` starts at zero, so adding these to a trained network
+    leaves its output unchanged until training moves them.
+    """
+
+    def build(self, input_shape):
+        self.beta = self.add_weight(
+            shape=(input_shape[0][-1],), initializer="zeros", name="beta"
+        )
+
+    def call(self, inputs):
+        h, s = inputs
+        return h + s * self.beta
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
 
 
 @keras.saving.register_keras_serializable(package=_PKG)

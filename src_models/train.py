@@ -207,6 +207,16 @@ def _guided_from_gray(arch, base) -> bool:
     return True
 
 
+def _adds_noise_bias(arch, base) -> bool:
+    """True when the recipe is the base's U-Net with noise biases added (it starts as the base)."""
+    base_arch = base.card.recipe.architecture if base.card.recipe is not None else None
+    if base_arch is None or base_arch.kind != "unet" or arch.kind != "unet":
+        return False
+    if not arch.noise_bias_window or base_arch.noise_bias_window:
+        return False
+    return arch.model_copy(update={"noise_bias_window": 0}) == base_arch
+
+
 # what a resumed run may change: its length and bookkeeping, names, and where files are
 # (another machine's data folder, a moved base); everything else would continue another run
 _RESUME_FREE = {
@@ -287,6 +297,12 @@ def _build_or_load(recipe: RecipeConfig, ckpt: Path, resume: bool):
                 f"init_from={recipe.init_from!r} has {base.channels} channel(s) but the recipe "
                 f"trains {recipe.architecture.channels}"
             )
+        if _adds_noise_bias(recipe.architecture, base):
+            from .architectures import init_from_without_noise_bias
+
+            model = build_model(recipe.architecture, name=recipe.name)
+            init_from_without_noise_bias(model, base.model)
+            return model, base.card, False
         _check_same_architecture(recipe, base)
         model = keras.models.clone_model(base.model)
         model.set_weights(base.model.get_weights())
