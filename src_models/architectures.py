@@ -299,33 +299,23 @@ def init_guided_from_gray(guided: keras.Model, gray: keras.Model, unshuffle: int
         Their pixel-unshuffle factor (the first convolution's input is ordered
         (row offset, column offset, channel) after it).
     """
-    by_name = {layer.name: layer for layer in guided.layers}
-    copied = 0
-    for layer in gray.layers:
-        weights = layer.get_weights()
-        if not weights:
-            continue
-        target = by_name.get(layer.name)
-        if target is None or len(target.get_weights()) != len(weights):
-            raise ValueError(
-                f"the gray model's layer {layer.name!r} has no match in {guided.name!r}"
-            )
-        new = []
-        for w_gray, w_new in zip(weights, target.get_weights(), strict=True):
+
+    def expand(name, gray_weights, new_weights):
+        out = []
+        for w_gray, w_new in zip(gray_weights, new_weights, strict=True):
             if w_gray.shape == w_new.shape:
-                new.append(w_gray)
+                out.append(w_gray)
             elif w_gray.ndim == 4 and w_new.shape[2] == 2 * w_gray.shape[2] == 2 * unshuffle**2:
                 expanded = np.zeros_like(w_new)
                 expanded[:, :, 0::2] = w_gray  # the channel's own slots; the guide's stay zero
-                new.append(expanded)
+                out.append(expanded)
             else:
                 raise ValueError(
-                    f"layer {layer.name!r}: weights of shape {w_gray.shape} "
-                    f"do not fit {w_new.shape}"
+                    f"layer {name!r}: weights of shape {w_gray.shape} do not fit {w_new.shape}"
                 )
-        target.set_weights(new)
-        copied += 1
-    return copied
+        return out
+
+    return _copy_weights_by_name(guided, gray, expand, "gray")
 
 
 def init_from_without_noise_bias(model: keras.Model, base: keras.Model) -> int:
@@ -335,18 +325,29 @@ def init_from_without_noise_bias(model: keras.Model, base: keras.Model) -> int:
     its name (see ``_Ops.noise_bias``), so copying the base's weights by name makes the
     new model compute exactly what the base does until training moves the biases.
     """
-    by_name = {layer.name: layer for layer in model.layers}
+
+    def same(name, base_weights, new_weights):
+        if [w.shape for w in base_weights] != [w.shape for w in new_weights]:
+            raise ValueError(f"layer {name!r}: the base's weights do not fit {model.name!r}")
+        return base_weights
+
+    return _copy_weights_by_name(model, base, same, "base")
+
+
+def _copy_weights_by_name(dst: keras.Model, src: keras.Model, fit, what: str) -> int:
+    """Set each weighted layer of ``dst`` to ``fit(name, src_w, dst_w)``, from its namesake."""
+    by_name = {layer.name: layer for layer in dst.layers}
     copied = 0
-    for layer in base.layers:
+    for layer in src.layers:
         weights = layer.get_weights()
         if not weights:
             continue
         target = by_name.get(layer.name)
-        if target is None or [w.shape for w in target.get_weights()] != [w.shape for w in weights]:
+        if target is None or len(target.get_weights()) != len(weights):
             raise ValueError(
-                f"the base model's layer {layer.name!r} has no match in {model.name!r}"
+                f"the {what} model's layer {layer.name!r} has no match in {dst.name!r}"
             )
-        target.set_weights(weights)
+        target.set_weights(fit(layer.name, weights, target.get_weights()))
         copied += 1
     return copied
 
