@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ArchitectureConfig",
@@ -143,15 +151,6 @@ class UNetConfig(_ArchBase):
             raise ValueError(f"unshuffle must be 1 or 2 (got {v})")
         return v
 
-    @field_validator("noise_bias_window")
-    @classmethod
-    def _odd_noise_window(cls, v: int) -> int:
-        if v and v % 2 == 0:
-            raise ValueError(
-                f"noise_bias_window must be odd, so the filters are centred, or 0 (got {v})"
-            )
-        return v
-
     @field_validator("pedestal_window")
     @classmethod
     def _odd_window(cls, v: int) -> int:
@@ -159,12 +158,12 @@ class UNetConfig(_ArchBase):
             raise ValueError(f"pedestal_window must be odd, so the mean is centred (got {v})")
         return v
 
-    @field_validator("pedestal_chroma_window")
+    @field_validator("pedestal_chroma_window", "noise_bias_window")
     @classmethod
-    def _odd_or_no_window(cls, v: int) -> int:
+    def _odd_or_no_window(cls, v: int, info: ValidationInfo) -> int:
         if v and v % 2 == 0:
             raise ValueError(
-                f"pedestal_chroma_window must be odd, so the filters are centred, or 0 (got {v})"
+                f"{info.field_name} must be odd, so the filters are centred, or 0 (got {v})"
             )
         return v
 
