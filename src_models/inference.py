@@ -75,8 +75,10 @@ MAX_CORE = 1024  # automatic tiling: cores at most this many pixels per side (at
 WINDOW_PIXELS = 2304 * 2304
 # ... but only for models whose margins would make 1024-px windows this much larger than their
 # cores (gray U-Nets: (1024 + 2*112)^2 / 1024^2 = 1.49). Models with small margins (1.1 for
-# gray-fast and gray-dncnn) gain nothing from bigger tiles and lose cache locality and memory:
-# gray-fast ran at 4.9 Mpix/s on 2048^2 with one tile against 6.6 with four (bench speed).
+# gray-dncnn) gain nothing from bigger tiles and lose cache locality and memory: gray-fast, with
+# a margin of 32 then, ran at 4.9 Mpix/s on 2048^2 with one tile against 6.6 with four (bench
+# speed). Noise biases widened its margin to 72 (1.30) and gray's to 160, whose 2048^2 window no
+# longer fits the budget.
 GROW_OVERHEAD = 1.25
 BATCH_PIXELS = 1 << 20  # windows per model call: about one large tile's worth of pixels
 MIN_SIDE = 4  # smallest spatial size accepted

@@ -32,7 +32,7 @@ from src_models.export_tf import (
     write_saved_model,
     write_tflite,
 )
-from src_models.registry import BUNDLED_DIR
+from src_models.registry import BUNDLED_DIR, load_model
 
 test_image.__test__ = False  # a helper named test_*, not a test
 
@@ -202,8 +202,11 @@ def test_bioimageio_package_is_valid_and_holds_what_consumers_need(package):
     (inp,), (out,) = rdf["inputs"], rdf["outputs"]
     assert inp["id"] == "noisy" and out["id"] == "denoised"
     assert [a["type"] for a in inp["axes"]] == ["batch", "space", "space", "channel"]
-    assert out["axes"][1]["halo"] == 32  # receptive field 29 rounded up to the multiple 8
-    assert inp["axes"][1]["size"] == {"min": 72, "step": 8}  # 2 halos + one multiple
+    card = load_model("gray-fast").card
+    halo = -(-card.receptive_field // card.size_multiple) * card.size_multiple
+    assert card.size_multiple == 8 and halo >= card.receptive_field > 0
+    assert out["axes"][1]["halo"] == halo  # the receptive field rounded up to the multiple
+    assert inp["axes"][1]["size"] == {"min": 2 * halo + 8, "step": 8}  # 2 halos + one multiple
     assert "# gray-fast" in doc and "## Validation" in doc and "multiples of 8" in doc
     assert cover[:8] == b"\x89PNG\r\n\x1a\n"
     validate_package(package.path)  # again, from the written file
