@@ -365,15 +365,9 @@ def _max_filter_nonneg(x, w: int):
     """``w``-wide (odd) square max filter of a non-negative image, "same" size.
 
     Zero padding equals ignoring the outside for values >= 0, which is what
-    ``max_pool(..., padding="same")`` does, at ``log w`` cost: each window is the
-    maximum of two overlapping power-of-two windows.
+    ``max_pool(..., padding="same")`` does, at ``log w`` cost.
     """
-    for axis in (1, 2):
-        windows = _doubling_windows(x, w, axis, ops.maximum)
-        p = max(windows)
-        head = _along(windows[p], axis, 0, w - p)
-        x = ops.maximum(head, _along(windows[p], axis, w - p, 0))
-    return x
+    return _extremum_filter(x, w, ops.maximum, 0.0)
 
 
 def _min_filter(x, w: int):
@@ -383,11 +377,17 @@ def _min_filter(x, w: int):
     image (each window holds at least its own centre), at ``log w`` cost.
     """
     big = float(np.finfo(keras.backend.standardize_dtype(x.dtype)).max)
+    return _extremum_filter(x, w, ops.minimum, big)
+
+
+def _extremum_filter(x, w: int, combine, pad_value: float):
+    """Separable ``w``-wide ``combine`` (max or min) filter: along each axis, each window is
+    ``combine`` of two overlapping power-of-two windows."""
     for axis in (1, 2):
-        windows = _doubling_windows(x, w, axis, ops.minimum, pad_value=big)
+        windows = _doubling_windows(x, w, axis, combine, pad_value=pad_value)
         p = max(windows)
         head = _along(windows[p], axis, 0, w - p)
-        x = ops.minimum(head, _along(windows[p], axis, w - p, 0))
+        x = combine(head, _along(windows[p], axis, w - p, 0))
     return x
 
 

@@ -212,9 +212,10 @@ def _adds_noise_bias(arch, base) -> bool:
     base_arch = base.card.recipe.architecture if base.card.recipe is not None else None
     if base_arch is None or base_arch.kind != "unet" or arch.kind != "unet":
         return False
-    if not arch.noise_bias_window or base_arch.noise_bias_window:
-        return False
-    return arch.model_copy(update={"noise_bias_window": 0}) == base_arch
+    # the base has none (the comparison checks it), the recipe some
+    return bool(arch.noise_bias_window) and (
+        arch.model_copy(update={"noise_bias_window": 0}) == base_arch
+    )
 
 
 # what a resumed run may change: its length and bookkeeping, names, and where files are
