@@ -68,17 +68,17 @@ __all__ = [
 
 MAX_CORE = 1024  # automatic tiling: cores at most this many pixels per side (at least, see below)
 # automatic tiling of denoise(): the largest window (core + both margins) whose pixels times
-# the model's channels stay within this. Gray U-Nets then denoise 2048^2 in one tile instead
-# of four (margins of 112 px made the four cost 1.5x the image, one costs 1.23x): about 10 %
-# faster, and an 8192^2 gray image still peaks at about 1.7 GiB, TensorFlow's 0.8 included
-# (bench memory run)
-WINDOW_PIXELS = 2304 * 2304
+# the model's channels stay within this. Sized so that gray U-Nets denoise 2048^2 in one tile
+# instead of four: 2048 + 2 * 160, the margin of `gray` with noise biases (one window costs
+# 1.34x the image, four of 1344^2 cost 1.72x; at 2304^2, 2048^2 ran as four windows and 25 %
+# slower than the same U-Net without noise biases, margin 112, in one). An 8192^2 gray image
+# is then sixteen 2368^2 windows (bench memory run: peak in README)
+WINDOW_PIXELS = 2368 * 2368
 # ... but only for models whose margins would make 1024-px windows this much larger than their
 # cores (gray U-Nets: (1024 + 2*112)^2 / 1024^2 = 1.49). Models with small margins (1.1 for
 # gray-dncnn) gain nothing from bigger tiles and lose cache locality and memory: gray-fast, with
 # a margin of 32 then, ran at 4.9 Mpix/s on 2048^2 with one tile against 6.6 with four (bench
-# speed). Noise biases widened its margin to 72 (1.30) and gray's to 160, whose 2048^2 window no
-# longer fits the budget.
+# speed). Noise biases widened its margin to 72 (1.30) and gray's to 160.
 GROW_OVERHEAD = 1.25
 BATCH_PIXELS = 1 << 20  # windows per model call: about one large tile's worth of pixels
 MIN_SIDE = 4  # smallest spatial size accepted

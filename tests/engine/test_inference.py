@@ -575,15 +575,17 @@ def test_automatic_core_grows_only_for_wide_margin_models_within_the_window_budg
 
 
 @pytest.mark.usefixtures("bundled_only")
-def test_a_2048_plane_is_one_tile_where_its_margins_fit_the_window_budget_else_four():
+def test_a_2048_plane_is_one_tile_where_its_margins_fit_the_window_budget_else_more():
     from src_models.registry import load_model
 
     plane = np.zeros((2048, 2048), np.float32)
-    # margins of 112 (the gray U-Net without noise biases) and 72 (gray-fast): one window of
-    # 2048 + 2 margins fits sqrt(WINDOW_PIXELS) = 2304
+    # margins of 112 (the gray U-Net without noise biases), 72 (gray-fast) and 160 (gray's
+    # noise biases): one window of 2048 + 2 margins fits sqrt(WINDOW_PIXELS) = 2368
     assert next(load_model("microscopy").denoise_iter(plane)) == Progress(0, 1)
     assert next(load_model("gray-fast").denoise_iter(plane)) == Progress(0, 1)
-    # gray's noise biases widen its margin to 160: 2048 + 320 exceeds it, so four tiles
-    assert next(load_model("gray").denoise_iter(plane)) == Progress(0, 4)
+    assert next(load_model("gray").denoise_iter(plane)) == Progress(0, 1)
+    # a plane one margin taller than 2048 no longer fits: two tiles
+    taller = np.zeros((2048 + 160, 2048), np.float32)
+    assert next(load_model("gray").denoise_iter(taller)) == Progress(0, 2)
     rgb = np.zeros((2048, 2048, 3), np.float32)
     assert next(load_model("color").denoise_iter(rgb, channel_axis=-1)) == Progress(0, 4)
