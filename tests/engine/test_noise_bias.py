@@ -78,10 +78,15 @@ def test_noise_map_of_a_crop_equals_the_crop_of_the_map_inside_its_reach():
     )
 
 
+MODES = [(1, "joint"), (3, "joint"), (3, "guided"), (3, "opponent")]
+
+
 def test_noise_bias_unet_is_homogeneous_with_any_weights():
     exact_float32()
-    for channels in (1, 3):
-        model = build_model(UNetConfig(channels=channels, noise_bias_window=17, **SHAPE))
+    for channels, mode in MODES:
+        model = build_model(
+            UNetConfig(channels=channels, channel_mode=mode, noise_bias_window=17, **SHAPE)
+        )
         randomize_weights(model, seed=1)
         randomize_vectors(model, seed=2)  # the noise biases too
         y = np.random.default_rng(0).uniform(0, 1, (2, 40, 48, channels)).astype("float32")
@@ -89,18 +94,22 @@ def test_noise_bias_unet_is_homogeneous_with_any_weights():
         assert np.linalg.norm(base - y) / np.linalg.norm(y) > 1e-3
         for a in (1e-9, 0.3, 7.0, 1e5):
             out = np.asarray(model(np.float32(a) * y))
-            assert np.linalg.norm(out - a * base) / np.linalg.norm(a * base) < 1e-4, (channels, a)
+            assert np.linalg.norm(out - a * base) / np.linalg.norm(a * base) < 1e-4, (mode, a)
 
 
-def test_noise_biases_added_to_a_trained_unet_leave_its_output_unchanged():
+@pytest.mark.parametrize("channels, mode", MODES)
+def test_noise_biases_added_to_a_trained_unet_leave_its_output_unchanged(channels, mode):
+    # colour modes too: the opponent trunk is the gray U-Net, so `color` can gain them
     exact_float32()
-    base = build_model(UNetConfig(**SHAPE))
+    base = build_model(UNetConfig(channels=channels, channel_mode=mode, **SHAPE))
     randomize_weights(base, seed=4)
-    with_bias = build_model(UNetConfig(noise_bias_window=17, **SHAPE))
+    with_bias = build_model(
+        UNetConfig(channels=channels, channel_mode=mode, noise_bias_window=17, **SHAPE)
+    )
     assert init_from_without_noise_bias(with_bias, base) == len(
         [layer for layer in base.layers if layer.get_weights()]
     )
-    y = np.random.default_rng(5).uniform(0, 1, (1, 64, 64, 1)).astype("float32")
+    y = np.random.default_rng(5).uniform(0, 1, (1, 64, 64, channels)).astype("float32")
     np.testing.assert_array_equal(np.asarray(with_bias(y)), np.asarray(base(y)))
     names = {layer.name for layer in with_bias.layers}
     assert {layer.name for layer in base.layers} <= names  # the base's names are kept
